@@ -1,0 +1,168 @@
+"""The one configuration of a CycleGAN run: every knob, validated, frozen.
+
+The field names are the project's vocabulary: the same name means the same knob in a space file,
+in `--set key=value`, in a checkpoint and in `trials.csv`. Defaults are the study's chosen run V4
+(256x256, batch 2, U-Net depth 8, PatchGAN with 3 stride-2 blocks, 100 epochs) with the reference
+PyTorch CycleGAN's loss (LSGAN) and optimiser settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "gan_loss": ("lsgan", "bce"),
+    "upsample": ("transpose", "resize"),
+    "lr_schedule": ("constant", "linear"),
+    "precision": ("auto", "fp32", "bf16"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed; the message names it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # The study's knobs.
+    resize: int = 256  # slices are resized to resize x resize
+    batch_size: int = 2
+    unet_depth: int = 8  # down-sampling blocks, each halving the image: needs 2**unet_depth <= resize
+    disc_layers: int = 3  # stride-2 blocks of the PatchGAN (3 gives the reference 70x70 receptive field)
+    epochs: int = 100
+    # The optimiser, as in the reference code.
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_schedule: str = "constant"  # "linear": constant for the first half, then linear decay to 0
+    # Loss weights. Identity is relative to the cycle weight, as in the reference code (0.5 x 10 = 5).
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    lambda_disc: float = 0.5
+    gan_loss: str = "lsgan"  # the reference PyTorch code; "bce" is the study's TensorFlow loss
+    # Architecture.
+    ngf: int = 64  # generator filters in the first block, doubling per block up to 8x
+    ndf: int = 64
+    dropout: float = 0.5  # on the three deepest up-sampling blocks, as in the reference U-Net
+    upsample: str = "transpose"  # "resize": nearest up-sampling then conv, which avoids checkerboards
+    pool_size: int = 50  # past fakes the discriminators also see; 0 turns the pool off
+    seed: int = 0
+    # Speed. "auto" is bf16 autocast on a GPU and fp32 on the CPU.
+    precision: str = "auto"
+    channels_last: bool = True  # used on a GPU only
+    compile: bool = False  # torch.compile the networks (GPU only)
+    sample_every: int = 5  # epochs between sample-translation images in TensorBoard
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed; expected one of {list(allowed)}")
+        _at_least(self, resize=2, batch_size=1, unet_depth=1, disc_layers=1, epochs=1, ngf=1, ndf=1,
+                  pool_size=0, sample_every=1)
+        if 2**self.unet_depth > self.resize:
+            raise ConfigError(
+                f"unet_depth={self.unet_depth} needs resize >= 2**{self.unet_depth} = {2**self.unet_depth}, "
+                f"got resize={self.resize}; the deepest depth for resize={self.resize} is "
+                f"{self.resize.bit_length() - 1}")
+        if 2**self.disc_layers > self.resize:
+            raise ConfigError(f"disc_layers={self.disc_layers} needs resize >= {2**self.disc_layers}, "
+                              f"got resize={self.resize}")
+        for key in ("lr", "lambda_cycle"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("lambda_identity", "lambda_disc"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("beta1", "beta2", "dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Builds a config from a dict, refusing keys that are not knobs."""
+        unknown = sorted(set(values) - set(FIELD_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; known keys: {', '.join(FIELD_NAMES)}")
+        # YAML and JSON hand back ints for floats written without a point (lr: 1 -> 1).
+        fixed = {k: _as_float(v) if FIELD_TYPES[k] == "float" else v for k, v in values.items()}
+        return cls(**fixed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parses `key=value` strings (from `--set`) into typed values, checking the keys exist.
+
+    The value is read as a YAML scalar, so `lr=1e-4`, `compile=true` and `gan_loss=bce` all type
+    themselves; whether the type fits the key is checked when the config is built.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        if key not in FIELD_NAMES:
+            raise ConfigError(f"--set {item!r}: unknown key {key!r}; known keys: {', '.join(FIELD_NAMES)}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if FIELD_TYPES[key] == "float":
+            value = _as_float(value)
+        _check_type(key, value, FIELD_TYPES[key], where=f"--set {item!r}: ")
+        out[key] = value
+    return out
+
+
+def _as_float(v: Any) -> Any:
+    # YAML 1.1 reads `1e-4` (no point) as a string and `1` as an int; both are fine floats.
+    if _is_int(v):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_type(name: str, value: Any, type_name: Any, where: str = "") -> None:
+    expected = {"int": _is_int, "float": lambda v: isinstance(v, float), "str": lambda v: isinstance(v, str),
+                "bool": lambda v: isinstance(v, bool)}[str(type_name)]
+    if not expected(value):
+        raise ConfigError(f"{where}{name}={value!r} has the wrong type: expected {type_name}, "
+                          f"got {type(value).__name__}")
+
+
+def _at_least(cfg: TrainConfig, **minimums: int) -> None:
+    for key, low in minimums.items():
+        if getattr(cfg, key) < low:
+            raise ConfigError(f"{key} must be >= {low}, got {getattr(cfg, key)}")
