@@ -105,7 +105,17 @@ def train_step(m: CycleGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Opt
 
     Returns the losses as 0-d device tensors (reading them here would stall the GPU every step).
     """
-    # Generators: the discriminators are frozen so their weights get no gradient from this update.
+    losses, fake_t1, fake_t2 = generator_update(m, opt_g, real_t1, real_t2, cfg, autocast)
+    losses["loss_D"] = discriminator_update(m, opt_d, real_t1, real_t2, pools[0].query(fake_t1),
+                                            pools[1].query(fake_t2), cfg, autocast)
+    return losses
+
+
+def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.Tensor, real_t2: torch.Tensor,
+                     cfg: TrainConfig, autocast: Callable = nullcontext
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Updates G and F on the adversarial, cycle and identity losses; returns the losses and both fakes."""
+    # The discriminators are frozen so that this update leaves them untouched.
     set_requires_grad([m.d_t1, m.d_t2], False)
     opt_g.zero_grad(set_to_none=True)
     with autocast():
@@ -122,20 +132,24 @@ def train_step(m: CycleGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Opt
             loss_identity = torch.zeros((), device=real_t1.device)
     (loss_g + loss_cycle + loss_identity).backward()
     opt_g.step()
-
-    # Discriminators: real against fakes drawn from the pool of past generations.
     set_requires_grad([m.d_t1, m.d_t2], True)
+    losses = {"loss_cycle": loss_cycle.detach(), "loss_identity": loss_identity.detach(), "loss_G": loss_g.detach()}
+    return losses, fake_t1.detach(), fake_t2.detach()
+
+
+def discriminator_update(m: CycleGAN, opt_d: torch.optim.Optimizer, real_t1: torch.Tensor, real_t2: torch.Tensor,
+                         fake_t1: torch.Tensor, fake_t2: torch.Tensor, cfg: TrainConfig,
+                         autocast: Callable = nullcontext) -> torch.Tensor:
+    """Updates D_T1 and D_T2 on real slices against (pooled) fakes; returns their summed, weighted loss."""
     opt_d.zero_grad(set_to_none=True)
     with autocast():
         loss_d = 0.0
-        for d, real, fake, pool in ((m.d_t2, real_t2, fake_t2, pools[1]), (m.d_t1, real_t1, fake_t1, pools[0])):
-            fake = pool.query(fake)
-            loss_d = loss_d + (gan_loss(d(real), True, cfg.gan_loss)
-                               + gan_loss(d(fake.detach()), False, cfg.gan_loss)) * cfg.lambda_disc
+        for d, real, fake in ((m.d_t2, real_t2, fake_t2), (m.d_t1, real_t1, fake_t1)):
+            loss_d = loss_d + (gan_loss(d(real), True, cfg.gan_loss) + gan_loss(d(fake), False, cfg.gan_loss)) \
+                * cfg.lambda_disc
     loss_d.backward()
     opt_d.step()
-    return {"loss_cycle": loss_cycle.detach(), "loss_identity": loss_identity.detach(),
-            "loss_G": loss_g.detach(), "loss_D": loss_d.detach()}
+    return loss_d.detach()
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
@@ -229,10 +243,14 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
         if report is not None:
             state = partial(_state, cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics)
-            report(metrics, lambda path: checkpoint.save(path, state()))
+            report(metrics, partial(_save, state=state))
     if writer is not None:
         writer.close()
     return result
+
+
+def _save(path: Path, state: Callable[[], dict[str, Any]]) -> None:
+    checkpoint.save(path, state())
 
 
 def _state(cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics) -> dict[str, Any]:
