@@ -70,7 +70,14 @@ def state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 def load_generators(directory: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, nn.Module, nn.Module]:
     """Loads (config, T1->T2 generator, T2->T1 generator) from a run's or an export's folder, in eval mode."""
     path = find(directory)
-    payload = load(path)
+    try:
+        return generators(load(path), device)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def generators(payload: dict[str, Any], device: str | torch.device = "cpu") -> tuple[TrainConfig, nn.Module, nn.Module]:
+    """(config, T1->T2 generator, T2->T1 generator) from a loaded checkpoint or export, in eval mode."""
     try:
         cfg = TrainConfig.from_dict(payload["config"])
         gens = []
@@ -79,5 +86,5 @@ def load_generators(directory: Path, device: str | torch.device = "cpu") -> tupl
             g.load_state_dict(payload["models"][key] if "models" in payload else payload[key])
             gens.append(g.to(device).eval())
     except (ConfigError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: does not match its own config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"does not match its own config ({str(e).splitlines()[0]})") from None
     return cfg, gens[0], gens[1]

@@ -183,11 +183,14 @@ class FitResult:
 
 
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
-        resume: dict[str, Any] | None = None, log_dir: Path | None = None, progress: bool = False) -> FitResult:
+        resume: dict[str, Any] | None = None, log_dir: Path | None = None, log_scalars: bool = True,
+        progress: bool = False) -> FitResult:
     """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
-    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from.
+    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. With `log_dir`, TensorBoard
+    events go there: sample translations, and unless `log_scalars` is off (Ray Tune logs its own), the
+    losses, the metrics and the HParams session.
     """
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
@@ -217,7 +220,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         train = type(train)(**{**train.__dict__, "t1": train.t1.contiguous(memory_format=torch.channels_last),
                                "t2": train.t2.contiguous(memory_format=torch.channels_last)})
     steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))
-    writer = _writer(log_dir, cfg)
+    writer = _writer(log_dir, cfg, log_scalars)
     result = FitResult(models)
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
@@ -238,7 +241,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
                    "paired": data.val.paired}
         result.history.append(metrics)
         if writer is not None:
-            _log_epoch(writer, metrics, models, data, epoch, cfg, autocast)
+            _log_epoch(writer, metrics if log_scalars else {}, models, data, epoch, cfg, autocast)
         if bar is not None:
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
         if report is not None:
@@ -282,7 +285,7 @@ def _restore(state, cfg, models, opt_g, opt_d, scheds, pools, dev) -> int:
     return int(state["epoch"])
 
 
-def _writer(log_dir: Path | None, cfg: TrainConfig):
+def _writer(log_dir: Path | None, cfg: TrainConfig, hparams_session: bool):
     if log_dir is None:
         return None
     from torch.utils.tensorboard import SummaryWriter
@@ -291,6 +294,8 @@ def _writer(log_dir: Path | None, cfg: TrainConfig):
     from cyclegan.metrics import IMAGE_METRICS
 
     writer = SummaryWriter(str(log_dir))
+    if not hparams_session:
+        return writer
     # The HParams session is written first, so trials stopped early by a scheduler still show in the
     # HParams view; its metric columns are the scalar tags logged every epoch.
     exp, ssi, sei = hparams(cfg.to_dict(), {f"val/{m}": 0.0 for m in IMAGE_METRICS})

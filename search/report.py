@@ -1,0 +1,141 @@
+"""The summary a finished search leaves: `summary/trials.csv`, `summary/report.md` and its pictures.
+
+The parameter importances and the parallel-coordinates plot are Optuna's own: the trials are loaded
+into an Optuna study (their knobs and best val objective) and drawn with `optuna.visualization.matplotlib`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS
+from search.select import TrialOutcome
+
+# The study's V4 on its own test slices (report's Table 3), cross-contrast rows against the input slice.
+STUDY_TABLE3 = {"t1_t1": (0.94, 33.09), "t2_t2": (0.87, 30.72), "t1_t2": (0.35, 28.48), "t2_t1": (0.55, 29.03)}
+ROW_NAMES = {"t1_t1": "T1 -> T2 -> T1", "t2_t2": "T2 -> T1 -> T2", "t1_t2": "T1 -> T2", "t2_t1": "T2 -> T1"}
+
+
+def varied_knobs(outcomes: list[TrialOutcome]) -> list[str]:
+    keys = sorted({k for o in outcomes for k in o.config})
+    return [k for k in keys if len({json.dumps(o.config.get(k)) for o in outcomes}) > 1]
+
+
+def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
+    knobs = sorted({k for o in outcomes for k in o.config})
+    metrics = ["epoch", "objective", "loss_cycle", "loss_identity", "loss_G", "loss_D", *IMAGE_METRICS]
+    header = ["trial_id", "status", *knobs, *(f"last_{m}" for m in metrics), *(f"best_{m}" for m in metrics),
+              *(f"test_{m}" for m in ["objective", *IMAGE_METRICS]), "error", "path"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for o in outcomes:
+            w.writerow([o.trial_id, o.status, *(o.config.get(k, "") for k in knobs),
+                        *(o.last.get(m, "") for m in metrics), *(o.best.get(m, "") for m in metrics),
+                        *(o.test.get(m, "") for m in ["objective", *IMAGE_METRICS]), o.error, o.path])
+
+
+def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list[str]:
+    """Draws Optuna's importance and parallel-coordinate plots of the varied knobs; returns the files made."""
+    knobs = varied_knobs(outcomes)
+    done = [o for o in outcomes if knobs and not math.isnan(o.val_objective)]
+    if len(done) < 2:
+        return []
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for o in done:
+        params = {k: o.config[k] for k in knobs if k in o.config}
+        dists = {k: optuna.distributions.CategoricalDistribution(sorted({json.dumps(p.config.get(k)) for p in done}))
+                 for k in params}
+        study.add_trial(optuna.trial.create_trial(params={k: json.dumps(v) for k, v in params.items()},
+                                                  distributions=dists, value=o.val_objective))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as oplt
+
+    made = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        for name, plot in (("importances.png", oplt.plot_param_importances),
+                           ("parallel_coordinates.png", oplt.plot_parallel_coordinate)):
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances need the objective to vary
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            fig.savefig(out_dir / name, dpi=100)
+            made.append(name)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    return made
+
+
+def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome | None, finalists: list[TrialOutcome],
+                 space: Any, data: str, plots: list[str], samples: str | None) -> None:
+    knobs = varied_knobs(outcomes) or sorted({k for o in outcomes for k in o.config})[:6]
+    lines = [f"# Search report: {Path(space.path).name}", "",
+             f"Data: `{data}`. Objective: {_objective_text(space.objective)} on the val split "
+             f"({space.objective.mode}). Trials: {len(outcomes)} "
+             f"({sum(o.status == 'finished' for o in outcomes)} finished, "
+             f"{sum(o.status == 'stopped early' for o in outcomes)} stopped early, "
+             f"{sum(o.status == 'error' for o in outcomes)} failed).", ""]
+    if winner is not None:
+        paired = winner.best.get("paired", winner.last.get("paired"))
+        lines += [f"## Winner: trial `{winner.trial_id}`", "",
+                  f"Chosen among the top {len(finalists)} trials by val objective, re-scored from their best "
+                  "checkpoints on the test split (no search decision saw it), by the objective's SSIM, "
+                  "ties broken by PSNR. Exported to `best/`.", "",
+                  "Knobs: " + ", ".join(f"`{k}={winner.config[k]}`" for k in sorted(winner.config)), "",
+                  "| row | test SSIM | test PSNR (dB) | test SSIM, head | test PSNR, head | study V4 SSIM "
+                  "| study V4 PSNR |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in DIRECTIONS:
+            t = winner.test
+            lines.append(f"| {ROW_NAMES[d]} | {t[f'ssim_{d}']:.3f} | {t[f'psnr_{d}']:.2f} | "
+                         f"{t[f'ssim_{d}_head']:.3f} | {t[f'psnr_{d}_head']:.2f} | {STUDY_TABLE3[d][0]:.2f} | "
+                         f"{STUDY_TABLE3[d][1]:.2f} |")
+        lines += ["", "Same-contrast rows are cycle reconstructions. Cross-contrast rows compare with the "
+                  + ("true other contrast (paired data)." if paired else
+                     "input slice, as the study did: a weak yardstick (the data has no pairs)."),
+                  "SSIM: 7x7 uniform window, data_range 1 on [0, 1]; 'head' averages inside the head mask. "
+                  "Means over test slices. The study's figures are on its own test slices, not these.", ""]
+        if samples:
+            lines += [f"![test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2))]({samples})", ""]
+    lines += ["## Finalists on the test split", "", "| trial | val objective | test objective | "
+              + " | ".join(f"test ssim_{d}" for d in DIRECTIONS) + " |", "|---" * (3 + len(DIRECTIONS)) + "|"]
+    for o in finalists:
+        lines.append(f"| `{o.trial_id}` | {o.val_objective:.4f} | {o.test['objective']:.4f} | "
+                     + " | ".join(f"{o.test[f'ssim_{d}']:.3f}" for d in DIRECTIONS) + " |")
+    lines += ["", "## All trials, best val objective first", "",
+              "| trial | status | epochs | " + " | ".join(knobs) + " | best val objective | last loss_G | "
+              "last loss_cycle |", "|---" * (6 + len(knobs)) + "|"]
+    order = sorted(outcomes, key=lambda o: -math.inf if math.isnan(o.val_objective) else o.val_objective,
+                   reverse=space.objective.mode == "max")
+    for o in order:
+        lines.append(f"| `{o.trial_id}` | {o.status} | {o.last.get('epoch', 0)} | "
+                     + " | ".join(str(o.config.get(k, "")) for k in knobs)
+                     + f" | {o.val_objective:.4f} | {_fmt(o.last.get('loss_G'))} | {_fmt(o.last.get('loss_cycle'))} |")
+    failed = [o for o in outcomes if o.status == "error"]
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- `{o.trial_id}`: {o.error} (logs: `{o.path}`)" for o in failed]
+    if plots:
+        lines += ["", "## What the search learnt (Optuna)", ""] + [f"![{p}]({p})" for p in plots]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _objective_text(objective) -> str:
+    return " + ".join(f"{w:g} x `{m}`" for m, w in objective.weights.items())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"

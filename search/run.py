@@ -1,0 +1,154 @@
+"""Runs a search: `python -m search.run SPACE.yaml [--data DIR|synthetic] [--num-samples N] ...`.
+
+The space file says what to vary and how to select; Ray Tune runs the trials (several per GPU where the
+space's `gpus_per_trial` is a fraction), Optuna picks what to try next, ASHA stops weak trials early, and
+at the end the best trials on val are re-scored on the test split and the winner is exported. A run
+leaves, under STORAGE/NAME: one folder per trial (config, split, metrics, checkpoints, TensorBoard
+events), `summary/trials.csv`, `summary/report.md` and `best/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from search.space import Space, SpaceError, load_space
+
+from cyclegan.config import ConfigError, parse_overrides
+from cyclegan.data import DataError, load_data
+
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
+    p.add_argument("space", type=Path, help="a search space file, e.g. spaces/unet_depth.yaml")
+    p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share of a trial, e.g. 0.25 (default: the space's)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPU cores of a trial (default: the space's)")
+    p.add_argument("--storage", default="runs", help="where runs go: a folder or a URI such as s3://bucket/runs")
+    p.add_argument("--name", help="the run's name (default: the space file's name)")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local one")
+    p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a knob for every trial, e.g. --set epochs=5 (repeatable)")
+    return p.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
+    """Checks everything the user gave before Ray starts; returns (space, storage, name)."""
+    space = load_space(args.space).with_overrides(parse_overrides(args.overrides))
+    space = space.replace_search(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
+    load_data(args.data, 32)  # refuses a missing or unreadable folder now, not in every trial
+    name = args.name or args.space.stem
+    storage = args.storage
+    if "://" not in storage:
+        root = Path(storage).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise DataError(f"--storage {storage}: is a file; expected a folder for runs")
+        run_dir = root / name
+        started = run_dir.is_dir() and any(run_dir.glob(EXPERIMENT_STATE_GLOB))
+        if started and not args.resume:
+            raise DataError(f"{run_dir}: a run of this name exists; pass --resume to continue it, or --name")
+        if args.resume and not started:
+            raise DataError(f"{run_dir}: no run to resume there")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"--storage {storage}: cannot create {run_dir} ({e.strerror})") from None
+        storage = str(root)
+    return space, storage, name
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        space, storage, name = prepare(args)
+    except (SpaceError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import ray
+    from ray import tune
+
+    from search.trainable import train_trial
+
+    ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
+             log_to_driver=True, configure_logging=False)
+    if args.address is None and space.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
+        print(f"note: no GPU on this machine; running trials on the CPU (gpus_per_trial "
+              f"{space.gpus_per_trial} -> 0)", file=sys.stderr)
+        space = space.replace_search(gpus_per_trial=0.0)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=args.data, objective=space.objective.value,
+                             checkpoint_every=space.checkpoint_every, gpu_share=space.gpus_per_trial),
+        space.resources())
+    run_path = f"{storage.rstrip('/')}/{name}"
+    if args.resume:
+        tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tune_config = dataclasses.replace(space.tune_config(), trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
+        # Each trial writes its config, split, metrics and TensorBoard events in its working folder; syncing
+        # artifacts brings them to the run's storage (a local folder or s3://) beside Ray's own files.
+        run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),
+                                    failure_config=space.failure_config(),
+                                    sync_config=tune.SyncConfig(sync_artifacts=True))
+        tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    results = tuner.fit()
+    return summarise(results, space, args.data, run_path)
+
+
+def summarise(results: Any, space: Space, data: str, run_path: str) -> int:
+    """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code."""
+    import tempfile
+
+    from search.export import SELECTION, export
+    from search.report import optuna_plots, write_report, write_trials_csv
+    from search.select import choose, outcome
+
+    local = "://" not in run_path
+    run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
+    summary = run_dir / "summary"
+    summary.mkdir(parents=True, exist_ok=True)
+    outcomes = [outcome(r, space.objective.mode) for r in results]
+    winner, finalists = choose(outcomes, space.objective, data, space.top_k)
+    samples = None
+    if winner is not None:
+        best = export(winner, data, run_dir / "best")
+        (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
+        samples = "samples.png"
+    plots = optuna_plots(outcomes, space.objective.mode, summary)
+    write_trials_csv(summary / "trials.csv", outcomes)
+    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples)
+    (summary / SELECTION).write_text(json.dumps({
+        "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
+        "trials": [{"trial_id": o.trial_id, "path": o.path, "status": o.status, "test": o.test} for o in outcomes],
+    }, indent=1) + "\n")
+    if not local:
+        import pyarrow.fs
+
+        pyarrow.fs.copy_files(str(run_dir), run_path)
+    print(f"\n{len(outcomes)} trials: {sum(o.status == 'finished' for o in outcomes)} finished, "
+          f"{sum(o.status == 'stopped early' for o in outcomes)} stopped early, "
+          f"{sum(o.status == 'error' for o in outcomes)} failed")
+    if winner is not None:
+        print(f"winner {winner.trial_id}: test objective {winner.test['objective']:.4f} "
+              f"(val {winner.val_objective:.4f}); exported to {run_path}/best")
+    print(f"report: {run_path}/summary/report.md")
+    failed = [o for o in outcomes if o.status == "error"]
+    for o in failed:
+        print(f"error: trial {o.trial_id} failed: {o.error} (logs: {o.path})", file=sys.stderr)
+    if winner is None:
+        print("error: no trial left a checkpoint to choose from", file=sys.stderr)
+    return 1 if failed or winner is None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Choosing the winner: the top trials on val are re-scored on the held-out test split.
+
+Training loss says little about image quality (the study picked V4 by it), and the val split steered
+the search (ASHA's stops, Optuna's draws), so its figures are optimistic. The `top_k` trials by their
+best val objective are therefore re-scored from their best checkpoints on the test split, which no
+decision has seen, and the winner is the best there by the objective's SSIMs, ties broken by the
+matching PSNRs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from cyclegan import checkpoint
+from cyclegan.config import FIELD_NAMES
+from cyclegan.data import load_data
+from cyclegan.evaluate import evaluate
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial left: its knobs, its last and best reported metrics, its best checkpoint."""
+
+    trial_id: str
+    path: str
+    config: dict[str, Any]
+    status: str  # "finished", "stopped early" or "error"
+    last: dict[str, Any]
+    best: dict[str, Any]
+    checkpoint: str | None  # the best checkpoint's folder (a path or URI)
+    error: str = ""
+    test: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def val_objective(self) -> float:
+        return float(self.best.get("objective", math.nan))
+
+
+def outcome(result: tune.Result, mode: str) -> TrialOutcome:
+    """Summarises a Ray Tune `Result` (from `Tuner.fit()` or `Result.from_path`)."""
+    config = {k: v for k, v in (result.config or {}).items() if k in FIELD_NAMES}
+    last = dict(result.metrics or {})
+    trial_id = str(last.get("trial_id") or Path(result.path).name)
+    best: dict[str, Any] = {}
+    ckpt = None
+    if result.best_checkpoints:
+        pick = max if mode == "max" else min
+        best_ckpt, best = pick(result.best_checkpoints, key=lambda cm: _number(cm[1].get("objective"), mode))
+        ckpt = best_ckpt.path
+    df = result.metrics_dataframe
+    if df is not None and "objective" in df and len(df):
+        row = df["objective"].idxmax() if mode == "max" else df["objective"].idxmin()
+        best = best or df.loc[row].to_dict()
+    if result.error is not None:
+        status = "error"
+    elif last.get("epoch", 0) < config.get("epochs", math.inf):
+        status = "stopped early"
+    else:
+        status = "finished"
+    error = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
+    return TrialOutcome(trial_id, str(result.path), config, status, last, best, ckpt, error)
+
+
+def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
+    usable = [o for o in outcomes if o.checkpoint and not math.isnan(o.val_objective)]
+    return sorted(usable, key=lambda o: o.val_objective, reverse=mode == "max")
+
+
+def rescore(o: TrialOutcome, data: str, device: str | None = None) -> dict[str, float]:
+    """The trial's best checkpoint scored on the test split of its own data and size."""
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tune.Checkpoint(o.checkpoint).as_directory() as d:
+        cfg, g_t1_t2, g_t2_t1 = checkpoint.load_generators(Path(d), dev)
+    test = load_data(data, cfg.resize, cfg.seed).test.to(dev)
+    return evaluate(g_t1_t2, g_t2_t1, test)
+
+
+def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None
+           ) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
+    """Re-scores the top_k trials by val on test; returns (winner, the re-scored trials best first)."""
+    mode = objective.mode
+    finalists = rank_by_val(outcomes, mode)[:top_k]
+    for o in finalists:
+        o.test = rescore(o, data, device)
+        o.test["objective"] = objective.value(o.test)
+    psnr_twin = {k.replace("ssim_", "psnr_", 1): w for k, w in objective.weights.items()}
+
+    def key(o: TrialOutcome) -> tuple[float, float]:
+        tie = sum(w * o.test.get(k, 0.0) for k, w in psnr_twin.items())
+        sign = 1 if mode == "max" else -1
+        return (sign * o.test["objective"], sign * tie)
+
+    ranked = sorted(finalists, key=key, reverse=True)
+    return (ranked[0] if ranked else None), ranked
+
+
+def _number(value: Any, mode: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if math.isnan(v):
+        return -math.inf if mode == "max" else math.inf
+    return v

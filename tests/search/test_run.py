@@ -1,0 +1,123 @@
+"""The search as a user types it: real Ray Tune, real Optuna, tiny trials on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2", "--set", "ngf=8", "--set", "ndf=8",
+        "--gpus-per-trial", "0", "--cpus-per-trial", "1"]
+
+
+def run(*args: str, cwd: Path, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def trials(run_dir: Path) -> list[dict]:
+    with (run_dir / "summary" / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
+    space = tmp_path / "asha.yaml"
+    space.write_text((ROOT / "spaces" / "unet_depth.yaml").read_text()
+                     .replace("grace_period: 10", "grace_period: 1").replace("reduction_factor: 3",
+                                                                             "reduction_factor: 2"))
+    p = run("search.run", str(space), "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=3",
+            *TINY, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "asha"
+    rows = trials(run_dir)
+    assert len(rows) == 4
+    assert {r["status"] for r in rows} <= {"finished", "stopped early"}
+    assert any(r["status"] == "stopped early" for r in rows), [r["last_epoch"] for r in rows]
+    report = (run_dir / "summary" / "report.md").read_text()
+    assert "## Winner" in report and "study V4 SSIM" in report
+    best = run_dir / "best"
+    for name in ("model.pt", "config.json", "metrics.json", "split.json", "samples.png"):
+        assert (best / name).is_file(), name
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert metrics["test"]["objective"] > 0 and metrics["trial_id"] in {r["trial_id"] for r in rows}
+    for trial_dir in run_dir.glob("trial_*"):
+        assert list((trial_dir / "tb").glob("events.out.tfevents.*")), trial_dir
+        assert (trial_dir / "split.json").is_file() and (trial_dir / "config.json").is_file()
+
+    # The export translates new slices as is, and can be made again from the run.
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    from PIL import Image
+
+    Image.new("L", (40, 50), 90).save(slices / "a.png")
+    t = run("cyclegan.translate", "--checkpoint", str(best), "--direction", "t2-t1", str(slices / "a.png"),
+            "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert t.returncode == 0, t.stderr
+    assert Image.open(tmp_path / "out" / "a.png").size == (40, 50)
+    e = run("search.export", str(run_dir), "--out", str(tmp_path / "again"), "--trial", rows[-1]["trial_id"],
+            cwd=tmp_path)
+    assert e.returncode == 0, e.stderr
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["trial_id"] == rows[-1]["trial_id"]
+
+
+def test_the_studys_four_runs_are_reported_beside_the_studys_numbers(tmp_path, study_data):
+    p = run("search.run", str(ROOT / "spaces" / "study_v1_v4.yaml"), "--data", str(study_data), "--set", "epochs=1",
+            *TINY, "--max-concurrent", "2", "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = trials(tmp_path / "runs" / "study_v1_v4")
+    assert sorted(r["batch_size"] for r in rows) == ["2", "2", "40", "5"]
+    report = (tmp_path / "runs" / "study_v1_v4" / "summary" / "report.md").read_text()
+    assert "0.94" in report and "33.09" in report  # the study's Table 3, V4
+    assert "input slice, as the study did" in report  # unpaired data: the weak yardstick is named
+
+
+@pytest.mark.parametrize("args,match", [
+    (["missing.yaml"], "missing.yaml: (file): cannot read it"),
+    (["SPACE", "--set", "unet_depth=zero"], "unet_depth='zero' has the wrong type"),
+    (["SPACE", "--set", "colour=red"], "unknown key 'colour'"),
+    (["SPACE", "--data", "no/such/folder"], "no/such/folder: no such data folder"),
+])
+def test_bad_input_is_refused_in_one_line_before_ray_starts(tmp_path, args, match):
+    args = [str(ROOT / "spaces" / "unet_depth.yaml") if a == "SPACE" else a for a in args]
+    p = run("search.run", *args, "--storage", str(tmp_path / "runs"), cwd=tmp_path, timeout=120)
+    assert p.returncode == 2
+    assert match in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not list((tmp_path / "runs").glob("*/experiment_state-*"))
+
+
+def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
+    args = ["search.run", str(ROOT / "spaces" / "unet_depth.yaml"), "--num-samples", "4", "--max-concurrent", "1",
+            "--set", "epochs=4", *TINY, "--storage", str(tmp_path / "runs"), "--name", "killed"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    run_dir = tmp_path / "runs" / "killed"
+    finished_before: dict[str, str] = {}
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.poll() is None:
+        done = {d.name: (d / "metrics.jsonl").read_text() for d in run_dir.glob("trial_*")
+                if (d / "metrics.jsonl").is_file() and '"epoch": 4' in (d / "metrics.jsonl").read_text()}
+        if done and len(list(run_dir.glob("trial_*"))) >= 2:
+            finished_before = done
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, "the search ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert finished_before
+
+    p = run(*args, "--resume", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = trials(run_dir)
+    assert len(rows) == 4 and all(r["status"] in ("finished", "stopped early") for r in rows)
+    for name, text in finished_before.items():
+        assert (run_dir / name / "metrics.jsonl").read_text() == text, f"{name} was run again"
