@@ -72,9 +72,10 @@ class TrainConfig:
                 f"unet_depth={self.unet_depth} needs resize >= 2**{self.unet_depth} = {2**self.unet_depth}, "
                 f"got resize={self.resize}; the deepest depth for resize={self.resize} is "
                 f"{self.resize.bit_length() - 1}")
-        if 2**self.disc_layers > self.resize:
-            raise ConfigError(f"disc_layers={self.disc_layers} needs resize >= {2**self.disc_layers}, "
-                              f"got resize={self.resize}")
+        if 4 * 2**self.disc_layers > self.resize:
+            # The PatchGAN's two last 4x4 convs need at least a 4x4 map after its stride-2 blocks.
+            raise ConfigError(f"disc_layers={self.disc_layers} needs resize >= 4 * 2**{self.disc_layers} = "
+                              f"{4 * 2**self.disc_layers}, got resize={self.resize}")
         for key in ("lr", "lambda_cycle"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")

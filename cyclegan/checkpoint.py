@@ -1,0 +1,83 @@
+"""Checkpoints: one self-describing file, written atomically, read without unpickling code.
+
+A training checkpoint (`checkpoint.pt`) holds the config, the epoch, the data split, all four networks,
+both optimizers, the learning-rate schedulers, the image pools and the random number generators' states,
+so that `fit` continues exactly where it stopped. An export (`model.pt`) holds the two generators, the
+config, the metrics it was chosen on and the split: what `cyclegan.translate` needs and no more.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cyclegan.config import ConfigError, TrainConfig
+from cyclegan.networks import UNetGenerator
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or export that is missing, damaged or from another architecture."""
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Writes `payload` to `path` through a temporary name, so a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Reads a checkpoint with `weights_only=True` (no arbitrary code), with a clear error if it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (format {FORMAT} expected)")
+    return payload
+
+
+def find(directory: Path) -> Path:
+    """The checkpoint or export file in a training run's or an export's folder."""
+    directory = Path(directory)
+    if directory.is_file():
+        return directory
+    for name in (MODEL, CHECKPOINT):
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: holds neither {MODEL} (an export) nor {CHECKPOINT} (a training run)")
+
+
+def state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a module, unwrapped from torch.compile so they load into a plain module."""
+    return getattr(module, "_orig_mod", module).state_dict()
+
+
+def load_generators(directory: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, nn.Module, nn.Module]:
+    """Loads (config, T1->T2 generator, T2->T1 generator) from a run's or an export's folder, in eval mode."""
+    path = find(directory)
+    payload = load(path)
+    try:
+        cfg = TrainConfig.from_dict(payload["config"])
+        gens = []
+        for key in ("g_t1_t2", "g_t2_t1"):
+            g = UNetGenerator(cfg.unet_depth, 1, cfg.ngf, cfg.dropout, cfg.upsample)
+            g.load_state_dict(payload["models"][key] if "models" in payload else payload[key])
+            gens.append(g.to(device).eval())
+    except (ConfigError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: does not match its own config ({str(e).splitlines()[0]})") from None
+    return cfg, gens[0], gens[1]

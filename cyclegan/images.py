@@ -1,0 +1,24 @@
+"""Small image helpers shared by TensorBoard samples, translation and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def grid(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Tiles rows of [N, 1, S, S] images in [-1, 1] into one [1, rows*S, N*S] image in [0, 1]."""
+    lines = [torch.cat(list(r.float().cpu()), dim=-1) for r in rows]
+    return ((torch.cat(lines, dim=-2) + 1) / 2).clamp(0, 1)
+
+
+def save_png(image: np.ndarray, path: Path, bits: int = 8) -> None:
+    """Writes an [H, W] array in [0, 1] as an 8- or 16-bit grey PNG."""
+    image = np.clip(image, 0.0, 1.0)
+    if bits == 16:
+        Image.fromarray((image * 65535 + 0.5).astype(np.uint16)).save(path)
+    else:
+        Image.fromarray((image * 255 + 0.5).astype(np.uint8), mode="L").save(path)

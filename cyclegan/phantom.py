@@ -1,0 +1,187 @@
+"""Paired T1-/T2-weighted brain phantom: axial slices of one synthetic head, offline and seeded.
+
+The study's real slices are unpaired, so nothing there says what the "true" T2 of a T1 slice looks like.
+This phantom gives both contrasts of the same anatomy, so a translation can be scored against the
+other contrast itself. Tissue maps (air, scalp fat, skull, CSF, grey and white matter) are built
+on a coordinate grid from a smooth anatomy of the slice level z, so neighbouring slices are near
+copies; intensities come from the spin-echo signal equation, then partial volume, a receive bias
+field and Rician noise are added.
+
+Look at it:  python -m cyclegan.phantom --out DIR   (writes t1_XX.png / t2_XX.png for a few slices)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+T1W_TR, T1W_TE = 500.0, 15.0  # ms, T1-weighted spin echo
+T2W_TR, T2W_TE = 4000.0, 100.0  # ms, T2-weighted spin echo
+LEVEL_RANGE = (0.15, 0.85)  # slab of the head sampled; the very top and bottom are not brain-like in this model
+BRIGHTEST = 0.9  # the brightest tissue's noiseless signal; +10% bias and noise then stay almost under 1
+BIAS_AMPLITUDE = 0.1
+NOISE_SIGMA = 0.01  # of full scale: per-channel std of the complex noise before the magnitude
+PARTIAL_VOLUME_SIGMA = 0.7  # px at the output size
+
+AIR, FAT, BONE, CSF, GM, WM = range(6)
+TISSUES = ("air", "fat", "bone", "csf", "gm", "wm")
+# T1 (ms), T2 (ms), proton density, at 1.5 T. WM, CSF and fat are the commonly quoted table values
+# (e.g. the "Relaxation (NMR)" table: WM 780/90, CSF 4200-4500/2100-2300, fat 240-250/60-80); PD is the
+# usual relative water content (WM ~0.7, GM ~0.8, CSF 1). GM T1 is taken at 1200 ms, inside the spread of
+# 1.5 T measurements (~900-1400 ms): with 920 ms the 0.8-vs-0.69 PD makes GM brighter than WM at TR 500,
+# the opposite of real T1w images (which also owe WM/GM contrast to magnetisation transfer).
+# Compact bone's T2 is under 1 ms, so a spin echo sees almost nothing: only its low PD matters here.
+_TISSUE_PROPS = np.array(
+    [
+        [1.0, 1.0, 0.0],  # air
+        [260.0, 85.0, 0.9],  # fat
+        [500.0, 50.0, 0.05],  # bone
+        [4000.0, 2000.0, 1.0],  # CSF
+        [1200.0, 100.0, 0.8],  # GM
+        [790.0, 92.0, 0.69],  # WM
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Phantom:
+    t1: np.ndarray  # float32 [n, size, size] in [0, 1], T1-weighted
+    t2: np.ndarray  # float32 [n, size, size] in [0, 1], T2-weighted, same anatomy as t1[i]
+    head: np.ndarray  # bool [n, size, size], everything that is not background air
+    levels: np.ndarray  # float64 [n], slice level from bottom (0) to top (1) of the head, increasing
+    labels: np.ndarray  # uint8 [n, size, size], tissue codes AIR..WM (index into TISSUES), before partial volume
+
+
+def spin_echo(tr: float, te: float) -> np.ndarray:
+    """Noiseless signal per tissue code, S = PD (1 - exp(-TR/T1)) exp(-TE/T2), brightest tissue at BRIGHTEST."""
+    t1, t2, pd = _TISSUE_PROPS.T
+    s = pd * (1.0 - np.exp(-tr / t1)) * np.exp(-te / t2)
+    return s * (BRIGHTEST / s.max())
+
+
+def make_phantom(n_slices: int, size: int, seed: int = 0) -> Phantom:
+    """`n_slices` axial slices of `size` x `size`, bottom to top; the anatomy depends on `seed` only."""
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8 pixels, got {size}")
+    # Separate streams so the anatomy of a seed does not change with n_slices or size.
+    anatomy_rng, bias_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    lo, hi = LEVEL_RANGE
+    levels = lo + (hi - lo) * (np.arange(n_slices) + 0.5) / n_slices  # slab centres: n=1 gives mid-head
+    c = ((np.arange(size) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
+    y, x = np.meshgrid(c, c, indexing="ij")  # y grows down the image: front of the head at the top
+    labels = _tissue_labels(levels, x, y, anatomy_rng)
+    # One receive field for both contrasts: a paired acquisition is one session with one coil.
+    bias = _bias_field(levels, x, y, bias_rng)
+    t1 = _acquire(labels, spin_echo(T1W_TR, T1W_TE), bias, noise_rng)
+    t2 = _acquire(labels, spin_echo(T2W_TR, T2W_TE), bias, noise_rng)
+    return Phantom(t1=t1, t2=t2, head=labels != AIR, levels=levels, labels=labels)
+
+
+def _fourier(theta: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """[2K, pixels] basis cos(k theta), sin(k theta): per-slice shapes are then one small matmul."""
+    kt = np.outer(k, theta).astype(np.float32)
+    return np.concatenate([np.cos(kt), np.sin(kt)])
+
+
+def _tissue_labels(levels: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    n, shape = len(levels), x.shape
+    z = levels[:, None].astype(np.float32)
+    xf, yf = x.ravel(), y.ravel()
+    theta = np.arctan2(yf, xf)
+    # Head: an ellipse longer front-to-back (like the 181x217 study slices) that narrows towards the crown
+    # and the skull base, its outline bent by low-order Fourier terms whose coefficients are linear in z.
+    scale = np.sqrt(1.0 - ((z - 0.45) / 0.6) ** 2)
+    ax = rng.uniform(0.72, 0.78) * scale
+    ay = rng.uniform(1.12, 1.2) * ax
+    k = np.arange(2, 6)
+    wobble = (rng.normal(0.0, 0.02, (2, 2 * len(k))) / np.tile(k, 2)).astype(np.float32)
+    outline = 1.0 + (wobble[0] + wobble[1] * (z - 0.5) * 2.0) @ _fourier(theta, k)
+    rho = np.sqrt((xf / ax) ** 2 + (yf / ay) ** 2) / outline  # 1 on the scalp surface
+    # Gyri: a fold pattern cos(K theta + phi) whose phase phi wanders slowly around the head and with z, so
+    # sulci are irregularly spaced; a sulcus is a CSF groove from the surface, lined by GM, the WM between
+    # two sulci reaches up into the gyrus.
+    k = np.arange(1, 5)
+    wander = (rng.normal(0.0, 2.5, (2, 2 * len(k))) / np.tile(k, 2)).astype(np.float32)
+    depth_coef = rng.normal(0.0, 0.3, (2, 2 * len(k))).astype(np.float32)
+    basis = _fourier(theta, k)
+    drift = rng.uniform(8.0, 16.0) * rng.choice([-1.0, 1.0])  # rad per unit z: sulci move ~1-2 places over the slab
+    phase = (wander[0] + wander[1] * (z - 0.5) * 4.0) @ basis + np.float32(drift) * z
+    g = np.cos(int(rng.integers(26, 34)) * theta + phase)
+    depth = np.clip(0.8 + (depth_coef[0] + depth_coef[1] * z) @ basis, 0.3, 1.3)  # sulci of uneven depth
+    groove = np.clip((g - 0.65) / 0.35, 0.0, 1.0) * depth
+    wm_edge = 0.75 - 0.045 * (g + 1.0) * depth
+    shells = (rho <= 1.0, rho <= 0.93, rho <= 0.865, rho <= 0.85 - 0.15 * groove, rho <= wm_edge)
+    labels = sum(s.astype(np.uint8) for s in shells).reshape(n, *shape)
+
+    # Deep structures in mid levels, sized by a bump in z so they appear and vanish smoothly.
+    z3 = z[:, :, None]
+    zv = 0.5 + rng.uniform(-0.03, 0.03)
+
+    def pair(cx: float, cy: float, a: float, b: float, tilt: float) -> np.ndarray:
+        """Squared elliptic radius to the nearer of two mirror-image ellipses."""
+        q = []
+        for side in (-1.0, 1.0):
+            u, v = x - side * cx, y - cy
+            ct, st = np.cos(side * tilt), np.sin(side * tilt)
+            q.append(((ct * u + st * v) / a) ** 2 + ((-st * u + ct * v) / b) ** 2)
+        return np.minimum(*q)
+
+    wm = labels == WM
+    nuclei_x = 0.2 + rng.uniform(-0.02, 0.02)
+    nuclei = pair(nuclei_x, 0.04, 0.07, 0.14, 0.3) < 1.5 * np.exp(-(((z3 - 0.42) / 0.1) ** 2)) - 0.5
+    ventricles = pair(0.085, -0.02, 0.05, 0.25, -0.2) < 1.6 * np.exp(-(((z3 - zv) / 0.12) ** 2)) - 0.4
+    # Interhemispheric fissure: CSF with a GM lining, from the poles inward, reaching further towards the crown.
+    far = np.abs(y) > np.clip(0.55 - 0.8 * (z3 - 0.35), 0.1, 1.0)
+    mid = rng.uniform(-0.02, 0.02)
+    labels[wm & nuclei] = GM
+    labels[wm & ventricles] = CSF
+    labels[far & (np.abs(x - mid) < 0.04) & (labels == WM)] = GM
+    labels[far & (np.abs(x - mid) < 0.012) & (labels >= CSF)] = CSF
+    return labels
+
+
+def _bias_field(levels: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative field within 1 +- BIAS_AMPLITUDE: a low-order polynomial in x, y, z."""
+    cxy = rng.normal(size=5).astype(np.float32)
+    f = cxy[0] * x + cxy[1] * y + cxy[2] * x * y + cxy[3] * (x * x - y * y) + cxy[4] * (x * x + y * y - 0.5)
+    f = f + np.float32(rng.normal()) * (levels[:, None, None].astype(np.float32) - 0.5)
+    return 1.0 + (BIAS_AMPLITUDE / np.abs(f).max()) * f
+
+
+def _acquire(labels: np.ndarray, signal: np.ndarray, bias: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # Blurring the signal equals blurring each tissue fraction and mixing, since the mix is linear.
+    sigma = (0.0, PARTIAL_VOLUME_SIGMA, PARTIAL_VOLUME_SIGMA)  # in-plane only: slices are separate acquisitions
+    img = ndimage.gaussian_filter(signal.astype(np.float32)[labels], sigma=sigma)
+    img *= bias
+    # Magnitude of a complex signal with Gaussian noise in both channels: Rician, Rayleigh in the air.
+    re = img + NOISE_SIGMA * rng.standard_normal(img.shape, dtype=np.float32)
+    im = NOISE_SIGMA * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(np.hypot(re, im), 0.0, 1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from PIL import Image  # only the viewer needs it
+
+    parser = argparse.ArgumentParser(description="Write a few slices of the paired T1/T2 phantom as PNGs.")
+    parser.add_argument("--out", type=Path, required=True, help="directory for t1_XX.png / t2_XX.png")
+    parser.add_argument("--n-slices", type=int, default=16)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--count", type=int, default=4, help="how many evenly spaced slices to write")
+    args = parser.parse_args(argv)
+    ph = make_phantom(args.n_slices, args.size, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i in np.unique(np.linspace(0, args.n_slices - 1, max(args.count, 1)).round().astype(int)):
+        for name, vol in (("t1", ph.t1), ("t2", ph.t2)):
+            Image.fromarray(np.round(vol[i] * 255).astype(np.uint8)).save(args.out / f"{name}_{i:02d}.png")
+    print(f"wrote slices to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""Trains one CycleGAN: `python -m cyclegan.train [--data DIR|synthetic] [--set key=value ...] --out DIR`.
+
+The names follow the study: G translates T1 -> T2 (`g_t1_t2`), F translates T2 -> T1 (`g_t2_t1`), D_T2
+judges T2 slices and D_T1 judges T1 slices. (In the reference code these are G_A, G_B, D_A, D_B with
+A = T1 and B = T2.) `fit` is the loop; it takes a `report` callable, so the CLI, Ray Tune and the tests
+each decide what happens with the metrics and the checkpoint of every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cyclegan import checkpoint
+from cyclegan.config import ConfigError, TrainConfig, parse_overrides
+from cyclegan.data import DataError, Dataset, load_data
+from cyclegan.evaluate import evaluate, translate_all
+from cyclegan.images import grid
+from cyclegan.losses import gan_loss, l1
+from cyclegan.networks import PatchDiscriminator, UNetGenerator
+
+Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
+
+
+@dataclass
+class CycleGAN:
+    g_t1_t2: nn.Module
+    g_t2_t1: nn.Module
+    d_t1: nn.Module
+    d_t2: nn.Module
+
+    @classmethod
+    def build(cls, cfg: TrainConfig) -> CycleGAN:
+        gen = partial(UNetGenerator, cfg.unet_depth, 1, cfg.ngf, cfg.dropout, cfg.upsample)
+        disc = partial(PatchDiscriminator, cfg.disc_layers, 1, cfg.ndf)
+        return cls(gen(), gen(), disc(), disc())
+
+    def named(self) -> dict[str, nn.Module]:
+        return {"g_t1_t2": self.g_t1_t2, "g_t2_t1": self.g_t2_t1, "d_t1": self.d_t1, "d_t2": self.d_t2}
+
+
+class ImagePool:
+    """The reference's history of past fakes, kept on the training device.
+
+    Until the pool is full every fake is stored and passed through; after that each fake is, with
+    probability 1/2, swapped for a random stored one (which it replaces). Decisions are drawn on the
+    device, so querying the pool never waits for the host.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.count = 0
+        self.images: torch.Tensor | None = None
+
+    def query(self, fakes: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return fakes
+        fakes = fakes.detach()
+        if self.images is None:
+            self.images = torch.zeros((self.size, *fakes.shape[1:]), dtype=fakes.dtype, device=fakes.device)
+        out = []
+        if self.count < self.size:  # filling: host-known counts, so no sync
+            take = min(self.size - self.count, len(fakes))
+            self.images[self.count:self.count + take] = fakes[:take]
+            self.count += take
+            out.append(fakes[:take])
+            fakes = fakes[take:]
+        if len(fakes):
+            idx = torch.randint(0, self.size, (len(fakes),), device=fakes.device)
+            swap = (torch.rand(len(fakes), device=fakes.device) < 0.5).view(-1, 1, 1, 1)
+            stored = self.images[idx]
+            out.append(torch.where(swap, stored, fakes))
+            self.images.index_copy_(0, idx, torch.where(swap, fakes, stored))
+        return torch.cat(out)
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "images": self.images.cpu() if self.images is not None else None}
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.count = state["count"]
+        self.images = state["images"].to(device) if state["images"] is not None else None
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+def train_step(m: CycleGAN, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+               real_t1: torch.Tensor, real_t2: torch.Tensor, pools: tuple[ImagePool, ImagePool],
+               cfg: TrainConfig, autocast: Callable = nullcontext) -> dict[str, torch.Tensor]:
+    """One CycleGAN step in the reference order: both generators, then both discriminators.
+
+    Returns the losses as 0-d device tensors (reading them here would stall the GPU every step).
+    """
+    losses, fake_t1, fake_t2 = generator_update(m, opt_g, real_t1, real_t2, cfg, autocast)
+    losses["loss_D"] = discriminator_update(m, opt_d, real_t1, real_t2, pools[0].query(fake_t1),
+                                            pools[1].query(fake_t2), cfg, autocast)
+    return losses
+
+
+def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.Tensor, real_t2: torch.Tensor,
+                     cfg: TrainConfig, autocast: Callable = nullcontext
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Updates G and F on the adversarial, cycle and identity losses; returns the losses and both fakes."""
+    # The discriminators are frozen so that this update leaves them untouched.
+    set_requires_grad([m.d_t1, m.d_t2], False)
+    opt_g.zero_grad(set_to_none=True)
+    with autocast():
+        fake_t2 = m.g_t1_t2(real_t1)
+        rec_t1 = m.g_t2_t1(fake_t2)
+        fake_t1 = m.g_t2_t1(real_t2)
+        rec_t2 = m.g_t1_t2(fake_t1)
+        loss_g = gan_loss(m.d_t2(fake_t2), True, cfg.gan_loss) + gan_loss(m.d_t1(fake_t1), True, cfg.gan_loss)
+        loss_cycle = (l1(rec_t1, real_t1) + l1(rec_t2, real_t2)) * cfg.lambda_cycle
+        if cfg.lambda_identity > 0:
+            idt = l1(m.g_t1_t2(real_t2), real_t2) + l1(m.g_t2_t1(real_t1), real_t1)
+            loss_identity = idt * cfg.lambda_cycle * cfg.lambda_identity
+        else:
+            loss_identity = torch.zeros((), device=real_t1.device)
+    (loss_g + loss_cycle + loss_identity).backward()
+    opt_g.step()
+    set_requires_grad([m.d_t1, m.d_t2], True)
+    losses = {"loss_cycle": loss_cycle.detach(), "loss_identity": loss_identity.detach(), "loss_G": loss_g.detach()}
+    return losses, fake_t1.detach(), fake_t2.detach()
+
+
+def discriminator_update(m: CycleGAN, opt_d: torch.optim.Optimizer, real_t1: torch.Tensor, real_t2: torch.Tensor,
+                         fake_t1: torch.Tensor, fake_t2: torch.Tensor, cfg: TrainConfig,
+                         autocast: Callable = nullcontext) -> torch.Tensor:
+    """Updates D_T1 and D_T2 on real slices against (pooled) fakes; returns their summed, weighted loss."""
+    opt_d.zero_grad(set_to_none=True)
+    with autocast():
+        loss_d = 0.0
+        for d, real, fake in ((m.d_t2, real_t2, fake_t2), (m.d_t1, real_t1, fake_t1)):
+            loss_d = loss_d + (gan_loss(d(real), True, cfg.gan_loss) + gan_loss(d(fake), False, cfg.gan_loss)) \
+                * cfg.lambda_disc
+    loss_d.backward()
+    opt_d.step()
+    return loss_d.detach()
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """Per-epoch learning-rate multiplier: constant, or the reference's linear decay over the last half."""
+    if cfg.lr_schedule == "constant":
+        return lambda epoch: 1.0
+    keep = cfg.epochs // 2
+    return lambda epoch: 1.0 - max(0, epoch - keep) / float(cfg.epochs - keep + 1)
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def epoch_order(n: int, steps: int, batch: int, seed: int, epoch: int) -> torch.Tensor:
+    """Indices for one epoch: shuffled passes over n slices, as many as `steps` batches need.
+
+    Drawn from (seed, epoch) alone, so a resumed run sees exactly the batches it would have seen.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    passes = math.ceil(steps * batch / n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])[: steps * batch]
+
+
+@dataclass
+class FitResult:
+    models: CycleGAN
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
+        resume: dict[str, Any] | None = None, log_dir: Path | None = None, progress: bool = False) -> FitResult:
+    """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
+
+    `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
+    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from.
+    """
+    dev = pick_device(device)
+    torch.manual_seed(cfg.seed)
+    models = CycleGAN.build(cfg)
+    gpu = dev.type == "cuda"
+    for net in models.named().values():
+        net.to(dev)
+        if gpu and cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
+    autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
+    adam = partial(torch.optim.Adam, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **({"fused": True} if gpu else {}))
+    opt_g = adam([*models.g_t1_t2.parameters(), *models.g_t2_t1.parameters()])
+    opt_d = adam([*models.d_t1.parameters(), *models.d_t2.parameters()])
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(cfg)) for o in (opt_g, opt_d)]
+    pools = (ImagePool(cfg.pool_size), ImagePool(cfg.pool_size))
+    start = 0
+    if resume is not None:
+        start = _restore(resume, cfg, models, opt_g, opt_d, scheds, pools, dev)
+    if gpu and cfg.compile:
+        for name, net in models.named().items():
+            setattr(models, name, torch.compile(net))
+
+    data = data.to(dev)
+    train = data.train
+    if gpu and cfg.channels_last:
+        train = type(train)(**{**train.__dict__, "t1": train.t1.contiguous(memory_format=torch.channels_last),
+                               "t2": train.t2.contiguous(memory_format=torch.channels_last)})
+    steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))
+    writer = _writer(log_dir, cfg)
+    result = FitResult(models)
+    epochs = range(start + 1, cfg.epochs + 1)
+    bar = _progress(epochs) if progress else None
+    for epoch in bar if bar is not None else epochs:
+        order1 = epoch_order(len(train.t1), steps, cfg.batch_size, cfg.seed, epoch).to(dev)
+        order2 = epoch_order(len(train.t2), steps, cfg.batch_size, cfg.seed + 1, epoch).to(dev)
+        totals: dict[str, torch.Tensor] = {}
+        for s in range(steps):
+            batch = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
+            losses = train_step(models, opt_g, opt_d, train.t1[order1[batch]], train.t2[order2[batch]], pools, cfg,
+                                autocast)
+            for k, v in losses.items():
+                totals[k] = totals[k] + v if k in totals else v
+        for sched in scheds:
+            sched.step()
+        means = dict(zip(totals, (torch.stack(list(totals.values())) / steps).tolist()))
+        metrics = {"epoch": epoch, **means, **evaluate(models.g_t1_t2, models.g_t2_t1, data.val, autocast),
+                   "paired": data.val.paired}
+        result.history.append(metrics)
+        if writer is not None:
+            _log_epoch(writer, metrics, models, data, epoch, cfg, autocast)
+        if bar is not None:
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
+        if report is not None:
+            state = partial(_state, cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics)
+            report(metrics, partial(_save, state=state))
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def _save(path: Path, state: Callable[[], dict[str, Any]]) -> None:
+    checkpoint.save(path, state())
+
+
+def _state(cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics) -> dict[str, Any]:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return {"config": cfg.to_dict(), "epoch": epoch, "split": data.split(), "metrics": metrics,
+            "models": {k: checkpoint.state_dict(v) for k, v in models.named().items()},
+            "optim": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
+            "sched": [s.state_dict() for s in scheds], "pools": [p.state() for p in pools], "rng": rng}
+
+
+def _restore(state, cfg, models, opt_g, opt_d, scheds, pools, dev) -> int:
+    saved = TrainConfig.from_dict(state["config"])
+    if saved.replace(epochs=cfg.epochs) != cfg:
+        changed = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v and k != "epochs")
+        raise checkpoint.CheckpointError(f"checkpoint was trained with other settings ({', '.join(changed)})")
+    for name, net in models.named().items():
+        net.load_state_dict(state["models"][name])
+    opt_g.load_state_dict(state["optim"]["g"])
+    opt_d.load_state_dict(state["optim"]["d"])
+    for sched, s in zip(scheds, state["sched"]):
+        sched.load_state_dict(s)
+    for pool, s in zip(pools, state["pools"]):
+        pool.load(s, dev)
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"] and dev.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return int(state["epoch"])
+
+
+def _writer(log_dir: Path | None, cfg: TrainConfig):
+    if log_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    from cyclegan.metrics import IMAGE_METRICS
+
+    writer = SummaryWriter(str(log_dir))
+    # The HParams session is written first, so trials stopped early by a scheduler still show in the
+    # HParams view; its metric columns are the scalar tags logged every epoch.
+    exp, ssi, sei = hparams(cfg.to_dict(), {f"val/{m}": 0.0 for m in IMAGE_METRICS})
+    for summary in (exp, ssi, sei):
+        writer.file_writer.add_summary(summary)
+    return writer
+
+
+def _log_epoch(writer, metrics: dict, models: CycleGAN, data: Dataset, epoch: int, cfg: TrainConfig,
+               autocast) -> None:
+    for k, v in metrics.items():
+        if k.startswith("loss_"):
+            writer.add_scalar(f"train/{k}", v, epoch)
+        elif k.startswith(("ssim_", "psnr_")):
+            writer.add_scalar(f"val/{k}", v, epoch)
+    if epoch % cfg.sample_every == 0 or epoch == cfg.epochs or epoch == 1:
+        # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices.
+        t1, t2 = data.val.t1[:4], data.val.t2[:4]
+        fake_t2 = translate_all(models.g_t1_t2, t1, autocast)
+        fake_t1 = translate_all(models.g_t2_t1, t2, autocast)
+        rows = [t1, fake_t2, translate_all(models.g_t2_t1, fake_t2, autocast),
+                t2, fake_t1, translate_all(models.g_t1_t2, fake_t1, autocast)]
+        writer.add_image("val/samples", grid(rows), epoch)
+    writer.flush()
+
+
+def _progress(epochs: range):
+    from tqdm import tqdm
+
+    return tqdm(epochs, desc="epochs", unit="epoch", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cyclegan.train", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one config knob, e.g. --set resize=64 (repeatable)")
+    p.add_argument("--config", type=Path, help="a config.json to start from (e.g. a run's own)")
+    p.add_argument("--out", type=Path, required=True, help="the run's folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    args = p.parse_args(argv)
+    try:
+        base = TrainConfig.load(args.config) if args.config else TrainConfig()
+        cfg = base.replace(**parse_overrides(args.overrides))
+        state = checkpoint.load(args.out / checkpoint.CHECKPOINT) if args.resume else None
+        if state is None and (args.out / checkpoint.CHECKPOINT).exists():
+            raise checkpoint.CheckpointError(f"{args.out} already holds a run; pass --resume to continue it "
+                                              "or choose another --out")
+        data = load_data(args.data, cfg.resize, cfg.seed)
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, DataError, checkpoint.CheckpointError, OSError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg.save(args.out / "config.json")
+    data.save_split(args.out / "split.json")
+    metrics_file = args.out / "metrics.jsonl"
+
+    def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
+        with metrics_file.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        save(args.out / checkpoint.CHECKPOINT)
+
+    try:
+        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb",
+            progress=sys.stderr.isatty())
+    except checkpoint.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    last = json.loads(metrics_file.read_text().splitlines()[-1])
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from cyclegan.config import FIELD_NAMES, ConfigError, TrainConfig, parse_overrides
+
+
+def test_defaults_are_the_studys_v4():
+    c = TrainConfig()
+    assert (c.resize, c.batch_size, c.unet_depth, c.disc_layers, c.epochs) == (256, 2, 8, 3, 100)
+    assert (c.lambda_cycle, c.lambda_identity, c.lambda_disc, c.lr) == (10.0, 0.5, 0.5, 2e-4)
+
+
+def test_round_trip_through_dict_and_file(tmp_path):
+    c = TrainConfig(resize=64, unet_depth=6, lr=1e-3, gan_loss="bce", upsample="resize", compile=True)
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    c.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == c
+
+
+def test_is_frozen():
+    with pytest.raises(AttributeError):
+        TrainConfig().resize = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"learning_rate": 1e-3}, "unknown key 'learning_rate'"),
+    ({"resize": "256"}, "resize='256' has the wrong type: expected int"),
+    ({"resize": 256.0}, "expected int"),
+    ({"compile": 1}, "compile=1 has the wrong type: expected bool"),
+    ({"unet_depth": 9}, r"unet_depth=9 needs resize >= 2\*\*9 = 512"),
+    ({"resize": 32, "unet_depth": 5, "disc_layers": 4}, r"disc_layers=4 needs resize >= 4 \* 2\*\*4 = 64"),
+    ({"gan_loss": "wgan"}, r"gan_loss='wgan' is not allowed; expected one of \['lsgan', 'bce'\]"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"lr": -1.0}, "lr must be > 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+])
+def test_refusals_name_the_key(values, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(values)
+
+
+def test_overrides_type_themselves():
+    assert parse_overrides(["lr=1e-4", "resize=64", "compile=true", "gan_loss=bce", "lambda_cycle=5"]) == {
+        "lr": 1e-4, "resize": 64, "compile": True, "gan_loss": "bce", "lambda_cycle": 5.0}
+
+
+@pytest.mark.parametrize("item,match", [("resize", "expected key=value"), ("size=3", "unknown key 'size'"),
+                                        ("resize=big", "expected int"), ("lr=fast", "expected float")])
+def test_override_refusals(item, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_overrides([item])
+
+
+def test_field_names_include_the_design_contract():
+    for name in ("resize", "batch_size", "unet_depth", "disc_layers", "epochs", "lr", "lambda_cycle",
+                 "lambda_identity", "gan_loss", "upsample"):
+        assert name in FIELD_NAMES

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cyclegan import checkpoint
+from cyclegan.data import load_data
+from cyclegan.metrics import REPORTED_METRICS
+from cyclegan.train import CycleGAN, ImagePool, discriminator_update, fit, generator_update, train_step
+
+
+def _optimizers(m: CycleGAN):
+    return (torch.optim.Adam([*m.g_t1_t2.parameters(), *m.g_t2_t1.parameters()], lr=2e-4, betas=(0.5, 0.999)),
+            torch.optim.Adam([*m.d_t1.parameters(), *m.d_t2.parameters()], lr=2e-4, betas=(0.5, 0.999)))
+
+
+def _params(net):
+    return torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("gan", ["lsgan", "bce"])
+def test_generator_update_moves_generators_and_leaves_discriminators(tiny_cfg, gan):
+    cfg = tiny_cfg.replace(gan_loss=gan)
+    torch.manual_seed(0)
+    m = CycleGAN.build(cfg)
+    opt_g, opt_d = _optimizers(m)
+    x1, x2 = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
+    before = {k: _params(v) for k, v in m.named().items()}
+    losses, fake_t1, fake_t2 = generator_update(m, opt_g, x1, x2, cfg)
+    after = {k: _params(v) for k, v in m.named().items()}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert not torch.equal(before["g_t1_t2"], after["g_t1_t2"]) and not torch.equal(before["g_t2_t1"], after["g_t2_t1"])
+    assert torch.equal(before["d_t1"], after["d_t1"]) and torch.equal(before["d_t2"], after["d_t2"])
+    loss_d = discriminator_update(m, opt_d, x1, x2, fake_t1, fake_t2, cfg)
+    assert torch.isfinite(loss_d)
+    assert not torch.equal(after["d_t1"], _params(m.d_t1))
+    assert torch.equal(after["g_t1_t2"], _params(m.g_t1_t2))
+
+
+def test_train_step_reports_the_four_losses_without_identity_when_its_weight_is_zero(tiny_cfg):
+    cfg = tiny_cfg.replace(lambda_identity=0.0)
+    m = CycleGAN.build(cfg)
+    losses = train_step(m, *_optimizers(m), torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32),
+                        (ImagePool(2), ImagePool(2)), cfg)
+    assert set(losses) == {"loss_cycle", "loss_identity", "loss_G", "loss_D"}
+    assert losses["loss_identity"].item() == 0.0
+
+
+def test_image_pool_fills_then_swaps_half_the_time():
+    torch.manual_seed(0)
+    pool = ImagePool(4)
+    first = torch.arange(4.0).view(4, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: passed through
+    later = torch.full((1000, 1, 1, 1), -1.0)
+    out = pool.query(later)
+    swapped = (out != -1).float().mean().item()
+    assert 0.4 < swapped < 0.6
+    assert ImagePool(0).query(later) is later
+
+
+def test_fit_reports_every_epoch_with_all_metrics_and_learns(tiny_cfg):
+    data = load_data("synthetic", 32)
+    seen = []
+    fit(tiny_cfg.replace(epochs=3), data, report=lambda metrics, save: seen.append(metrics))
+    assert [m["epoch"] for m in seen] == [1, 2, 3]
+    for m in seen:
+        assert set(REPORTED_METRICS) <= set(m) and m["paired"] is True
+        assert all(torch.isfinite(torch.tensor(float(m[k]))) for k in REPORTED_METRICS)
+    assert seen[-1]["loss_cycle"] < seen[0]["loss_cycle"]
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_cfg, tmp_path):
+    data = load_data("synthetic", 32)
+    saved = {}
+    result = fit(tiny_cfg.replace(epochs=1), data, report=lambda m, save: save(tmp_path / "checkpoint.pt"))
+    cfg, g, f = checkpoint.load_generators(tmp_path)
+    x = data.test.t1[:2]
+    result.models.g_t1_t2.eval()
+    result.models.g_t2_t1.eval()
+    with torch.no_grad():
+        assert torch.equal(g(x), result.models.g_t1_t2(x))
+        assert torch.equal(f(x), result.models.g_t2_t1(x))
+    assert cfg == tiny_cfg.replace(epochs=1) and not saved
+
+
+def test_resume_continues_exactly(tiny_cfg, tmp_path):
+    data = load_data("synthetic", 32)
+    straight = fit(tiny_cfg.replace(epochs=3), data)
+    fit(tiny_cfg.replace(epochs=3), data,
+        report=lambda m, save: save(tmp_path / "checkpoint.pt") if m["epoch"] == 2 else None)
+    state = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 2
+    resumed = fit(tiny_cfg.replace(epochs=3), data, resume=state)
+    assert [h["epoch"] for h in resumed.history] == [3]
+    for name, net in straight.models.named().items():
+        assert torch.equal(_params(net), _params(resumed.models.named()[name])), name
+    assert resumed.history[-1] == straight.history[-1]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_cfg, tmp_path):
+    data = load_data("synthetic", 32)
+    fit(tiny_cfg.replace(epochs=1), data, report=lambda m, save: save(tmp_path / "checkpoint.pt"))
+    with pytest.raises(checkpoint.CheckpointError, match="other settings \\(ngf\\)"):
+        fit(tiny_cfg.replace(ngf=4), data, resume=checkpoint.load(tmp_path / "checkpoint.pt"))
+
+
+def test_damaged_checkpoints_are_named(tmp_path, tiny_cfg):
+    data = load_data("synthetic", 32)
+    fit(tiny_cfg.replace(epochs=1), data, report=lambda m, save: save(tmp_path / "checkpoint.pt"))
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint.pt: unreadable or truncated"):
+        checkpoint.load(tmp_path / "checkpoint.pt")
+    torch.save({"hello": 1}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this project"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="holds neither model.pt"):
+        checkpoint.load_generators(tmp_path / "nothing")
+    # Weights of another architecture under a matching config are refused, not half-loaded.
+    payload = json.loads(json.dumps(tiny_cfg.to_dict()))
+    (tmp_path / "x").mkdir()
+    other = fit(tiny_cfg.replace(epochs=1, ngf=4), data).models
+    checkpoint.save(tmp_path / "x" / "model.pt", {"config": payload,
+                                                  "g_t1_t2": checkpoint.state_dict(other.g_t1_t2),
+                                                  "g_t2_t1": checkpoint.state_dict(other.g_t2_t1)})
+    with pytest.raises(checkpoint.CheckpointError, match="does not match its own config"):
+        checkpoint.load_generators(tmp_path / "x")
