@@ -29,6 +29,7 @@ In both cases the Tuner's `param_space` stays empty: the searcher supplies the w
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import math
 import pickle
@@ -46,28 +47,26 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, ConfigError, TrainConfig
+from cyclegan.metrics import DIRECTIONS
+from cyclegan.metrics import REPORTED_METRICS as TRAINER_METRICS
 
-# What the trainer reports each epoch (DESIGN.md, "Contracts"): the study's four losses, its Table 3 rows
-# (same-contrast rows are cycle reconstructions), the same rows inside the head mask, and the objective.
-_DIRECTIONS = ("t1_t1", "t2_t2", "t1_t2", "t2_t1")
-REPORTED_METRICS: tuple[str, ...] = (
-    "epoch", "loss_cycle", "loss_identity", "loss_G", "loss_D",
-    *(f"{m}_{d}" for m in ("ssim", "psnr") for d in _DIRECTIONS),
-    *(f"{m}_{d}_head" for m in ("ssim", "psnr") for d in _DIRECTIONS),
-    "objective",
-)
 OBJECTIVE = "objective"  # the key every trial reports its objective under, and what Tune selects on
-# An objective may weigh any reported metric except itself and the epoch counter.
-SELECTABLE: tuple[str, ...] = tuple(m for m in REPORTED_METRICS if m not in ("epoch", OBJECTIVE))
+# What a trial reports each epoch (DESIGN.md, "Contracts"): the trainer's losses and image metrics, and the
+# objective the trainable computes from them.
+REPORTED_METRICS: tuple[str, ...] = (*TRAINER_METRICS, OBJECTIVE)
+# An objective may weigh any of the trainer's metrics except the epoch counter.
+SELECTABLE: tuple[str, ...] = tuple(m for m in TRAINER_METRICS if m != "epoch")
 # Cross-contrast SSIM alone is weak on unpaired data (it is measured against the input slice), and the
 # reconstructions alone reward a generator that copies its input; the mean of all four, inside the head so the
 # black background does not inflate them, asks for both.
-DEFAULT_WEIGHTS: dict[str, float] = {f"ssim_{d}_head": 0.25 for d in _DIRECTIONS}
+DEFAULT_WEIGHTS: dict[str, float] = {f"ssim_{d}_head": 0.25 for d in DIRECTIONS}
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 SCHEDULERS = ("asha", "none")
-DEPTH_KNOBS = ("unet_depth", "disc_layers")  # each halves the image once per level: needs 2**depth <= resize
+# Each halves the image once per level, so resize caps it; cyclegan.config owns the exact rule.
+DEPTH_KNOBS = ("unet_depth", "disc_layers")
 MAX_DEPTH = 30  # 2**30-pixel slices are beyond any data; the cap also keeps 2**depth cheap to compute
+_ANY_RESIZE = 2 ** (MAX_DEPTH + 4)  # large enough for any depth
 MAX_GRID_POINTS = 10_000
 DEFAULT_NUM_SAMPLES = 16
 _DEFAULTS = TrainConfig()
@@ -118,9 +117,21 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _deepest(resize: int) -> int:
-    """The deepest depth a resize allows: the largest d with 2**d <= resize."""
-    return resize.bit_length() - 1
+@functools.cache
+def deepest_allowed(knob: str, resize: int) -> int:
+    """The deepest value of a depth knob that the config accepts at this resize (0: none).
+
+    Asked of TrainConfig itself (2**unet_depth <= resize, 4 * 2**disc_layers <= resize today), so the search
+    follows the config's rule as it is, not a copy of it.
+    """
+    depth = 0
+    while depth < MAX_DEPTH:
+        try:
+            TrainConfig.from_dict({**{k: 1 for k in DEPTH_KNOBS}, "resize": resize, knob: depth + 1})
+        except ConfigError:
+            break
+        depth += 1
+    return depth
 
 
 def _allowed(name: str) -> str:
@@ -137,11 +148,11 @@ def _knob(source: str, key: str, name: Any, value: Any) -> Any:
         _fail(source, key, f"{name}={value} needs resize >= 2**{value}", f"{name} <= {MAX_DEPTH}")
     if FIELD_TYPES[name] == "float" and _is_int(value) and _number(value) is None:
         _fail(source, key, f"{name}={value} is too large for a float", _allowed(name))
-    # Probe the value alone: the other depth knob at 1, and for a depth the smallest resize it fits, so that the
-    # only rule the probe can break is one about this value.
+    # Probe the value alone: the other depth knob at 1, and for a depth a resize that fits any, so that the only
+    # rule the probe can break is one about this value. How depth and resize go together is checked later.
     probe: dict[str, Any] = {name: value, **{k: 1 for k in DEPTH_KNOBS if k != name}}
-    if name in DEPTH_KNOBS and _is_int(value) and value >= 1:
-        probe["resize"] = 2**value
+    if name in DEPTH_KNOBS:
+        probe["resize"] = _ANY_RESIZE
     try:
         typed = getattr(TrainConfig.from_dict(probe), name)
     except ConfigError as e:
@@ -222,7 +233,7 @@ class DefineByRun:
 
 
 def _depth_limit(name: str, values: Mapping[str, Any]) -> int | None:
-    return _deepest(values.get("resize", _DEFAULTS.resize)) if name in DEPTH_KNOBS else None
+    return deepest_allowed(name, values.get("resize", _DEFAULTS.resize)) if name in DEPTH_KNOBS else None
 
 
 def _draw_order(params: Mapping[str, Param]) -> list[Param]:
@@ -580,27 +591,35 @@ def _range(src: str, key: str, name: str, kind: str, spec: dict) -> Param:
 
 
 def _check_depths(src: str, fixed: dict[str, Any], params: dict[str, Param]) -> None:
-    """Refuses a space in which some resize leaves a depth knob nothing to draw (each needs 2**depth <= resize)."""
+    """Refuses a space in which some resize leaves a depth knob nothing to draw."""
     resize_low = params["resize"].bounds()[0] if "resize" in params else fixed.get("resize", _DEFAULTS.resize)
-    deepest = _deepest(resize_low)
     for knob in DEPTH_KNOBS:
+        deepest = deepest_allowed(knob, resize_low)
+        fits = f"{knob} <= {deepest} at resize {resize_low}, or a larger resize" if deepest else "a larger resize"
         if knob in params:
             param = params[knob]
             low, high = param.bounds()
             if low > deepest:
-                _fail(src, f"params.{knob}", f"no {knob} fits resize={resize_low} (it needs 2**{knob} <= resize)",
-                      f"{knob} <= {deepest} at resize {resize_low}, or resize >= {2**low}")
+                _fail(src, f"params.{knob}", f"no {knob} fits resize={resize_low}: {_why(knob, low, resize_low)}", fits)
             # Optuna refuses a choice whose values change between trials, so a choice cannot be shrunk per resize.
             if param.kind == "choice" and high > deepest:
-                _fail(src, f"params.{knob}", f"{knob}={high} does not fit resize={resize_low}",
+                _fail(src, f"params.{knob}", _why(knob, high, resize_low),
                       f"choices <= {deepest}, or an int range, which each trial clamps to its resize")
             continue
         depth = fixed.get(knob, getattr(_DEFAULTS, knob))
         if depth > deepest:
             where = "params.resize" if "resize" in params else f"fixed.{knob}" if knob in fixed else "fixed.resize"
-            default = "" if knob in fixed else " (the default)"
-            _fail(src, where, f"resize={resize_low} is too small for {knob}={depth}{default}",
-                  f"resize >= {2**depth}, or a shallower {knob}")
+            default = "" if knob in fixed else f" ({knob} is the config's default)"
+            _fail(src, where, _why(knob, depth, resize_low) + default, f"a larger resize, or a shallower {knob}")
+
+
+def _why(knob: str, depth: int, resize: int) -> str:
+    """The config's own words for why `depth` does not fit `resize`."""
+    try:
+        TrainConfig.from_dict({**{k: 1 for k in DEPTH_KNOBS}, "resize": resize, knob: depth})
+    except ConfigError as e:
+        return str(e)
+    return f"{knob}={depth} does not fit resize={resize}"
 
 
 def _check_together(src: str, fixed: dict[str, Any], params: dict[str, Param]) -> None:

@@ -20,6 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+import cyclegan.metrics
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, TrainConfig
 from search.space import (
     DEFAULT_WEIGHTS,
@@ -29,6 +30,7 @@ from search.space import (
     PointsSearcher,
     Space,
     SpaceError,
+    deepest_allowed,
     load_space,
     space_from_dict,
 )
@@ -257,8 +259,8 @@ def test_define_by_run_keeps_every_draw_inside_the_space(sampler: str) -> None:
     study.optimize(objective, n_trials=200)
     assert len(configs) == 200
     for c in configs:
-        assert 2 ** c["unet_depth"] <= c["resize"] and 2 ** c["disc_layers"] <= c["resize"]
-        assert 3 <= c["unet_depth"] and c["disc_layers"] in (2, 4, 6)
+        assert 2 ** c["unet_depth"] <= c["resize"] and 3 <= c["unet_depth"]
+        assert c["disc_layers"] in (2, 4, 6)
         assert c["epochs"] in range(50, 301, 50)
         assert 1e-5 <= c["lr"] <= 1e-3
         assert 5.0 <= c["lambda_cycle"] <= 20.0 and (c["lambda_cycle"] * 2).is_integer()
@@ -267,6 +269,7 @@ def test_define_by_run_keeps_every_draw_inside_the_space(sampler: str) -> None:
         TrainConfig.from_dict(c)
     assert {c["resize"] for c in configs} == {32, 128, 256}
     assert {c["unet_depth"] for c in configs if c["resize"] == 256} >= {7, 8}  # the full range where it fits
+    assert {c["disc_layers"] for c in configs if c["resize"] == 32} == {2}  # 4 * 2**disc_layers <= resize
     assert min(c["lr"] for c in configs) < 1e-4  # log scale: small rates are drawn as often as large ones
 
 
@@ -299,6 +302,13 @@ def test_optuna_search_suggests_flat_configs_and_pickles(tmp_path: Path) -> None
         searcher.on_trial_complete(f"t{i}", result={"objective": 0.1 * i})
     searcher.save(str(tmp_path / "searcher.pkl"))  # Tune saves it with the experiment, for --resume
     assert pickle.loads(pickle.dumps(space.define_by_run())) == space.define_by_run()
+
+
+@pytest.mark.parametrize(("knob", "resize", "deepest"), [
+    ("unet_depth", 256, 8), ("unet_depth", 128, 7), ("unet_depth", 255, 7), ("disc_layers", 256, 6),
+    ("disc_layers", 32, 3), ("disc_layers", 7, 0)])
+def test_deepest_allowed_is_the_configs_rule(knob: str, resize: int, deepest: int) -> None:
+    assert deepest_allowed(knob, resize) == deepest
 
 
 def test_points_space_has_nothing_to_sample() -> None:
@@ -407,7 +417,8 @@ def test_objective_value_is_the_weighted_sum() -> None:
         objective.value({"ssim_t1_t1": 0.8})
 
 
-def test_reported_metrics_are_the_contract() -> None:
+def test_reported_metrics_are_the_trainers_and_the_objective() -> None:
+    assert REPORTED_METRICS == (*cyclegan.metrics.REPORTED_METRICS, "objective")
     assert REPORTED_METRICS[:5] == ("epoch", "loss_cycle", "loss_identity", "loss_G", "loss_D")
     assert "ssim_t2_t1_head" in REPORTED_METRICS and "psnr_t1_t2" in REPORTED_METRICS
     assert REPORTED_METRICS[-1] == "objective" and len(REPORTED_METRICS) == 22

@@ -12,7 +12,6 @@ import ray
 from ray import tune
 
 from cyclegan.config import TrainConfig
-from search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +34,8 @@ def local_ray():  # noqa: ANN201
 
 @pytest.mark.parametrize("name", ["full.yaml", "study_v1_v4.yaml"])  # OptunaSearch, PointsSearcher
 def test_trials_receive_flat_configs(local_ray: None, tmp_path: Path, name: str) -> None:
+    from search.space import load_space  # here, so the trial workers that import this module skip torch
+
     space = load_space(ROOT / "spaces" / name).with_overrides({"epochs": 2}).replace_search(
         num_samples=2, gpus_per_trial=0, cpus_per_trial=1)
     tuner = tune.Tuner(
