@@ -1,0 +1,54 @@
+"""The searchers in a real (local, CPU) Ray Tune run: every trial's config arrives flat and builds a TrainConfig.
+
+    python -m pytest tests/search/test_space_tune.py -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+
+from cyclegan.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_trainable(config: dict) -> None:
+    cfg = TrainConfig.from_dict(config)  # refuses a nested or unknown key
+    for epoch in (1, 2):
+        tune.report({"epoch": epoch, "objective": cfg.unet_depth + epoch / 10, "resize_seen": cfg.resize})
+
+
+@pytest.fixture(scope="module")
+def local_ray():  # noqa: ANN201
+    # Workers import this module and the project by name; the project need not be pip-installed.
+    path = f"{ROOT}:{Path(__file__).parent}"
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("name", ["full.yaml", "study_v1_v4.yaml"])  # OptunaSearch, PointsSearcher
+def test_trials_receive_flat_configs(local_ray: None, tmp_path: Path, name: str) -> None:
+    from search.space import load_space  # here, so the trial workers that import this module skip torch
+
+    space = load_space(ROOT / "spaces" / name).with_overrides({"epochs": 2}).replace_search(
+        num_samples=2, gpus_per_trial=0, cpus_per_trial=1)
+    tuner = tune.Tuner(
+        tune.with_resources(fake_trainable, space.resources()),
+        tune_config=space.tune_config(),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="t", verbose=0,
+                                  checkpoint_config=space.checkpoint_config(),
+                                  failure_config=space.failure_config()),
+    )
+    results = tuner.fit()
+    assert len(results) == 2 and not results.errors
+    points = space.trial_points()
+    for result in results:
+        assert 2 ** result.config["unet_depth"] <= result.config["resize"] == result.metrics["resize_seen"]
+        if points is not None:
+            assert result.config in points
