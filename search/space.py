@@ -137,7 +137,8 @@ def deepest_allowed(knob: str, resize: int) -> int:
 def _allowed(name: str) -> str:
     if name in CHOICES:
         return f"one of {list(CHOICES[name])}"
-    return f"a {FIELD_TYPES[name]} that cyclegan.config.TrainConfig accepts for {name}"
+    kind = FIELD_TYPES[name]
+    return f"{'an' if kind == 'int' else 'a'} {kind} that cyclegan.config.TrainConfig accepts for {name}"
 
 
 def _knob(source: str, key: str, name: Any, value: Any) -> Any:
