@@ -20,6 +20,9 @@ from search.select import TrialOutcome
 
 # The study's V4 on its own test slices (report's Table 3), cross-contrast rows against the input slice.
 STUDY_TABLE3 = {"t1_t1": (0.94, 33.09), "t2_t2": (0.87, 30.72), "t1_t2": (0.35, 28.48), "t2_t1": (0.55, 29.03)}
+# The study's final training losses (report's Table 2): cycle, G, D, identity.
+STUDY_TABLE2 = {"V1": (5.10, 2.30, 1.90, 1.60), "V2": (4.80, 2.10, 1.80, 1.30), "V3": (3.85, 1.20, 0.96, 0.39),
+                "V4": (3.75, 0.93, 0.79, 0.20)}
 ROW_NAMES = {"t1_t1": "T1 -> T2 -> T1", "t2_t2": "T2 -> T1 -> T2", "t1_t2": "T1 -> T2", "t2_t1": "T2 -> T1"}
 
 
@@ -111,6 +114,25 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                   "Means over test slices. The study's figures are on its own test slices, not these.", ""]
         if samples:
             lines += [f"![test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2))]({samples})", ""]
+    named = [o for o in outcomes if o.name]
+    if named:
+        lines += ["## The named runs beside the study", "",
+                  "Final training losses (ours / the study's Table 2, where the run is one of V1-V4) and test SSIM "
+                  "(whole image). Our losses are means over each run's last epoch; the study's loss definitions "
+                  "follow the TensorFlow tutorial, so compare trends more than values.", "",
+                  "| run | resize | batch | depth | D blocks | epochs run | loss_cycle | loss_G | loss_D "
+                  "| loss_identity | "
+                  + " | ".join(f"test ssim {ROW_NAMES[d]}" for d in DIRECTIONS) + " |",
+                  "|---" * (10 + len(DIRECTIONS)) + "|"]
+        for o in sorted(named, key=lambda o: o.name):
+            study = STUDY_TABLE2.get(o.name)
+            losses = [_fmt(o.last.get(k)) + (f" / {study[i]:.2f}" if study else "")
+                      for i, k in enumerate(("loss_cycle", "loss_G", "loss_D", "loss_identity"))]
+            tests = [f"{o.test[f'ssim_{d}']:.3f}" if o.test else "-" for d in DIRECTIONS]
+            c = o.config
+            lines.append(f"| {o.name} | {c.get('resize')} | {c.get('batch_size')} | {c.get('unet_depth')} | "
+                         f"{c.get('disc_layers')} | {o.last.get('epoch', 0)} | " + " | ".join(losses + tests) + " |")
+        lines.append("")
     lines += ["## Finalists on the test split", "", "| trial | val objective | test objective | "
               + " | ".join(f"test ssim_{d}" for d in DIRECTIONS) + " |", "|---" * (3 + len(DIRECTIONS)) + "|"]
     for o in finalists:
@@ -122,7 +144,8 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
     order = sorted(outcomes, key=lambda o: -math.inf if math.isnan(o.val_objective) else o.val_objective,
                    reverse=space.objective.mode == "max")
     for o in order:
-        lines.append(f"| `{o.trial_id}` | {o.status} | {o.last.get('epoch', 0)} | "
+        label = f"`{o.trial_id}`" + (f" ({o.name})" if o.name else "")
+        lines.append(f"| {label} | {o.status} | {o.last.get('epoch', 0)} | "
                      + " | ".join(str(o.config.get(k, "")) for k in knobs)
                      + f" | {o.val_objective:.4f} | {_fmt(o.last.get('loss_G'))} | {_fmt(o.last.get('loss_cycle'))} |")
     failed = [o for o in outcomes if o.status == "error"]

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from search.space import Space, SpaceError, load_space
-
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import DataError, load_data
+from search.space import Space, SpaceError, load_space
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 

@@ -21,6 +21,7 @@ from cyclegan import checkpoint
 from cyclegan.config import FIELD_NAMES
 from cyclegan.data import load_data
 from cyclegan.evaluate import evaluate
+from search.space import POINT_NAME
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrialOutcome:
     checkpoint: str | None  # the best checkpoint's folder (a path or URI)
     error: str = ""
     test: dict[str, float] = field(default_factory=dict)
+    name: str = ""  # a points space's label for the trial, e.g. V4
 
     @property
     def val_objective(self) -> float:
@@ -64,7 +66,8 @@ def outcome(result: tune.Result, mode: str) -> TrialOutcome:
     else:
         status = "finished"
     error = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
-    return TrialOutcome(trial_id, str(result.path), config, status, last, best, ckpt, error)
+    name = str((result.config or {}).get(POINT_NAME, ""))
+    return TrialOutcome(trial_id, str(result.path), config, status, last, best, ckpt, error, name=name)
 
 
 def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:

@@ -79,6 +79,8 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "select": ("top_k",),
     "failure": ("max_failures",),
 }
+# A point may carry a label (`name: V1`); it travels in the trial's config beside the knobs, for the report.
+POINT_NAME = "name"
 TOP_KEYS: tuple[str, ...] = (*_SECTIONS, "fixed", "params", "points")
 _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "choice": ("choice",), "int": ("int", "step", "log"), "float": ("float", "step", "log")}
@@ -648,6 +650,10 @@ def _points(src: str, raw: Any, fixed: dict[str, Any]) -> list[dict[str, Any]]:
         key = f"points[{i}]"
         if not isinstance(point, dict):
             _fail(src, key, f"expected a mapping, got {_show(point)}", "{knob: value, ...}")
+        label = point.get(POINT_NAME)
+        if POINT_NAME in point and not isinstance(label, str):
+            _fail(src, f"{key}.{POINT_NAME}", f"expected a string, got {_show(label)}", "a label such as V1")
+        point = {k: v for k, v in point.items() if k != POINT_NAME}
         for name in point:
             if name in fixed:
                 _fail(src, f"{key}.{name}", "is also in fixed", "each knob in fixed or in the points, not both")
@@ -656,7 +662,7 @@ def _points(src: str, raw: Any, fixed: dict[str, Any]) -> list[dict[str, Any]]:
             TrainConfig.from_dict({**fixed, **typed})
         except ConfigError as e:
             _fail(src, key, str(e), "points that, with fixed and the config's defaults, make a valid TrainConfig")
-        points.append(typed)
+        points.append({**typed, POINT_NAME: label} if label is not None else typed)
     return points
 
 
@@ -709,9 +715,10 @@ def _scheduler(src: str, raw: dict, max_epochs: int, default: str) -> tuple[str,
     if "max_t" in raw:
         max_t = _int(src, "scheduler.max_t", raw["max_t"], grace_period, why=f"grace_period is {grace_period}")
     else:
-        # max_t follows the longest run, and a short one (--set epochs=1) shortens the grace period to fit.
+        # max_t follows the longest run. A short one (--set epochs=2) shortens the grace period so that ASHA
+        # still has a rung below max_t at which to stop trials.
         max_t = max_epochs
-        grace_period = min(grace_period, max_t)
+        grace_period = max(1, min(grace_period, int(max_t // reduction_factor)))
     return kind, grace_period, reduction_factor, max_t
 
 

@@ -20,11 +20,12 @@ from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
+from search.space import POINT_NAME
 
 
 def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[str, Any]], float],
                 checkpoint_every: int = 1, gpu_share: float = 0.0) -> None:
-    cfg = TrainConfig.from_dict(config)
+    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
     dataset = load_data(data, cfg.resize, cfg.seed)

@@ -30,14 +30,11 @@ def trials(run_dir: Path) -> list[dict]:
 
 
 def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
-    space = tmp_path / "asha.yaml"
-    space.write_text((ROOT / "spaces" / "unet_depth.yaml").read_text()
-                     .replace("grace_period: 10", "grace_period: 1").replace("reduction_factor: 3",
-                                                                             "reduction_factor: 2"))
-    p = run("search.run", str(space), "--num-samples", "4", "--max-concurrent", "2", "--set", "epochs=3",
-            *TINY, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    # The shipped space, shortened: ASHA's grace period shrinks to one epoch, so weak trials stop after it.
+    p = run("search.run", str(ROOT / "spaces" / "unet_depth.yaml"), "--num-samples", "4", "--max-concurrent", "1",
+            "--set", "epochs=2", *TINY, "--storage", str(tmp_path / "runs"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = tmp_path / "runs" / "asha"
+    run_dir = tmp_path / "runs" / "unet_depth"
     rows = trials(run_dir)
     assert len(rows) == 4
     assert {r["status"] for r in rows} <= {"finished", "stopped early"}
@@ -63,10 +60,14 @@ def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
             "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert t.returncode == 0, t.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == (40, 50)
-    e = run("search.export", str(run_dir), "--out", str(tmp_path / "again"), "--trial", rows[-1]["trial_id"],
-            cwd=tmp_path)
+    other = next(r["trial_id"] for r in rows if r["status"] == "finished" and r["trial_id"] != metrics["trial_id"])
+    e = run("search.export", str(run_dir), "--out", str(tmp_path / "again"), "--trial", other, cwd=tmp_path)
     assert e.returncode == 0, e.stderr
-    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["trial_id"] == rows[-1]["trial_id"]
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["trial_id"] == other
+    # A trial stopped before its first checkpoint has nothing to export, and says so.
+    stopped = next(r["trial_id"] for r in rows if r["status"] == "stopped early")
+    e = run("search.export", str(run_dir), "--out", str(tmp_path / "none"), "--trial", stopped, cwd=tmp_path)
+    assert e.returncode == 2 and f"trial {stopped} left no checkpoint" in e.stderr
 
 
 def test_the_studys_four_runs_are_reported_beside_the_studys_numbers(tmp_path, study_data):
@@ -78,6 +79,9 @@ def test_the_studys_four_runs_are_reported_beside_the_studys_numbers(tmp_path, s
     report = (tmp_path / "runs" / "study_v1_v4" / "summary" / "report.md").read_text()
     assert "0.94" in report and "33.09" in report  # the study's Table 3, V4
     assert "input slice, as the study did" in report  # unpaired data: the weak yardstick is named
+    for run_name, cycle_loss in (("V1", "5.10"), ("V2", "4.80"), ("V3", "3.85"), ("V4", "3.75")):
+        line = next(x for x in report.splitlines() if x.startswith(f"| {run_name} |"))
+        assert f"/ {cycle_loss}" in line  # our final loss beside the study's Table 2
 
 
 @pytest.mark.parametrize("args,match", [
