@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -228,6 +229,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         order1 = epoch_order(len(train.t1), steps, cfg.batch_size, cfg.seed, epoch).to(dev)
         order2 = epoch_order(len(train.t2), steps, cfg.batch_size, cfg.seed + 1, epoch).to(dev)
         totals: dict[str, torch.Tensor] = {}
+        started = time.perf_counter()
         for s in range(steps):
             batch = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
             losses = train_step(models, opt_g, opt_d, train.t1[order1[batch]], train.t2[order2[batch]], pools, cfg,
@@ -236,9 +238,12 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
                 totals[k] = totals[k] + v if k in totals else v
         for sched in scheds:
             sched.step()
-        means = dict(zip(totals, (torch.stack(list(totals.values())) / steps).tolist()))
+        means = dict(zip(totals, (torch.stack(list(totals.values())) / steps).tolist()))  # waits for the GPU
+        train_s = time.perf_counter() - started
         metrics = {"epoch": epoch, **means, **evaluate(models.g_t1_t2, models.g_t2_t1, data.val, autocast),
-                   "paired": data.val.paired}
+                   "paired": data.val.paired, "train_seconds": train_s,
+                   "pairs_per_second": steps * cfg.batch_size / train_s,
+                   "val_seconds": time.perf_counter() - started - train_s}
         result.history.append(metrics)
         if writer is not None:
             _log_epoch(writer, metrics if log_scalars else {}, models, data, epoch, cfg, autocast)
