@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.config import ConfigError, parse_overrides
-from cyclegan.data import DataError, load_data
+from cyclegan.data import SYNTHETIC, DataError, load_data
 from search.space import Space, SpaceError, load_space
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
@@ -46,6 +46,8 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     space = space.replace_search(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
     load_data(args.data, 32)  # refuses a missing or unreadable folder now, not in every trial
+    if args.data != SYNTHETIC:
+        args.data = str(Path(args.data).resolve())  # trials run in folders of their own
     name = args.name or args.space.stem
     storage = args.storage
     if "://" not in storage:
