@@ -357,14 +357,25 @@ class Space:
         return DefineByRun(tuple(_draw_order(self.params)), dict(self.fixed))
 
     def trial_points(self) -> list[dict[str, Any]] | None:
-        """The flat configs a points or grid space runs, in order; None where Optuna samples the trials."""
+        """The flat configs a points or grid space runs, in order; None where Optuna samples the trials.
+
+        More samples than points run the points again with the next seeds (seed + 1, + 2, ...): a repeat with
+        the same seed would only reproduce a trial, while other seeds show the run-to-run spread.
+        """
         if self.points is not None:
             points = self.points
         elif self.sampler == "grid":
             points = _grid(self.params, self.fixed)
         else:
             return None
-        return [{**self.fixed, **p} for p in points][: self.num_samples]
+        configs = []
+        for i in range(self.num_samples):
+            config = {**self.fixed, **points[i % len(points)]}
+            repeat = i // len(points)
+            if repeat:
+                config["seed"] = config.get("seed", TrainConfig().seed) + repeat
+            configs.append(config)
+        return configs
 
     def make_searcher(self) -> Searcher:
         """OptunaSearch for sampled spaces, PointsSearcher for points and grid spaces.
@@ -449,8 +460,7 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
     if n_points is None:
         num_samples = _int(src, "search.num_samples", search.get("num_samples", DEFAULT_NUM_SAMPLES), 1)
     else:
-        num_samples = _int(src, "search.num_samples", search.get("num_samples", n_points), 1, high=n_points,
-                           why=f"the space has {n_points} points")
+        num_samples = _int(src, "search.num_samples", search.get("num_samples", n_points), 1)
     max_concurrent = search.get("max_concurrent")
     if max_concurrent is not None:
         max_concurrent = _int(src, "search.max_concurrent", max_concurrent, 1)

@@ -24,6 +24,7 @@ import cyclegan.metrics
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, TrainConfig
 from search.space import (
     DEFAULT_WEIGHTS,
+    POINT_NAME,
     REPORTED_METRICS,
     TOP_KEYS,
     Objective,
@@ -60,7 +61,9 @@ def test_shipped_space_loads_and_opens_with_a_comment(path: Path) -> None:
     assert path.read_text().startswith("# ")
     assert space.objective.weights == DEFAULT_WEIGHTS
     for config in space.trial_points() or []:
-        TrainConfig.from_dict(config)
+        TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
+    if path.name == "study_v1_v4.yaml":
+        assert [c[POINT_NAME] for c in space.trial_points()] == ["V1", "V2", "V3", "V4"]
 
 
 def test_shipped_spaces_are_the_three_of_the_design() -> None:
@@ -176,8 +179,6 @@ REFUSALS = {
     "point knob also fixed": ("fixed: {lr: 1.0e-4}\npoints: [{lr: 2.0e-4}]\n", "points[0].lr"),
     "fixed that no point can use": ("fixed: {resize: 64}\npoints: [{lr: 2.0e-4}]\n", "points[0]"),
     "points with a sampler": ("search: {sampler: tpe}\npoints: [{resize: 128, unet_depth: 5}]\n", "search.sampler"),
-    "more samples than points": ("search: {num_samples: 3}\npoints: [{lr: 1.0e-4}, {lr: 2.0e-4}]\n",
-                                 "search.num_samples"),
 }
 
 
@@ -363,8 +364,7 @@ def test_replace_search_applies_the_command_line_flags() -> None:
     assert space.resources() == {"cpu": 2, "gpu": 0}
     with pytest.raises(SpaceError, match=r"with --num-samples 0: search\.num_samples: "):
         space.replace_search(num_samples=0)
-    with pytest.raises(SpaceError, match=r"search\.num_samples: .*4 points"):
-        load_space(ROOT / "spaces/study_v1_v4.yaml").replace_search(num_samples=5)
+    assert load_space(ROOT / "spaces/study_v1_v4.yaml").replace_search(num_samples=5).trial_points()[4]["seed"] == 1
 
 
 # --- the Ray objects ----------------------------------------------------------------------------------------------
@@ -510,7 +510,7 @@ def test_loader_returns_a_space_or_a_space_error(raw: object) -> None:
     assert isinstance(space, Space)
     # A space that loads runs: every trial it can produce is a valid config.
     for config in space.trial_points() or []:
-        TrainConfig.from_dict(config)
+        TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
     if space.points is None and space.sampler != "grid":
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         for _ in range(3):
@@ -526,3 +526,11 @@ def test_any_text_loads_or_is_refused(tmp_path_factory: pytest.TempPathFactory, 
         load_space(path)
     except SpaceError as e:
         assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
+
+
+def test_more_samples_than_points_repeat_the_points_with_the_next_seeds(tmp_path):
+    path = tmp_path / "repeat.yaml"
+    path.write_text("search: {num_samples: 5}\npoints: [{lr: 1.0e-4}, {lr: 2.0e-4, seed: 7}]\n")
+    configs = load_space(path).trial_points()
+    assert [(c["lr"], c.get("seed")) for c in configs] == [
+        (1e-4, None), (2e-4, 7), (1e-4, 1), (2e-4, 8), (1e-4, 2)]
