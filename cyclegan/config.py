@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -64,18 +65,25 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), f.type)
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is not allowed; expected one of {list(allowed)}")
+                raise ConfigError(f"{key}={_show(getattr(self, key))} is not allowed; expected one of {list(allowed)}")
+        for f in fields(self):
+            if f.type == "float" and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"{f.name} must be a finite number, got {getattr(self, f.name)}")
         _at_least(self, resize=2, batch_size=1, unet_depth=1, disc_layers=1, epochs=1, ngf=1, ndf=1,
-                  pool_size=0, sample_every=1)
-        if 2**self.unet_depth > self.resize:
+                  pool_size=0, sample_every=1, seed=0)
+        if self.seed >= 2**32:  # numpy and torch seed generators with it (and the phantom with 3 * seed + k)
+            raise ConfigError(f"seed must be < 2**32, got {_show(self.seed)}")
+        # Depths are compared by bit length, not as 2**depth: `--set unet_depth=1000000000` must be refused
+        # at once, not after building a number of a billion bits.
+        if self.unet_depth > self.resize.bit_length() - 1:
             raise ConfigError(
-                f"unet_depth={self.unet_depth} needs resize >= 2**{self.unet_depth} = {2**self.unet_depth}, "
-                f"got resize={self.resize}; the deepest depth for resize={self.resize} is "
-                f"{self.resize.bit_length() - 1}")
-        if 4 * 2**self.disc_layers > self.resize:
+                f"unet_depth={_show(self.unet_depth)} needs resize >= 2**{_show(self.unet_depth)}"
+                f"{_power(self.unet_depth)}, got resize={_show(self.resize)}; the deepest depth for "
+                f"resize={_show(self.resize)} is {self.resize.bit_length() - 1}")
+        if self.disc_layers + 2 > self.resize.bit_length() - 1:
             # The PatchGAN's two last 4x4 convs need at least a 4x4 map after its stride-2 blocks.
-            raise ConfigError(f"disc_layers={self.disc_layers} needs resize >= 4 * 2**{self.disc_layers} = "
-                              f"{4 * 2**self.disc_layers}, got resize={self.resize}")
+            raise ConfigError(f"disc_layers={_show(self.disc_layers)} needs resize >= 4 * 2**{_show(self.disc_layers)}"
+                              f"{_power(self.disc_layers, 4)}, got resize={_show(self.resize)}")
         for key in ("lr", "lambda_cycle"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
@@ -89,6 +97,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Builds a config from a dict, refusing keys that are not knobs."""
+        if not isinstance(values, dict):  # e.g. a --config file holding a JSON list
+            raise ConfigError(f"expected a mapping of knobs, got {type(values).__name__}")
         unknown = sorted(set(values) - set(FIELD_NAMES))
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}; known keys: {', '.join(FIELD_NAMES)}")
@@ -130,7 +140,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: unknown key {key!r}; known keys: {', '.join(FIELD_NAMES)}")
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):
+            # Not YAML, an impossible date (2024-13-45), an int too long to read, deep nesting: the raw
+            # text is the value, and the type check below names it.
             value = raw
         if FIELD_TYPES[key] == "float":
             value = _as_float(value)
@@ -142,7 +154,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def _as_float(v: Any) -> Any:
     # YAML 1.1 reads `1e-4` (no point) as a string and `1` as an int; both are fine floats.
     if _is_int(v):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # an int past 1.8e308: infinite, which the finite check refuses by name
+            return math.inf if v > 0 else -math.inf
     if isinstance(v, str):
         try:
             return float(v)
@@ -159,11 +174,26 @@ def _check_type(name: str, value: Any, type_name: Any, where: str = "") -> None:
     expected = {"int": _is_int, "float": lambda v: isinstance(v, float), "str": lambda v: isinstance(v, str),
                 "bool": lambda v: isinstance(v, bool)}[str(type_name)]
     if not expected(value):
-        raise ConfigError(f"{where}{name}={value!r} has the wrong type: expected {type_name}, "
+        raise ConfigError(f"{where}{name}={_show(value)} has the wrong type: expected {type_name}, "
                           f"got {type(value).__name__}")
 
 
 def _at_least(cfg: TrainConfig, **minimums: int) -> None:
     for key, low in minimums.items():
         if getattr(cfg, key) < low:
-            raise ConfigError(f"{key} must be >= {low}, got {getattr(cfg, key)}")
+            raise ConfigError(f"{key} must be >= {low}, got {_show(getattr(cfg, key))}")
+
+
+def _power(exponent: int, factor: int = 1) -> str:
+    # " = 512" after "2**9"; nothing where the number itself would be too long to be of use.
+    return f" = {factor * 2**exponent}" if exponent < 64 else ""
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: short, and never an error itself (Python refuses to print ints of
+    more than 4300 digits, which a hex literal in --set can make)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<an int of {value.bit_length()} bits>"
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cyclegan.config import FIELD_NAMES, ConfigError, TrainConfig, parse_overrides
 
@@ -56,3 +60,57 @@ def test_field_names_include_the_design_contract():
     for name in ("resize", "batch_size", "unet_depth", "disc_layers", "epochs", "lr", "lambda_cycle",
                  "lambda_identity", "gan_loss", "upsample"):
         assert name in FIELD_NAMES
+
+
+# --- anything a user can type after --set ---------------------------------------------------------------------------
+
+# Values that YAML reads as something other than plain text, or fails on: numbers in every spelling, an impossible
+# date, tags, anchors, flow collections, deep nesting, ints too long for Python to print.
+_TRICKY = ["1", "-1", "0", "1.5", "1e-4", "1e400", "-1e400", ".nan", "nan", ".inf", "-.inf", "0x1F", "0o17", "1_000",
+           "true", "no", "null", "~", "", " ", "2024-01-01", "2024-13-45", "12:30:00", "[1, 2]", "{a: 1}", "[",
+           "{", "'", '"', ": x", "- x", "&a 1", "*a", "!!python/object/apply:os.system ['true']", "!!binary aGk=",
+           "[" * 2000, "9" * 5000, "0x" + "f" * 5000, "1" + "0" * 400, "4294967296", "lsgan", "bce", "resize"]
+_values = st.one_of(st.sampled_from(_TRICKY), st.text(max_size=12), st.integers().map(str),
+                    st.floats(allow_nan=True, allow_infinity=True).map(repr))
+_items = st.one_of(
+    st.tuples(st.sampled_from(FIELD_NAMES), st.sampled_from(["=", "==", " = ", ":"]), _values).map("".join),
+    st.tuples(st.text(max_size=8), st.just("="), _values).map("".join),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_items, min_size=1, max_size=4))
+def test_any_set_values_give_a_config_or_one_config_error(items: list[str]) -> None:
+    # What both CLIs do with --set: parse the strings, then build the config. Only ConfigError, in one line, may
+    # come out; anything else would reach the user as a traceback.
+    try:
+        config = TrainConfig().replace(**parse_overrides(items))
+    except ConfigError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert all(math.isfinite(v) for v in config.to_dict().values() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("item,match", [
+    ("epochs=2024-13-45", "epochs='2024-13-45' has the wrong type"),
+    ("lr=1" + "0" * 400, "lr must be a finite number, got inf"),
+    ("lr=.nan", "lr must be a finite number, got nan"),
+    ("lambda_identity=-.inf", "lambda_identity must be a finite number"),
+    ("unet_depth=1000000000", r"unet_depth=1000000000 needs resize >= 2\*\*1000000000, got resize=256"),
+    ("seed=-1", "seed must be >= 0"),
+    ("seed=4294967296", r"seed must be < 2\*\*32"),
+    ("resize=" + "[" * 2000, "has the wrong type: expected int, got str"),
+    ("epochs=-0x" + "f" * 5000, "epochs must be >= 1, got <an int of 20000 bits>"),
+], ids=lambda x: x[:24] if isinstance(x, str) else None)
+def test_set_values_the_fuzzer_found(item: str, match: str) -> None:
+    # Each of these once escaped as a ValueError, an OverflowError, a hang or a silently accepted NaN.
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig().replace(**parse_overrides([item]))
+
+
+@pytest.mark.parametrize("values", [[1, 2], "resize", None, [["lr", 1]]])
+def test_a_config_that_is_not_a_mapping_is_refused(values: object) -> None:
+    with pytest.raises(ConfigError, match="expected a mapping of knobs"):
+        TrainConfig.from_dict(values)  # type: ignore[arg-type]
