@@ -163,7 +163,8 @@ def read_image(path: Path) -> np.ndarray:
                 array = np.asarray(img, dtype=np.float32)
             else:
                 array = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # DecompressionBombError: a header claiming billions of pixels (PIL's guard), not an MRI slice.
         raise DataError(f"{path}: not a readable image ({e})") from None
     if array.ndim != 2 or min(array.shape) < 2:
         raise DataError(f"{path}: a {array.shape} image is too small; expected at least 2x2 pixels")

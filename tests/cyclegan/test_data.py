@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +11,23 @@ import torch
 from PIL import Image
 
 from cyclegan.data import DataError, load_data, read_image, split_labels
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels and whose data is empty: what a broken writer or a
+    hostile file looks like. PIL itself refuses to write a 0x0 image, so the chunks are made by hand."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def truncated_png(size: tuple[int, int] = (40, 40)) -> bytes:
+    """The first half of a valid PNG, as a copy cut short leaves it."""
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random(size) * 255).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
 
 
 def _write(folder: Path, n: int, *, size=(30, 20), mode="L", start=0) -> None:
@@ -97,6 +117,11 @@ def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():
     ("not_image", "slice_005.png: not a readable image"),
     ("too_few", "at least 10 are needed"),
     ("one_pixel", "too small; expected at least 2x2"),
+    ("one_domain_only", "T2: missing; a data folder must hold T1/ and T2/"),
+    ("truncated", "slice_005.png: not a readable image \\(image file is truncated"),
+    ("zero_by_zero", "slice_004.png: not a readable image"),
+    ("bomb", "slice_006.png: not a readable image \\(Image size .* could be decompression bomb"),
+    ("folder_named_png", "slice_007.png: not a readable image"),
 ])
 def test_bad_data_is_refused_with_the_culprit_named(tmp_path, case, match):
     _write(tmp_path / "T1", 12)
@@ -118,5 +143,45 @@ def test_bad_data_is_refused_with_the_culprit_named(tmp_path, case, match):
             p.unlink()
     elif case == "one_pixel":
         Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "T1" / "slice_003.png")
+    elif case == "one_domain_only":  # all slices put in T1/, none in T2/
+        for p in (tmp_path / "T2").iterdir():
+            p.rename(tmp_path / "T1" / f"t2_{p.name}")
+        (tmp_path / "T2").rmdir()
+    elif case == "truncated":
+        (tmp_path / "T1" / "slice_005.png").write_bytes(truncated_png())
+    elif case == "zero_by_zero":
+        (tmp_path / "T2" / "slice_004.png").write_bytes(png_header_only(0, 0))
+    elif case == "bomb":  # 10 billion pixels claimed in 60 bytes: refused before any is decoded
+        (tmp_path / "T1" / "slice_006.png").write_bytes(png_header_only(100_000, 100_000))
+    elif case == "folder_named_png":
+        (tmp_path / "T2" / "slice_007.png").unlink()
+        (tmp_path / "T2" / "slice_007.png").mkdir()
     with pytest.raises(DataError, match=match):
         load_data(root, 32)
+
+
+def test_a_domain_of_mixed_sizes_bit_depths_and_colour_modes_loads(tmp_path):
+    # Slices exported by different tools into one folder: 8- and 16-bit grey, palette, grey+alpha, RGB, RGBA and
+    # 1-bit, portrait, landscape and square, from 2x2 up. All must load, each padded to a square and resized.
+    rng = np.random.default_rng(0)
+    sizes = [(2, 2), (181, 217), (217, 181), (64, 64), (31, 7), (256, 256), (3, 40)]
+    modes = ["L", "I;16", "P", "LA", "RGB", "RGBA", "1"]
+    for domain in ("T1", "T2"):
+        (tmp_path / domain).mkdir()
+        for i in range(14):
+            w, h = sizes[i % len(sizes)]
+            mode = modes[(i + (domain == "T2")) % len(modes)]
+            grey = rng.uniform(0.2, 1.0, (h, w))
+            if mode == "I;16":
+                img = Image.fromarray((grey * 65535).astype(np.uint16))
+            else:
+                img = Image.fromarray((grey * 255).astype(np.uint8)).convert(mode)
+            img.save(tmp_path / domain / f"slice_{i:03d}.png")
+    d = load_data(tmp_path, 32)
+    for part in (d.train, d.val, d.test):
+        for x in (part.t1, part.t2):
+            assert x.shape[1:] == (1, 32, 32) and torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1
+    n = sum(len(s.t1) for s in (d.train, d.val, d.test))
+    assert n == sum(lab != "gap" for lab in split_labels(14))
+    for path in (tmp_path / "T1").iterdir():  # every mode carries its picture, not a blank
+        assert read_image(path).max() > 0.1, path.name
