@@ -9,8 +9,6 @@ config, the metrics it was chosen on and the split: what `cyclegan.translate` ne
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +42,9 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or hostile file can fail in the unpickler in any way
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]  # an empty file raises with no message
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({why})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload:
         raise CheckpointError(f"{path}: not a checkpoint of this project (format {FORMAT} expected)")
     return payload
@@ -70,8 +69,9 @@ def state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 def load_generators(directory: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, nn.Module, nn.Module]:
     """Loads (config, T1->T2 generator, T2->T1 generator) from a run's or an export's folder, in eval mode."""
     path = find(directory)
+    payload = load(path)  # its errors already name the file
     try:
-        return generators(load(path), device)
+        return generators(payload, device)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -85,6 +85,6 @@ def generators(payload: dict[str, Any], device: str | torch.device = "cpu") -> t
             g = UNetGenerator(cfg.unet_depth, 1, cfg.ngf, cfg.dropout, cfg.upsample)
             g.load_state_dict(payload["models"][key] if "models" in payload else payload[key])
             gens.append(g.to(device).eval())
-    except (ConfigError, KeyError, RuntimeError) as e:
+    except (ConfigError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"does not match its own config ({str(e).splitlines()[0]})") from None
     return cfg, gens[0], gens[1]

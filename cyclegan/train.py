@@ -271,23 +271,60 @@ def _state(cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics) -> di
             "sched": [s.state_dict() for s in scheds], "pools": [p.state() for p in pools], "rng": rng}
 
 
-def _restore(state, cfg, models, opt_g, opt_d, scheds, pools, dev) -> int:
-    saved = TrainConfig.from_dict(state["config"])
+TRAINING_STATE = ("epoch", "models", "optim", "sched", "pools", "rng")
+
+
+def check_resumable(state: dict[str, Any], cfg: TrainConfig, weights: bool = False) -> None:
+    """Refuses a loaded checkpoint that `fit` cannot continue with `cfg`: an export, or other settings.
+
+    With `weights`, the four networks' weights are also loaded into fresh networks (on the CPU), so an
+    edited or mixed-up file is caught too. The CLI calls this before it writes anything, so a refused
+    resume leaves the run as it was.
+    """
+    missing = [k for k in TRAINING_STATE if k not in state]
+    if missing:
+        raise checkpoint.CheckpointError(f"not a training checkpoint (no {', '.join(missing)}); an export "
+                                         "(model.pt) holds the generators only and cannot be resumed")
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except ConfigError as e:
+        raise checkpoint.CheckpointError(f"checkpoint holds a config this code refuses ({e})") from None
     if saved.replace(epochs=cfg.epochs) != cfg:
         changed = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v and k != "epochs")
         raise checkpoint.CheckpointError(f"checkpoint was trained with other settings ({', '.join(changed)})")
-    for name, net in models.named().items():
-        net.load_state_dict(state["models"][name])
-    opt_g.load_state_dict(state["optim"]["g"])
-    opt_d.load_state_dict(state["optim"]["d"])
-    for sched, s in zip(scheds, state["sched"]):
-        sched.load_state_dict(s)
-    for pool, s in zip(pools, state["pools"]):
-        pool.load(s, dev)
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and dev.type == "cuda":
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
-    return int(state["epoch"])
+    if weights:
+        try:
+            for name, net in CycleGAN.build(cfg).named().items():
+                net.load_state_dict(state["models"][name])
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+            raise _unfit(e) from None
+
+
+def _unfit(e: Exception) -> checkpoint.CheckpointError:
+    # A file that reads but whose parts do not fit the networks its own config builds: damaged or edited.
+    # load_state_dict's first line only says "Error(s) in loading state_dict"; the next says which keys.
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return checkpoint.CheckpointError(f"checkpoint's state does not fit its config ({type(e).__name__}: "
+                                      f"{' '.join(lines)[:300]})")
+
+
+def _restore(state, cfg, models, opt_g, opt_d, scheds, pools, dev) -> int:
+    check_resumable(state, cfg)
+    try:
+        for name, net in models.named().items():
+            net.load_state_dict(state["models"][name])
+        opt_g.load_state_dict(state["optim"]["g"])
+        opt_d.load_state_dict(state["optim"]["d"])
+        for sched, s in zip(scheds, state["sched"]):
+            sched.load_state_dict(s)
+        for pool, s in zip(pools, state["pools"]):
+            pool.load(s, dev)
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and dev.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        return int(state["epoch"])
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise _unfit(e) from None
 
 
 def _writer(log_dir: Path | None, cfg: TrainConfig, hparams_session: bool):
@@ -350,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         if state is None and (args.out / checkpoint.CHECKPOINT).exists():
             raise checkpoint.CheckpointError(f"{args.out} already holds a run; pass --resume to continue it "
                                               "or choose another --out")
+        if state is not None:
+            try:
+                check_resumable(state, cfg, weights=True)
+            except checkpoint.CheckpointError as e:
+                raise checkpoint.CheckpointError(f"{args.out / checkpoint.CHECKPOINT}: {e}") from None
         data = load_data(args.data, cfg.resize, cfg.seed)
         args.out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, checkpoint.CheckpointError, OSError, json.JSONDecodeError) as e:

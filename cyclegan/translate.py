@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         files = expand_inputs(args.inputs)
+        # Every input is read before anything is written: a bad slice among many leaves --out as it was.
+        slices = [(path, read_image(path), bit_depth(path)) for path in files]
         cfg, g_t1_t2, g_t2_t1 = load_generators(args.checkpoint, args.device)
         generator = g_t1_t2 if args.direction == "t1-t2" else g_t2_t1
         args.out.mkdir(parents=True, exist_ok=True)
-        for path in files:
-            out = translate_image(generator, read_image(path), cfg.resize)
-            save_png(out, args.out / f"{path.stem}.png", bits=bit_depth(path))
+        for path, image, bits in slices:
+            save_png(translate_image(generator, image, cfg.resize), args.out / f"{path.stem}.png", bits=bits)
     except (CheckpointError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
