@@ -28,11 +28,24 @@ class CheckpointError(ValueError):
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Writes `payload` to `path` through a temporary name, so a crash never leaves half a file."""
+    """Writes `payload` to `path` through a temporary name, so a crash never leaves half a file.
+
+    A crash mid-write leaves the previous file whole (and a stray `.NAME.tmp`, overwritten by the next save).
+    The data is flushed to disk before the rename, and the rename itself after it, so that a power cut
+    cannot leave the new name pointing at a file whose blocks were never written.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **payload}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ matching PSNRs.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,18 @@ def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, devic
            ) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
     """Re-scores the top_k trials by val on test; returns (winner, the re-scored trials best first)."""
     mode = objective.mode
-    finalists = rank_by_val(outcomes, mode)[:top_k]
-    for o in finalists:
-        o.test = rescore(o, data, device)
+    finalists = []
+    for o in rank_by_val(outcomes, mode):
+        if len(finalists) == top_k:
+            break
+        try:
+            o.test = rescore(o, data, device)
+        except checkpoint.CheckpointError as e:
+            # A damaged best checkpoint costs that trial its place among the finalists, not the whole search.
+            print(f"warning: trial {o.trial_id} left out of the final choice: {e}", file=sys.stderr)
+            continue
         o.test["objective"] = objective.value(o.test)
+        finalists.append(o)
     psnr_twin = {k.replace("ssim_", "psnr_", 1): w for k, w in objective.weights.items()}
 
     def key(o: TrialOutcome) -> tuple[float, float]:

@@ -2,17 +2,32 @@
 
 Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
 device, and every epoch's metrics (plus `objective`) go to `tune.report`, with a checkpoint every
-`checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`.
+`checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`,
+or, where that one is damaged, from the newest older checkpoint of the trial that still reads.
+
+A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
+the summary says which configurations did not fit.
+
+Test hook (off unless the environment sets it): `SEARCH_TEST_FAULTS` holds a JSON list of faults such as
+`[{"when": {"seed": 1}, "epoch": 2, "kind": "crash", "once": true}]`. A trial whose config matches `when`
+raises at the end of `epoch`, before that epoch is reported or checkpointed: `kind` "crash" raises a
+RuntimeError, "oom" a torch.OutOfMemoryError as CUDA would (so the out-of-memory path is tested on the
+CPU). With `once` only a trial that did not start from a checkpoint fails, so a retry from its last
+checkpoint passes; without it every attempt fails. The tests use it to inject real trial failures into
+real Ray Tune searches; nothing else sets it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 from ray import tune
 
@@ -21,6 +36,11 @@ from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
 from search.space import POINT_NAME
+
+FAULTS_ENV = "SEARCH_TEST_FAULTS"
+# The knobs that decide how much GPU memory a trial needs, named when it runs out.
+MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
+                "compile")
 
 
 def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[str, Any]], float],
@@ -32,13 +52,14 @@ def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[
     dataset.save_split(trial_dir / "split.json")
     cap_gpu_memory(gpu_share)
 
-    resume = None
     restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            resume = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
+    resume = restore(restored) if restored is not None else None
+    faults = _faults(cfg)
 
     def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
+        for fault in faults:
+            if fault.get("epoch") == metrics["epoch"] and not (fault.get("once") and resume is not None):
+                _fail(fault, cfg, metrics["epoch"])
         metrics = {**metrics, "objective": objective(metrics)}
         with (trial_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -49,7 +70,71 @@ def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[
             save(Path(tmp) / checkpoint.CHECKPOINT)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir / "tb", log_scalars=False)
+    try:
+        fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir / "tb", log_scalars=False)
+    except torch.OutOfMemoryError as e:
+        # Ray records the exception's last line as the trial's error: make it say what did not fit. The same
+        # type is raised again, so the failure is still an out-of-memory one to Ray and to anyone catching it.
+        raise torch.OutOfMemoryError(out_of_memory_message(cfg, gpu_share, e)) from e
+
+
+def out_of_memory_message(cfg: TrainConfig, gpu_share: float, error: BaseException) -> str:
+    knobs = " ".join(f"{k}={getattr(cfg, k)}" for k in MEMORY_KNOBS)
+    first = (str(error).strip().splitlines() or [""])[0]
+    return (f"out of GPU memory at {knobs} (gpus_per_trial={gpu_share:g}); lower batch_size or resize, or give "
+            f"each trial more of a GPU. CUDA said: {first}")
+
+
+def restore(latest: tune.Checkpoint) -> dict[str, Any]:
+    """Loads the trial's latest checkpoint, or the newest older one that reads where the latest is damaged.
+
+    Ray keeps several checkpoints per trial (`checkpoint.keep` in the space), as `checkpoint_NNNNNN` folders
+    side by side; a truncated or corrupt one is named on stderr (the trial's log) and skipped.
+    """
+    candidates = [latest, *_older_checkpoints(latest)]
+    errors = []
+    for ckpt in candidates:
+        try:
+            with ckpt.as_directory() as d:
+                state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
+        except checkpoint.CheckpointError as e:
+            errors.append(f"{ckpt.path}: {e}")
+            print(f"warning: {ckpt.path}: {e}; trying an older checkpoint of this trial", file=sys.stderr)
+            continue
+        if ckpt is not latest:
+            print(f"warning: resuming from {ckpt.path} (epoch {state.get('epoch')}) instead of the damaged "
+                  f"latest checkpoint {latest.path}", file=sys.stderr)
+        return state
+    raise checkpoint.CheckpointError(f"no readable checkpoint to resume from: {'; '.join(errors)}")
+
+
+def _older_checkpoints(latest: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other checkpoints older than `latest`, newest first (on its filesystem: a folder or s3://)."""
+    name = Path(latest.path).name
+    parent = Path(latest.path).parent.as_posix()
+    try:
+        infos = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return []
+    older = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                    and Path(i.path).name.startswith("checkpoint_") and Path(i.path).name < name), reverse=True)
+    return [tune.Checkpoint(p, filesystem=latest.filesystem) for p in older]
+
+
+def _faults(cfg: TrainConfig) -> list[dict[str, Any]]:
+    # The test hook: see the module docstring. Unset (always, outside the tests) it returns no faults.
+    text = os.environ.get(FAULTS_ENV)
+    if not text:
+        return []
+    values = cfg.to_dict()
+    return [f for f in json.loads(text) if all(values.get(k) == v for k, v in f.get("when", {}).items())]
+
+
+def _fail(fault: dict[str, Any], cfg: TrainConfig, epoch: int) -> None:
+    if fault.get("kind") == "oom":
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by "
+                                     f"{FAULTS_ENV} at epoch {epoch})")
+    raise RuntimeError(f"injected fault at epoch {epoch} ({FAULTS_ENV}, seed={cfg.seed})")
 
 
 def cap_gpu_memory(share: float) -> None:

@@ -1,0 +1,82 @@
+"""The trainable's own recovery paths, on real checkpoints laid out as Ray Tune lays them out.
+
+    python -m pytest tests/search/test_trainable.py -q
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ray import tune
+
+from cyclegan import checkpoint
+from cyclegan.config import TrainConfig
+from cyclegan.data import load_data
+from cyclegan.train import fit
+from search.trainable import out_of_memory_message, restore
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trial folder holding checkpoint_000000..2 (epochs 1-3), each a real checkpoint.pt from `fit`."""
+    root = tmp_path_factory.mktemp("trial")
+
+    def report(metrics: dict, save) -> None:
+        folder = root / f"checkpoint_{metrics['epoch'] - 1:06d}"
+        folder.mkdir()
+        save(folder / checkpoint.CHECKPOINT)
+
+    cfg = TrainConfig(resize=32, unet_depth=5, disc_layers=2, ngf=8, ndf=8, batch_size=4, epochs=3, pool_size=4)
+    fit(cfg, load_data("synthetic", 32), report=report)
+    return root
+
+
+@pytest.fixture
+def trial_dir(three_checkpoints: Path, tmp_path: Path) -> Path:
+    shutil.copytree(three_checkpoints, tmp_path / "trial")
+    return tmp_path / "trial"
+
+
+def _latest(trial_dir: Path) -> tune.Checkpoint:
+    return tune.Checkpoint(str(trial_dir / "checkpoint_000002"))  # what tune.get_checkpoint() hands a retry
+
+
+def test_restore_takes_the_latest_checkpoint(trial_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert restore(_latest(trial_dir))["epoch"] == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(trial_dir: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    latest = trial_dir / "checkpoint_000002" / checkpoint.CHECKPOINT
+    latest.write_bytes(latest.read_bytes()[:4096])  # cut short, as a copy to storage interrupted leaves it
+    assert restore(_latest(trial_dir))["epoch"] == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_000002/checkpoint.pt: unreadable or truncated checkpoint" in err
+    assert "resuming from" in err and "checkpoint_000001 (epoch 2)" in err
+
+
+def test_every_damaged_checkpoint_is_skipped_back_to_one_that_reads(trial_dir: Path) -> None:
+    (trial_dir / "checkpoint_000002" / checkpoint.CHECKPOINT).write_bytes(b"")
+    (trial_dir / "checkpoint_000001" / checkpoint.CHECKPOINT).unlink()
+    (trial_dir / "checkpoint_000003").mkdir()  # newer than the one Ray hands over: never used
+    assert restore(_latest(trial_dir))["epoch"] == 1
+
+
+def test_no_readable_checkpoint_is_a_clear_error(trial_dir: Path) -> None:
+    for folder in trial_dir.glob("checkpoint_*"):
+        (folder / checkpoint.CHECKPOINT).write_text("garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint to resume from: .*checkpoint_000002"):
+        restore(_latest(trial_dir))
+
+
+def test_out_of_memory_names_the_knobs_that_set_memory_use(tiny_cfg) -> None:
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    text = out_of_memory_message(tiny_cfg.replace(batch_size=32), 0.25, error)
+    assert text.startswith("out of GPU memory at resize=32 batch_size=32 unet_depth=5 ngf=8")
+    assert "(gpus_per_trial=0.25)" in text
+    assert text.endswith("CUDA said: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "\n" not in text
