@@ -5,6 +5,11 @@ device, and every epoch's metrics (plus `objective`) go to `tune.report`, with a
 `checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`,
 or, where that one is damaged, from the newest older checkpoint of the trial that still reads.
 
+Each checkpoint carries the trial's `metrics.jsonl` up to its epoch. Ray runs a trial in a working folder of
+its session and copies it to the run's storage; a trial resumed in a new session (after `--resume`) starts
+in an empty folder, whose `metrics.jsonl` would replace the stored one. Restoring puts the history that led
+to the checkpoint back first, so the file always holds one line per epoch of the weights it ends with.
+
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -38,6 +44,7 @@ from cyclegan.train import fit
 from search.space import POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
+METRICS = "metrics.jsonl"
 # The knobs that decide how much GPU memory a trial needs, named when it runs out.
 MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
                 "compile")
@@ -53,7 +60,7 @@ def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[
     cap_gpu_memory(gpu_share)
 
     restored = tune.get_checkpoint()
-    resume = restore(restored) if restored is not None else None
+    resume = restore(restored, trial_dir) if restored is not None else None
     faults = _faults(cfg)
 
     def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
@@ -61,13 +68,14 @@ def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[
             if fault.get("epoch") == metrics["epoch"] and not (fault.get("once") and resume is not None):
                 _fail(fault, cfg, metrics["epoch"])
         metrics = {**metrics, "objective": objective(metrics)}
-        with (trial_dir / "metrics.jsonl").open("a") as f:
+        with (trial_dir / METRICS).open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if metrics["epoch"] % checkpoint_every and metrics["epoch"] != cfg.epochs:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             save(Path(tmp) / checkpoint.CHECKPOINT)
+            shutil.copy(trial_dir / METRICS, Path(tmp) / METRICS)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
@@ -85,11 +93,12 @@ def out_of_memory_message(cfg: TrainConfig, gpu_share: float, error: BaseExcepti
             f"each trial more of a GPU. CUDA said: {first}")
 
 
-def restore(latest: tune.Checkpoint) -> dict[str, Any]:
+def restore(latest: tune.Checkpoint, trial_dir: Path | None = None) -> dict[str, Any]:
     """Loads the trial's latest checkpoint, or the newest older one that reads where the latest is damaged.
 
     Ray keeps several checkpoints per trial (`checkpoint.keep` in the space), as `checkpoint_NNNNNN` folders
-    side by side; a truncated or corrupt one is named on stderr (the trial's log) and skipped.
+    side by side; a truncated or corrupt one is named on stderr (the trial's log) and skipped. With
+    `trial_dir`, the metrics history saved with the checkpoint used becomes `trial_dir/metrics.jsonl`.
     """
     candidates = [latest, *_older_checkpoints(latest)]
     errors = []
@@ -97,6 +106,8 @@ def restore(latest: tune.Checkpoint) -> dict[str, Any]:
         try:
             with ckpt.as_directory() as d:
                 state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
+                if trial_dir is not None and (Path(d) / METRICS).is_file():
+                    shutil.copy(Path(d) / METRICS, trial_dir / METRICS)
         except checkpoint.CheckpointError as e:
             errors.append(f"{ckpt.path}: {e}")
             print(f"warning: {ckpt.path}: {e}; trying an older checkpoint of this trial", file=sys.stderr)

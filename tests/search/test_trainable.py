@@ -80,3 +80,14 @@ def test_out_of_memory_names_the_knobs_that_set_memory_use(tiny_cfg) -> None:
     assert "(gpus_per_trial=0.25)" in text
     assert text.endswith("CUDA said: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "\n" not in text
+
+
+def test_restore_puts_back_the_metrics_history_of_the_checkpoint_it_uses(trial_dir: Path, tmp_path: Path) -> None:
+    # A trial resumed in a new Ray session starts in an empty working folder: the history comes from the checkpoint.
+    (trial_dir / "checkpoint_000001" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (trial_dir / "checkpoint_000002" / checkpoint.CHECKPOINT).write_bytes(b"damaged")
+    work = tmp_path / "working_dir"
+    work.mkdir()
+    (work / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epoch": 4}\n')
+    assert restore(_latest(trial_dir), work)["epoch"] == 2
+    assert (work / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
