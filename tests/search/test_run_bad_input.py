@@ -1,0 +1,120 @@
+"""Bad input to `python -m search.run`: one line naming the culprit, exit 2, before Ray starts, nothing damaged.
+
+The CLI's `main` runs in this process: every case here is refused before Ray is started (which the test
+checks), so no search runs. tests/search/test_run.py runs the same checks as a subprocess for a few cases.
+
+    python -m pytest tests/search/test_run_bad_input.py -q
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import ray
+from PIL import Image
+
+from search import run
+from tests.badfiles import truncated_png
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACE = str(ROOT / "spaces" / "unet_depth.yaml")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture, match: str) -> None:
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not ray.is_initialized()
+
+
+def _slices(folder: Path, n: int = 12) -> Path:
+    for domain in ("T1", "T2"):
+        (folder / domain).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (24, 20), 40 + 10 * i).save(folder / domain / f"s{i:02d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("storage,match", [
+    # Tests run as root, which chmod does not stop: "not writable" is a path that runs through a regular file.
+    ("FILE/runs", "--storage FILE/runs: cannot create"),
+    ("FILE", "--storage FILE: is a file; expected a folder for runs"),
+    ("runs_where_the_run_is_a_file", "runs_where_the_run_is_a_file/unet_depth (File exists)"),
+])
+def test_storage_that_cannot_hold_the_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, storage: str,
+                                                     match: str) -> None:
+    (tmp_path / "FILE").write_text("not a folder")
+    (tmp_path / "runs_where_the_run_is_a_file").mkdir()
+    (tmp_path / "runs_where_the_run_is_a_file" / "unet_depth").write_text("a file named like the run")
+    before = snapshot(tmp_path)
+    refused([SPACE, "--storage", str(tmp_path / storage)], capsys, match.replace("FILE", str(tmp_path / "FILE")))
+    assert snapshot(tmp_path) == before
+
+
+def test_an_existing_run_is_not_touched_without_resume_and_a_missing_one_cannot_be_resumed(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "runs" / "unet_depth"
+    (run_dir / "trial_x").mkdir(parents=True)
+    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (run_dir / "trial_x" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    before = snapshot(tmp_path)
+    refused([SPACE, "--storage", str(tmp_path / "runs")], capsys, "a run of this name exists; pass --resume")
+    refused([SPACE, "--storage", str(tmp_path / "runs"), "--name", "other", "--resume"], capsys,
+            "no run to resume there")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case,match", [
+    ("one_domain_only", "T2: missing"),
+    ("truncated_png", "s03.png: not a readable image (image file is truncated"),
+    ("empty_domain", "T1: no slices"),
+    ("too_few_slices", "cannot be split into train, val and test"),
+])
+def test_bad_data_is_refused_before_any_trial(tmp_path: Path, capsys: pytest.CaptureFixture, case: str,
+                                              match: str) -> None:
+    data = _slices(tmp_path / "data")
+    if case == "one_domain_only":
+        shutil.rmtree(data / "T2")
+    elif case == "truncated_png":
+        (data / "T1" / "s03.png").write_bytes(truncated_png())
+    elif case == "empty_domain":
+        for p in (data / "T1").iterdir():
+            p.unlink()
+    elif case == "too_few_slices":
+        for p in sorted((data / "T2").iterdir())[:5]:
+            p.unlink()
+    refused([SPACE, "--data", str(data), "--storage", str(tmp_path / "runs")], capsys, match)
+    assert not list((tmp_path / "runs").glob("*/experiment_state-*"))
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["epochs=2024-13-45"], "epochs='2024-13-45' has the wrong type"),  # once a ValueError traceback
+    (["lr=.nan"], "lr must be a finite number"),
+    (["unet_depth=1000000000"], "unet_depth"),
+    (["resize=64", "unet_depth=7"], "unet_depth=7 needs resize >= 2**7 = 128"),
+    (["gan_loss=wgan"], "gan_loss='wgan' is not allowed"),
+    (["batch_size=two"], "batch_size='two' has the wrong type: expected int"),
+])
+def test_bad_set_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture, sets: list[str],
+                                    match: str) -> None:
+    refused([SPACE, *[x for s in sets for x in ("--set", s)], "--storage", str(tmp_path / "runs")], capsys, match)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("objective: {metric: ssim}\nparams: {lr: {float: [1.0e-4, 1.0e-3]}}\n",
+     "objective.metric: 'ssim' is not a reported metric"),
+    ("objective: {weights: {loss_total: 1}}\nparams: {lr: {float: [1.0e-4, 1.0e-3]}}\n",
+     "objective.weights.loss_total"),
+    ("params: {lr: {float: [1.0e-3, 1.0e-4]}}\n", "params.lr"),
+    ("params: {lr: {float: [1.0e-4, 1.0e-3]}\n", "not valid YAML"),
+])
+def test_a_space_whose_objective_no_trial_reports_or_that_is_malformed_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture, text: str, match: str) -> None:
+    (tmp_path / "s.yaml").write_text(text)
+    refused([str(tmp_path / "s.yaml"), "--storage", str(tmp_path / "runs")], capsys, match)
