@@ -60,7 +60,8 @@ def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
             "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert t.returncode == 0, t.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == (40, 50)
-    other = next(r["trial_id"] for r in rows if r["status"] == "finished" and r["trial_id"] != metrics["trial_id"])
+    finished = [r["trial_id"] for r in rows if r["status"] == "finished"]
+    other = next((t for t in finished if t != metrics["trial_id"]), metrics["trial_id"])
     e = run("search.export", str(run_dir), "--out", str(tmp_path / "again"), "--trial", other, cwd=tmp_path)
     assert e.returncode == 0, e.stderr
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["trial_id"] == other
