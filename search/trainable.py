@@ -1,7 +1,8 @@
 """The Ray Tune function trainable: one trial is one `cyclegan.fit` run.
 
 Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
-device, and every epoch's metrics (plus `objective`) go to `tune.report`, with a checkpoint every
+device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a multi-objective space) go to
+`tune.report`, with a checkpoint every
 `checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
-from search.space import POINT_NAME
+from search.space import OBJECTIVE, POINT_NAME
 
 
-def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[str, Any]], float],
+def train_trial(config: dict[str, Any], *, data: str,
+                objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
                 checkpoint_every: int = 1, gpu_share: float = 0.0) -> None:
+    """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
+    every objective metric to report."""
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
@@ -39,7 +43,8 @@ def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[
             resume = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
 
     def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
-        metrics = {**metrics, "objective": objective(metrics)}
+        value = objective(metrics)
+        metrics = {**metrics, **(value if isinstance(value, Mapping) else {OBJECTIVE: value})}
         with (trial_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if metrics["epoch"] % checkpoint_every and metrics["epoch"] != cfg.epochs:
