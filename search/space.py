@@ -311,6 +311,23 @@ class PointsSearcher(Searcher):
         self.set_state(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
+class StoredOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study outlives the driver, in a database (`search/study.py`).
+
+    A resumed run restores the searcher and the trials from Ray's last experiment checkpoint, but the study
+    was told everything up to the moment the driver stopped. A trial that finished after that checkpoint is
+    run again by Tune from its own last checkpoint; the study keeps the result it was told first. Optuna
+    refuses to update a finished trial, and OptunaSearch would let that refusal end the whole run, so the
+    replayed epochs are not sent (its `on_trial_complete` already only logs the refusal).
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
 @dataclass(frozen=True)
 class Space:
     """A checked search space. Build it with `load_space`; change it with `with_overrides` / `replace_search`."""
@@ -439,8 +456,9 @@ class Space:
             mode: str | list[str] = [o.mode for o in self.objectives]
         else:
             metric, mode = OBJECTIVE, self.objective.mode
-        return OptunaSearch(space=self.define_by_run(), metric=metric, mode=mode, sampler=self._optuna_sampler(),
-                            storage=storage, study_name=study_name)
+        search = OptunaSearch if storage is None else StoredOptunaSearch
+        return search(space=self.define_by_run(), metric=metric, mode=mode, sampler=self._optuna_sampler(),
+                      storage=storage, study_name=study_name)
 
     def _optuna_sampler(self) -> optuna.samplers.BaseSampler:
         if self.sampler == "random":

@@ -6,7 +6,7 @@ import csv
 
 import optuna
 
-from tests.search.test_run import ROOT, TINY, run
+from tests.search.test_run import TINY, run
 
 TWO = """# two objectives: reconstruction SSIM in the head against the cycle loss
 objective: {metrics: [ssim_t1_t1_head, loss_cycle], modes: [max, min]}

@@ -116,6 +116,28 @@ def test_one_objective_study_records_each_epoch_as_an_intermediate_value(tmp_pat
     assert trial.value == 0.2 and trial.intermediate_values == {1: 0.1, 2: 0.2}
 
 
+def test_a_resumed_run_replaying_a_trial_the_study_has_finished_goes_on(tmp_path):
+    # The driver's last checkpoint saw trial "a" running; the study saw it finish before the kill. On resume Tune
+    # runs "a" again from its checkpoint, and the restored searcher must not end the run over it.
+    space = load_space(write(tmp_path, LR))
+    store = open_study_store(f"sqlite:///{tmp_path / 'o.db'}", str(tmp_path), "r", resume=False, sampled=True)
+    searcher = space.make_searcher(store.storage, store.name)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"objective": 0.1, "training_iteration": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's experiment checkpoint
+    searcher.on_trial_result("a", {"objective": 0.2, "training_iteration": 2})
+    searcher.on_trial_complete("a", result={"objective": 0.2})  # then the driver is killed
+
+    resumed = space.make_searcher(store.storage, store.name)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("a", {"objective": 0.25, "training_iteration": 2})
+    resumed.on_trial_complete("a", result={"objective": 0.25})
+    resumed.suggest("b")  # and the search goes on, the sampler seeing "a"
+    (first, second) = optuna.load_study(study_name="r", storage=store.storage).trials
+    assert first.value == 0.2 and first.intermediate_values == {1: 0.1, 2: 0.2}
+    assert second.state == optuna.trial.TrialState.RUNNING
+
+
 def test_storage_that_cannot_be_opened_or_resumed_is_refused_in_one_line(tmp_path):
     with pytest.raises(DataError, match=r"--optuna-storage nosuchdb://x: cannot open it") as e:
         open_study_store("nosuchdb://x", str(tmp_path), "r", resume=False, sampled=True)
