@@ -1,9 +1,9 @@
 """The Ray Tune function trainable: one trial is one `cyclegan.fit` run.
 
 Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
-device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a multi-objective space) go to
-`tune.report`, with a checkpoint every
-`checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`.
+device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a space of several objectives)
+go to `tune.report`, with a checkpoint every `checkpoint_every` epochs and at the end. A retried or resumed
+trial restarts from `tune.get_checkpoint()`.
 """
 
 from __future__ import annotations
