@@ -1,18 +1,26 @@
 """Slices in, tensors out: reading T1/T2 folders (or the built-in phantom) and splitting them.
 
-A data folder holds `T1/` and `T2/` of PNG slices (8- or 16-bit, grey or RGB, any size). Each slice
-is padded to a square with black (so anatomy keeps its proportions), resized to `resize`, and scaled
-to [-1, 1]. The whole set is a handful of megabytes, so it lives as one tensor per split on the
-training device and batches are gathered by index: no DataLoader.
+A data folder holds `T1/` and `T2/` of PNG slices (8- or 16-bit, grey or RGB, any size) and/or NIfTI
+volumes (`.nii`, `.nii.gz`; `cyclegan.nifti` says how a volume becomes axial slices in [0, 1], which
+slices are dropped as empty, and how intensities are scaled). Each slice is padded to a square with
+black (so anatomy keeps its proportions), resized to `resize`, and scaled to [-1, 1]. The whole set is
+a handful of megabytes, so it lives as one tensor per split on the training device and batches are
+gathered by index: no DataLoader.
 
-The split is by blocks of neighbouring slices, because neighbours are near copies: each domain's
-slices are sorted by their number, a val block and a test block are placed in each of several
-segments spread from the bottom to the top of the head, and the slice on either side of a held-out
-run is left out of training (a "gap"), so no val or test slice has a neighbour in train.
+The split keeps subjects apart. A domain's PNG slices are taken as one head (sorted by their number);
+each volume is one subject, named by its file: `sub-01_T1w.nii.gz` and `sub-01_T2w.nii.gz` are both
+subject `sub-01` (BIDS), `a_t1.nii` is `a`. When there are at least three subjects and each domain then
+has one in train, one in val and one in test, whole subjects go to a split (`split_subjects`), the same
+in both domains, so no head is seen in training and scored in test. Otherwise (one volume per domain,
+or the PNG slices of one head) the split is by blocks of neighbouring slices, because neighbours are
+near copies: a domain's slices, its heads one after the other, get a val block and a test block in each
+of several segments spread from the bottom to the top, and the slice on either side of a held-out run is
+left out of training (a "gap"), so no val or test slice has a neighbour in train (`split_labels`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -88,12 +96,14 @@ def load_data(source: str | Path, resize: int, seed: int = 0) -> Dataset:
     root = Path(source)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder; expected a folder holding T1/ and T2/, or 'synthetic'")
+    stacks = {domain: read_domain(root / domain, resize) for domain in DOMAINS}
+    labels = split_stacks(stacks)
     per_domain = {}
-    for domain in DOMAINS:
-        names, images = read_domain(root / domain, resize)
-        labels = split_labels(len(names))
-        per_domain[domain] = {part: ([n for n, lab in zip(names, labels) if lab == part],
-                                     images[[i for i, lab in enumerate(labels) if lab == part]])
+    for domain, domain_stacks in stacks.items():
+        names = [n for s in domain_stacks for n in s.names]
+        images = torch.from_numpy(np.concatenate([s.images for s in domain_stacks])[:, None] * 2 - 1)
+        per_domain[domain] = {part: ([n for n, lab in zip(names, labels[domain]) if lab == part],
+                                     images[[i for i, lab in enumerate(labels[domain]) if lab == part]])
                               for part in ("train", "val", "test")}
 
     def part(name: str) -> SliceSet:
@@ -141,15 +151,71 @@ def split_labels(n: int) -> list[str]:
     return labels
 
 
-def read_domain(folder: Path, resize: int) -> tuple[list[str], torch.Tensor]:
-    """Reads one domain's slices, sorted by slice number, as [N, 1, resize, resize] in [-1, 1]."""
+def split_stacks(stacks: dict[str, list[Stack]]) -> dict[str, list[str]]:
+    """Labels every slice of each domain (its stacks one after the other): whole subjects where possible."""
+    for domain, domain_stacks in stacks.items():
+        n = sum(len(s.names) for s in domain_stacks)
+        if n < MIN_SLICES:
+            raise DataError(f"{domain}: {n} slices cannot be split into train, val and test; "
+                            f"at least {MIN_SLICES} are needed")
+    by_subject = split_subjects(sorted({s.subject for ss in stacks.values() for s in ss}))
+    if by_subject and all({by_subject[s.subject] for s in ss} >= {"train", "val", "test"} for ss in stacks.values()):
+        return {d: [by_subject[s.subject] for s in ss for _ in s.names] for d, ss in stacks.items()}
+    return {d: split_labels(sum(len(s.names) for s in ss)) for d, ss in stacks.items()}
+
+
+def split_subjects(subjects: list[str]) -> dict[str, str] | None:
+    """Sends whole subjects to "train", "val" or "test" (None: fewer than three subjects).
+
+    About HELD_OUT_FRACTION of them each to val and to test, at least one. Which ones follows a hash of the
+    name, not the name's order, so that sub-01 ... sub-09 do not put the same end of a list in test each time.
+    """
+    if len(subjects) < 3:
+        return None
+    held = max(1, round(len(subjects) * HELD_OUT_FRACTION))
+    order = sorted(subjects, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    return {s: "test" if i < held else "val" if i < 2 * held else "train" for i, s in enumerate(order)}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Slices of one head, kept together by the split: one NIfTI volume, or a domain's PNG slices."""
+
+    subject: str
+    names: list[str]
+    images: np.ndarray  # float32 [n, resize, resize] in [0, 1], ordered from bottom to top
+
+
+def read_domain(folder: Path, resize: int) -> list[Stack]:
+    """Reads one domain's PNG slices (sorted by slice number, as one stack) and volumes (one stack each)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
-    if not files:
-        raise DataError(f"{folder}: no slices; expected {'/'.join(IMAGE_SUFFIXES)} files")
-    images = np.stack([to_square(read_image(p), resize) for p in files])
-    return [p.name for p in files], torch.from_numpy(images[:, None] * 2 - 1)
+    from cyclegan import nifti  # nibabel only where there are volumes; nifti imports this module
+
+    pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
+    volumes = sorted(p for p in folder.iterdir() if nifti.is_nifti(p) and p.is_file())
+    if not pngs and not volumes:
+        raise DataError(f"{folder}: no slices; expected {'/'.join(IMAGE_SUFFIXES + nifti.NIFTI_SUFFIXES)} files")
+    stacks = []
+    if pngs:
+        stacks.append(Stack(f"{folder.name} PNG slices", [p.name for p in pngs],
+                            np.stack([to_square(read_image(p), resize) for p in pngs])))
+    for path in volumes:
+        vol = nifti.read_volume(path)
+        keep = np.flatnonzero(vol.head)
+        stacks.append(Stack(subject_of(path.name), [vol.names[i] for i in keep],
+                            np.stack([to_square(vol.slices[i], resize) for i in keep])))
+    return stacks
+
+
+def subject_of(name: str) -> str:
+    """The subject a volume shows, from its file name: BIDS `sub-<label>`, or the stem less a contrast suffix."""
+    from cyclegan.nifti import stem
+
+    bids = re.match(r"sub-[A-Za-z0-9]+", name)
+    if bids:
+        return bids.group(0)
+    return re.sub(r"[_.-]+t[12]w?$", "", stem(name), flags=re.IGNORECASE) or stem(name)
 
 
 def read_image(path: Path) -> np.ndarray:

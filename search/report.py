@@ -2,6 +2,8 @@
 
 The parameter importances and the parallel-coordinates plot are Optuna's own: the trials are loaded
 into an Optuna study (their knobs and best val objective) and drawn with `optuna.visualization.matplotlib`.
+For a space of several objectives the report also shows the Pareto front on val (`pareto_front`) as a
+table and as Optuna's Pareto-front plot, and says where the exported trial lies on it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import optuna
 
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS
 from search.select import TrialOutcome
+from search.study import StudyStore
 
 # The study's V4 on its own test slices (report's Table 3), cross-contrast rows against the input slice.
 STUDY_TABLE3 = {"t1_t1": (0.94, 33.09), "t2_t2": (0.87, 30.72), "t1_t2": (0.35, 28.48), "t2_t1": (0.55, 29.03)}
@@ -33,7 +37,10 @@ def varied_knobs(outcomes: list[TrialOutcome]) -> list[str]:
 
 def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
     knobs = sorted({k for o in outcomes for k in o.config})
-    metrics = ["epoch", "objective", "loss_cycle", "loss_identity", "loss_G", "loss_D", *IMAGE_METRICS]
+    # A multi-objective space's trials also report objective_0, objective_1, ...
+    each = sorted({k for o in outcomes for k in (*o.last, *o.best) if re.fullmatch(r"objective_\d+", k)},
+                  key=lambda k: int(k.rsplit("_", 1)[1]))
+    metrics = ["epoch", "objective", *each, "loss_cycle", "loss_identity", "loss_G", "loss_D", *IMAGE_METRICS]
     header = ["trial_id", "status", *knobs, *(f"last_{m}" for m in metrics), *(f"best_{m}" for m in metrics),
               *(f"test_{m}" for m in ["objective", *IMAGE_METRICS]), "error", "path"]
     with path.open("w", newline="") as f:
@@ -83,15 +90,110 @@ def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list
     return made
 
 
+def pareto_front(outcomes: list[TrialOutcome], keys: tuple[str, ...], modes: list[str]) -> list[TrialOutcome]:
+    """The trials no other trial dominates on val: none is at least as good in every objective and better in one.
+
+    A trial's point is its objectives at its best checkpoint by the first objective, the model it would export;
+    trials that reported no objective are left out.
+    """
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    scored = [(o, p) for o in outcomes if (p := _point(o, keys, sign)) is not None]
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [o for o, p in scored if not any(dominates(q, p) for _, q in scored)]
+
+
+def pareto_plot(outcomes: list[TrialOutcome], keys: tuple[str, ...], modes: list[str], labels: list[str],
+                out_dir: Path) -> str | None:
+    """Optuna's Pareto-front plot of the trials' val points (2 or 3 objectives); returns the file made."""
+    scored = [(o, p) for o in outcomes if (p := _point(o, keys, [1.0] * len(keys))) is not None]
+    if len(scored) < 2 or len(keys) > 3:
+        return None
+    study = optuna.create_study(directions=["maximize" if m == "max" else "minimize" for m in modes])
+    for o, p in scored:
+        study.add_trial(optuna.trial.create_trial(values=list(p), user_attrs={"trial_id": o.trial_id}))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as oplt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = oplt.plot_pareto_front(study, target_names=labels)
+    fig = ax.figure
+    fig.set_size_inches(7, 5)
+    fig.tight_layout()
+    fig.savefig(out_dir / "pareto_front.png", dpi=100)
+    plt.close(fig)
+    return "pareto_front.png"
+
+
+def _point(o: TrialOutcome, keys: tuple[str, ...], sign: list[float]) -> tuple[float, ...] | None:
+    values = []
+    for key, s in zip(keys, sign):
+        v = o.best.get(key)
+        if not isinstance(v, (int, float)) or math.isnan(v):
+            return None
+        values.append(s * float(v))
+    return tuple(values)
+
+
+def _pareto_lines(outcomes: list[TrialOutcome], winner: TrialOutcome | None, space: Any, out_dir: Path,
+                  run_dir: str) -> list[str]:
+    keys = space.reported_objectives().keys
+    modes = [o.mode for o in space.objectives]
+    labels = [f"{k}: {_objective_text(o)} ({o.mode})" for k, o in zip(keys, space.objectives)]
+    plain = [f"{_objective_text(o, quote='')} ({o.mode})" for o in space.objectives]  # plot axes: no Markdown
+    front = pareto_front(outcomes, keys, modes)
+    on_front = {o.trial_id for o in front}
+    lines = ["## Pareto front on val", "",
+             f"The space names {len(keys)} objectives: " + "; ".join(labels) + ". A trial is on the front when "
+             "no other trial is at least as good in every objective and better in one. A trial's point is its "
+             "objectives at its best checkpoint by the first objective, the model it would export (Optuna's study "
+             "holds each trial's last reported values: what the sampler was told).", "",
+             "| trial | on the front | " + " | ".join(f"{k} ({m})" for k, m in zip(keys, modes)) + " | "
+             + " | ".join(varied_knobs(outcomes)) + " |",
+             "|---" * (2 + len(keys) + len(varied_knobs(outcomes))) + "|"]
+    sign = -1 if space.objective.mode == "max" else 1
+    shown = sorted((o for o in outcomes if _point(o, keys, [1.0] * len(keys))),
+                   key=lambda o: (o.trial_id not in on_front, sign * o.best[keys[0]]))
+    for o in shown:
+        lines.append(f"| `{o.trial_id}` | {'yes' if o.trial_id in on_front else ''} | "
+                     + " | ".join(f"{o.best[k]:.4f}" for k in keys) + " | "
+                     + " | ".join(str(o.config.get(k, "")) for k in varied_knobs(outcomes)) + " |")
+    lines.append("")
+    if winner is not None:
+        where = "on the front" if winner.trial_id in on_front else "not on the front (a trial of the front is " \
+            "better in some objective and no worse in the others)"
+        lines += [f"Exported: trial `{winner.trial_id}`, {where}. The export is chosen by the first objective "
+                  f"(`{keys[0]}`): the top {space.top_k} trials by it on val are re-scored on the test split, and the "
+                  "best there is exported. Another trial of the front is one command away: "
+                  f"`python -m search.export {run_dir} --out DIR --trial ID`.", ""]
+    plot = pareto_plot(outcomes, keys, modes, plain, out_dir)
+    if plot:
+        lines += [f"![Pareto front on val]({plot})", ""]
+    return lines
+
+
 def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome | None, finalists: list[TrialOutcome],
-                 space: Any, data: str, plots: list[str], samples: str | None) -> None:
+                 space: Any, data: str, plots: list[str], samples: str | None, study: StudyStore | None = None,
+                 run_dir: str = "RUN_DIR") -> None:
     knobs = varied_knobs(outcomes) or sorted({k for o in outcomes for k in o.config})[:6]
+    if space.multi_objective:
+        objective = ("Objectives: " + "; ".join(f"{_objective_text(o)} ({o.mode})" for o in space.objectives)
+                     + " on the val split; the first also ranks, stops and selects")
+    else:
+        objective = f"Objective: {_objective_text(space.objective)} on the val split ({space.objective.mode})"
     lines = [f"# Search report: {Path(space.path).name}", "",
-             f"Data: `{data}`. Objective: {_objective_text(space.objective)} on the val split "
-             f"({space.objective.mode}). Trials: {len(outcomes)} "
+             f"Data: `{data}`. {objective}. Trials: {len(outcomes)} "
              f"({sum(o.status == 'finished' for o in outcomes)} finished, "
              f"{sum(o.status == 'stopped early' for o in outcomes)} stopped early, "
              f"{sum(o.status == 'error' for o in outcomes)} failed).", ""]
+    if study is not None:
+        lines += [f"Optuna study `{study.name}` in `{study.url}`; open it with `{study.dashboard}`.", ""]
     if winner is not None:
         paired = winner.best.get("paired", winner.last.get("paired"))
         lines += [f"## Winner: trial `{winner.trial_id}`", "",
@@ -114,6 +216,8 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                   "Means over test slices. The study's figures are on its own test slices, not these.", ""]
         if samples:
             lines += [f"![test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2))]({samples})", ""]
+    if space.multi_objective:
+        lines += _pareto_lines(outcomes, winner, space, path.parent, run_dir)
     named = [o for o in outcomes if o.name]
     if named:
         lines += ["## The named runs beside the study", "",
@@ -156,8 +260,10 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
     path.write_text("\n".join(lines) + "\n")
 
 
-def _objective_text(objective) -> str:
-    return " + ".join(f"{w:g} x `{m}`" for m, w in objective.weights.items())
+def _objective_text(objective, quote: str = "`") -> str:
+    if objective.metric is not None:
+        return f"{quote}{objective.metric}{quote}"
+    return " + ".join(f"{w:g} x {quote}{m}{quote}" for m, w in objective.weights.items())
 
 
 def _fmt(v: Any) -> str:

@@ -4,7 +4,8 @@ The space file says what to vary and how to select; Ray Tune runs the trials (se
 space's `gpus_per_trial` is a fraction), Optuna picks what to try next, ASHA stops weak trials early, and
 at the end the best trials on val are re-scored on the test split and the winner is exported. A run
 leaves, under STORAGE/NAME: one folder per trial (config, split, metrics, checkpoints, TensorBoard
-events), `summary/trials.csv`, `summary/report.md` and `best/`.
+events), `summary/trials.csv`, `summary/report.md`, `best/` and, for a sampled space, the Optuna study in
+`optuna.db` (or in the database given by `--optuna-storage`; see `search/study.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
 from search.space import Space, SpaceError, load_space
+from search.study import StudyStore, close_study, open_study_store
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
@@ -35,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="the run's name (default: the space file's name)")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local one")
     p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="an Optuna storage URL for the study, e.g. postgresql://user@host/db "
+                        "(default: sqlite:///STORAGE/NAME/optuna.db); the study is named NAME")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a knob for every trial, e.g. --set epochs=5 (repeatable)")
     return p.parse_args(argv)
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         space, storage, name = prepare(args)
+        study = open_study_store(args.optuna_storage, storage, name, resume=args.resume,
+                                 sampled=space.trial_points() is None)
     except (SpaceError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -88,14 +95,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{space.gpus_per_trial} -> 0)", file=sys.stderr)
         space = space.replace_search(gpus_per_trial=0.0)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=args.data, objective=space.objective.value,
+        tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, gpu_share=space.gpus_per_trial),
         space.resources())
     run_path = f"{storage.rstrip('/')}/{name}"
     if args.resume:
         tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tune_config = dataclasses.replace(space.tune_config(), trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
+        tune_config = dataclasses.replace(
+            space.tune_config(study.storage if study else None, study.name if study else None),
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
         # Each trial writes its config, split, metrics and TensorBoard events in its working folder; syncing
         # artifacts brings them to the run's storage (a local folder or s3://) beside Ray's own files.
         run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),
@@ -103,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                                     sync_config=tune.SyncConfig(sync_artifacts=True))
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
-    return summarise(results, space, args.data, run_path)
+    if study is not None:
+        close_study(study)
+    return summarise(results, space, args.data, run_path, study)
 
 
-def summarise(results: Any, space: Space, data: str, run_path: str) -> int:
+def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code."""
     import tempfile
 
@@ -127,7 +138,7 @@ def summarise(results: Any, space: Space, data: str, run_path: str) -> int:
         samples = "samples.png"
     plots = optuna_plots(outcomes, space.objective.mode, summary)
     write_trials_csv(summary / "trials.csv", outcomes)
-    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples)
+    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path)
     (summary / SELECTION).write_text(json.dumps({
         "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
         "trials": [{"trial_id": o.trial_id, "path": o.path, "status": o.status, "test": o.test} for o in outcomes],
@@ -143,6 +154,8 @@ def summarise(results: Any, space: Space, data: str, run_path: str) -> int:
         print(f"winner {winner.trial_id}: test objective {winner.test['objective']:.4f} "
               f"(val {winner.val_objective:.4f}); exported to {run_path}/best")
     print(f"report: {run_path}/summary/report.md")
+    if study is not None:
+        print(f"Optuna study {study.name!r}: {study.dashboard}")
     failed = [o for o in outcomes if o.status == "error"]
     for o in failed:
         print(f"error: trial {o.trial_id} failed: {o.error} (logs: {o.path})", file=sys.stderr)

@@ -24,6 +24,12 @@ name keep the config's defaults, so `TrainConfig.from_dict(config)` is the trial
   one point per trial, in order. Unlike `tune.grid_search`, which would nest them under one key, each trial's
   config is the point itself.
 In both cases the Tuner's `param_space` stays empty: the searcher supplies the whole config.
+
+Objectives: one (a metric, or a weighted sum of several), or several for a multi-objective search, e.g.
+`objective: {metrics: [ssim_t1_t2_head, loss_cycle], modes: [max, min]}` or a list of the single forms. A trial
+reports the first as `objective`: ASHA stops trials by it, checkpoints are ranked by it and the winner is
+re-scored on the test split by it. With several, each is also reported as `objective_0`, `objective_1`, ...,
+and Optuna's sampler (TPE or NSGA-II) searches them all: `make_searcher` gives OptunaSearch the lists.
 """
 
 from __future__ import annotations
@@ -47,10 +53,10 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, ConfigError, TrainConfig
-from cyclegan.metrics import DIRECTIONS
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS
 from cyclegan.metrics import REPORTED_METRICS as TRAINER_METRICS
 
-OBJECTIVE = "objective"  # the key every trial reports its objective under, and what Tune selects on
+OBJECTIVE = "objective"  # the key every trial reports its (first) objective under, and what Tune selects on
 # What a trial reports each epoch (DESIGN.md, "Contracts"): the trainer's losses and image metrics, and the
 # objective the trainable computes from them.
 REPORTED_METRICS: tuple[str, ...] = (*TRAINER_METRICS, OBJECTIVE)
@@ -61,7 +67,7 @@ SELECTABLE: tuple[str, ...] = tuple(m for m in TRAINER_METRICS if m != "epoch")
 # black background does not inflate them, asks for both.
 DEFAULT_WEIGHTS: dict[str, float] = {f"ssim_{d}_head": 0.25 for d in DIRECTIONS}
 
-SAMPLERS = ("tpe", "random", "cmaes", "grid")
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "grid")
 SCHEDULERS = ("asha", "none")
 # Each halves the image once per level, so resize caps it; cyclegan.config owns the exact rule.
 DEPTH_KNOBS = ("unet_depth", "disc_layers")
@@ -71,7 +77,7 @@ MAX_GRID_POINTS = 10_000
 DEFAULT_NUM_SAMPLES = 16
 _DEFAULTS = TrainConfig()
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "objective": ("metric", "weights", "mode"),
+    "objective": ("metric", "weights", "mode", "metrics", "modes"),
     "search": ("sampler", "num_samples", "max_concurrent", "seed"),
     "scheduler": ("type", "grace_period", "reduction_factor", "max_t"),
     "resources": ("gpus_per_trial", "cpus_per_trial"),
@@ -85,6 +91,8 @@ TOP_KEYS: tuple[str, ...] = (*_SECTIONS, "fixed", "params", "points")
 _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "choice": ("choice",), "int": ("int", "step", "log"), "float": ("float", "step", "log")}
 _DISTRIBUTION_HELP = "{choice: [a, ...]}, {int: [low, high], step: 1, log: false} or {float: [low, high], log: false}"
+_OBJECTIVE_HELP = ("{metric: NAME, mode: max}, {weights: {NAME: w, ...}, mode: max}, or several: "
+                   "{metrics: [NAME, NAME, ...], modes: [max, min, ...]} or a list of the single forms")
 
 
 class SpaceError(ValueError):
@@ -222,6 +230,27 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class ReportedObjectives:
+    """What a trial adds to its metrics each epoch: `objective` (the first) and, for several, `objective_<i>`.
+
+    A class, not a closure, so that `tune.with_parameters` can pickle it for the trials.
+    """
+
+    objectives: tuple[Objective, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The reported metric of each objective, in order: what OptunaSearch is told to optimise."""
+        if len(self.objectives) == 1:
+            return (OBJECTIVE,)
+        return tuple(f"{OBJECTIVE}_{i}" for i in range(len(self.objectives)))
+
+    def __call__(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        values = [o.value(metrics) for o in self.objectives]
+        return {OBJECTIVE: values[0], **dict(zip(self.keys, values))}
+
+
+@dataclass(frozen=True)
 class DefineByRun:
     """Optuna's define-by-run space. A class, not a closure, so that OptunaSearch can pickle it with its state."""
 
@@ -282,12 +311,29 @@ class PointsSearcher(Searcher):
         self.set_state(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
+class StoredOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study outlives the driver, in a database (`search/study.py`).
+
+    A resumed run restores the searcher and the trials from Ray's last experiment checkpoint, but the study
+    was told everything up to the moment the driver stopped. A trial that finished after that checkpoint is
+    run again by Tune from its own last checkpoint; the study keeps the result it was told first. Optuna
+    refuses to update a finished trial, and OptunaSearch would let that refusal end the whole run, so the
+    replayed epochs are not sent (its `on_trial_complete` already only logs the refusal).
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
 @dataclass(frozen=True)
 class Space:
     """A checked search space. Build it with `load_space`; change it with `with_overrides` / `replace_search`."""
 
     path: str
-    objective: Objective
+    objectives: tuple[Objective, ...]  # the first is `objective`; more than one: a multi-objective search
     sampler: str | None  # None for a points space
     num_samples: int  # trials to run; for points and grid spaces at most the number of points (the first ones run)
     max_concurrent: int | None  # None: as many as the resources allow
@@ -350,6 +396,19 @@ class Space:
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for (_, key), value in changes.items())
         return space_from_dict(raw, self.path, f"{self.path} with {flags}")
 
+    @property
+    def objective(self) -> Objective:
+        """The first objective: what ASHA, checkpoint ranking and the test re-scoring use."""
+        return self.objectives[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def reported_objectives(self) -> ReportedObjectives:
+        """For the trainable: computes every objective from a trial's metrics."""
+        return ReportedObjectives(self.objectives)
+
     def define_by_run(self) -> DefineByRun:
         """The function OptunaSearch takes as its `space`: draws one trial's knobs, returns its flat config."""
         if self.points is not None:
@@ -377,16 +436,29 @@ class Space:
             configs.append(config)
         return configs
 
-    def make_searcher(self) -> Searcher:
+    def make_searcher(self, storage: optuna.storages.BaseStorage | None = None, study_name: str | None = None
+                      ) -> Searcher:
         """OptunaSearch for sampled spaces, PointsSearcher for points and grid spaces.
+
+        With `storage` (e.g. `optuna.storages.RDBStorage("sqlite:///runs/NAME/optuna.db")`) the Optuna study
+        `study_name` lives there: OptunaSearch creates it, or loads it if it exists (`load_if_exists=True`), and
+        tells it every trial, so optuna-dashboard and `optuna.load_study` see the search as it runs. Points and
+        grid spaces have no sampler and no study; they ignore both. Several objectives go to OptunaSearch as
+        lists of metrics and modes (Optuna's multi-objective study; it then records no intermediate values).
 
         Not wrapped in a ConcurrencyLimiter: `tune_config()` passes `max_concurrent_trials`, which does that.
         """
         points = self.trial_points()
         if points is not None:
             return PointsSearcher(points, metric=OBJECTIVE, mode=self.objective.mode)
-        return OptunaSearch(space=self.define_by_run(), metric=OBJECTIVE, mode=self.objective.mode,
-                            sampler=self._optuna_sampler())
+        if self.multi_objective:
+            metric: str | list[str] = list(self.reported_objectives().keys)
+            mode: str | list[str] = [o.mode for o in self.objectives]
+        else:
+            metric, mode = OBJECTIVE, self.objective.mode
+        search = OptunaSearch if storage is None else StoredOptunaSearch
+        return search(space=self.define_by_run(), metric=metric, mode=mode, sampler=self._optuna_sampler(),
+                      storage=storage, study_name=study_name)
 
     def _optuna_sampler(self) -> optuna.samplers.BaseSampler:
         if self.sampler == "random":
@@ -394,7 +466,9 @@ class Space:
         if self.sampler == "cmaes":
             # CMA-ES handles numbers only; Optuna draws the choices (and the per-resize depth ranges) at random.
             return optuna.samplers.CmaEsSampler(seed=self.seed)
-        return optuna.samplers.TPESampler(seed=self.seed)
+        if self.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=self.seed)
+        return optuna.samplers.TPESampler(seed=self.seed)  # multi-objective too (MOTPE)
 
     def make_scheduler(self) -> TrialScheduler:
         """ASHA on the reported `epoch`, or FIFO; metric and mode come from the TuneConfig."""
@@ -403,8 +477,11 @@ class Space:
                                  reduction_factor=self.reduction_factor, max_t=self.max_t)
         return FIFOScheduler()
 
-    def tune_config(self) -> tune.TuneConfig:
-        return tune.TuneConfig(metric=OBJECTIVE, mode=self.objective.mode, search_alg=self.make_searcher(),
+    def tune_config(self, storage: optuna.storages.BaseStorage | None = None, study_name: str | None = None
+                    ) -> tune.TuneConfig:
+        """Tune selects, schedules and keeps checkpoints by the first objective; the searcher sees them all."""
+        return tune.TuneConfig(metric=OBJECTIVE, mode=self.objective.mode,
+                               search_alg=self.make_searcher(storage, study_name),
                                scheduler=self.make_scheduler(), num_samples=self.num_samples,
                                max_concurrent_trials=self.max_concurrent)
 
@@ -445,7 +522,7 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
     if ("params" in raw) == ("points" in raw):
         _fail(src, "(top level)", "has both params and points" if "params" in raw else "has neither params nor points",
               "params: (knobs to search) or points: (configurations to run), one of them")
-    sections = {name: _section(src, raw, name) for name in _SECTIONS}
+    sections = {name: _section(src, raw, name) for name in _SECTIONS if name != "objective"}
     fixed = _fixed(src, raw.get("fixed"))
     if "params" in raw:
         params, points = _params(src, raw["params"], fixed), None
@@ -455,7 +532,11 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
         params, points = {}, _points(src, raw["points"], fixed)
 
     search = sections["search"]
+    objectives = _objectives(src, raw.get("objective"))
     sampler = _sampler(src, search, params, points)
+    if sampler == "cmaes" and len(objectives) > 1:
+        _fail(src, "search.sampler", "Optuna's CMA-ES optimises one objective, and the space names several",
+              "tpe or nsga2 (multi-objective), random or grid")
     n_points = len(points) if points is not None else _grid_size(src, params, fixed) if sampler == "grid" else None
     if n_points is None:
         num_samples = _int(src, "search.num_samples", search.get("num_samples", DEFAULT_NUM_SAMPLES), 1)
@@ -471,7 +552,7 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
     resources, checkpoint = sections["resources"], sections["checkpoint"]
     return Space(
         path=path,
-        objective=_objective(src, sections["objective"], raw.get("objective") is not None),
+        objectives=objectives,
         sampler=sampler,
         num_samples=num_samples,
         max_concurrent=max_concurrent,
@@ -732,30 +813,85 @@ def _scheduler(src: str, raw: dict, max_epochs: int, default: str) -> tuple[str,
     return kind, grace_period, reduction_factor, max_t
 
 
-def _objective(src: str, raw: dict, given: bool) -> Objective:
-    if not given:
-        return Objective(weights=dict(DEFAULT_WEIGHTS), mode="max")
-    mode = raw.get("mode", "max")
+def _objectives(src: str, raw: Any) -> tuple[Objective, ...]:
+    """The space's objectives: the default, one, or several (a list, or `{metrics: [...], modes: [...]}`)."""
+    if raw is None:  # absent, or a YAML key whose entries are all commented out
+        return (Objective(weights=dict(DEFAULT_WEIGHTS), mode="max"),)
+    if isinstance(raw, dict) and not ({"metrics", "modes"} & raw.keys()):
+        return (_objective(src, "objective", raw),)
+    if isinstance(raw, list):
+        if len(raw) < 2:
+            _fail(src, "objective", f"a list of {len(raw)} objective(s)",
+                  "two or more in a list; a single objective as a mapping, " + _OBJECTIVE_HELP)
+        keys = [f"objective[{i}]" for i in range(len(raw))]
+        objectives = [_objective(src, key, item) for key, item in zip(keys, raw)]
+    elif isinstance(raw, dict):
+        for key in raw:
+            if key not in ("metrics", "modes"):
+                _fail(src, f"objective.{_key(key)}", "does not go with metrics/modes", "metrics, modes")
+        metrics, modes = raw.get("metrics"), raw.get("modes")
+        if not isinstance(metrics, list) or len(metrics) < 2:
+            _fail(src, "objective.metrics", f"expected a list of two or more metrics, got {_show(metrics)}",
+                  "[NAME, NAME, ...] of " + ", ".join(SELECTABLE))
+        if not isinstance(modes, list) or len(modes) != len(metrics):
+            _fail(src, "objective.modes", f"expected one mode per metric, got {_show(modes)}",
+                  f"a list of {len(metrics)}: max or min")
+        keys = [f"objective.metrics[{i}]" for i in range(len(metrics))]
+        objectives = []
+        for i, (metric, mode) in enumerate(zip(metrics, modes)):
+            _check_mode(src, f"objective.modes[{i}]", mode)
+            _check_metric(src, keys[i], metric)
+            objectives.append(Objective(weights={metric: 1.0}, mode=mode, metric=metric))
+    else:
+        _fail(src, "objective", f"expected a mapping or a list, got {_show(raw)}", _OBJECTIVE_HELP)
+    for i, objective in enumerate(objectives):
+        if objective in objectives[:i]:
+            _fail(src, keys[i], f"repeats {keys[objectives.index(objective)]}", "different objectives")
+    # The winner is re-scored on the test split by the first objective, and the test split is only scored by
+    # its images: a loss has no test value.
+    untestable = [m for m in objectives[0].weights if m not in IMAGE_METRICS]
+    if untestable:
+        _fail(src, keys[0], f"{untestable[0]} is not measured on the test split, where the winner is re-scored by "
+              "the first objective", "an image metric first (" + ", ".join(IMAGE_METRICS[:4]) + ", ...), losses after")
+    return tuple(objectives)
+
+
+def _check_mode(src: str, key: str, mode: Any) -> None:
     if mode not in ("max", "min"):
-        _fail(src, "objective.mode", f"got {_show(mode)}", "max or min")
+        _fail(src, key, f"got {_show(mode)}", "max or min")
+
+
+def _check_metric(src: str, key: str, metric: Any) -> None:
+    if metric not in SELECTABLE:
+        _fail(src, key, f"{_show(metric)} is not a reported metric", ", ".join(SELECTABLE))
+
+
+def _objective(src: str, key: str, raw: Any) -> Objective:
+    """One objective: `{metric: NAME, mode: ...}` or `{weights: {NAME: w, ...}, mode: ...}`."""
+    if not isinstance(raw, dict):
+        _fail(src, key, f"expected a mapping, got {_show(raw)}", _OBJECTIVE_HELP)
+    for k in raw:
+        if k not in ("metric", "weights", "mode"):
+            _fail(src, f"{key}.{_key(k)}", "unknown key", "metric, weights, mode")
+    mode = raw.get("mode", "max")
+    _check_mode(src, f"{key}.mode", mode)
     if ("metric" in raw) == ("weights" in raw):
-        _fail(src, "objective", "names both metric and weights" if "metric" in raw else "names no metric or weights",
+        _fail(src, key, "names both metric and weights" if "metric" in raw else "names no metric or weights",
               "{metric: NAME, mode: max} or {weights: {NAME: w, ...}, mode: max}")
     if "metric" in raw:
         metric = raw["metric"]
-        if metric not in SELECTABLE:
-            _fail(src, "objective.metric", f"{_show(metric)} is not a reported metric", ", ".join(SELECTABLE))
+        _check_metric(src, f"{key}.metric", metric)
         return Objective(weights={metric: 1.0}, mode=mode, metric=metric)
     weights = raw["weights"]
     if not isinstance(weights, dict) or not weights:
-        _fail(src, "objective.weights", f"expected a non-empty mapping, got {_show(weights)}", "{metric: weight, ...}")
+        _fail(src, f"{key}.weights", f"expected a non-empty mapping, got {_show(weights)}", "{metric: weight, ...}")
     typed = {}
     for metric, weight in weights.items():
-        key = f"objective.weights.{_key(metric)}"
+        wkey = f"{key}.weights.{_key(metric)}"
         if metric not in SELECTABLE:
-            _fail(src, key, "not a reported metric", ", ".join(SELECTABLE))
+            _fail(src, wkey, "not a reported metric", ", ".join(SELECTABLE))
         number = _number(weight)
         if number is None or number == 0:
-            _fail(src, key, f"got {_show(weight)}", "a non-zero number")
+            _fail(src, wkey, f"got {_show(weight)}", "a non-zero number")
         typed[metric] = number
     return Objective(weights=typed, mode=mode)

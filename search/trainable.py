@@ -1,9 +1,10 @@
 """The Ray Tune function trainable: one trial is one `cyclegan.fit` run.
 
 Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
-device, and every epoch's metrics (plus `objective`) go to `tune.report`, with a checkpoint every
-`checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`,
-or, where that one is damaged, from the newest older checkpoint of the trial that still reads.
+device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a space of several objectives)
+go to `tune.report`, with a checkpoint every `checkpoint_every` epochs and at the end. A retried or resumed
+trial restarts from `tune.get_checkpoint()`, or, where that one is damaged, from the newest older checkpoint
+of the trial that still reads.
 
 Each checkpoint carries the trial's `metrics.jsonl` up to its epoch. Ray runs a trial in a working folder of
 its session and copies it to the run's storage; a trial resumed in a new session (after `--resume`) starts
@@ -29,7 +30,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
-from search.space import POINT_NAME
+from search.space import OBJECTIVE, POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
 METRICS = "metrics.jsonl"
@@ -50,8 +51,11 @@ MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf
                 "compile")
 
 
-def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[str, Any]], float],
+def train_trial(config: dict[str, Any], *, data: str,
+                objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
                 checkpoint_every: int = 1, gpu_share: float = 0.0) -> None:
+    """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
+    every objective metric to report."""
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
@@ -67,7 +71,8 @@ def train_trial(config: dict[str, Any], *, data: str, objective: Callable[[dict[
         for fault in faults:
             if fault.get("epoch") == metrics["epoch"] and not (fault.get("once") and resume is not None):
                 _fail(fault, cfg, metrics["epoch"])
-        metrics = {**metrics, "objective": objective(metrics)}
+        value = objective(metrics)
+        metrics = {**metrics, **(value if isinstance(value, Mapping) else {OBJECTIVE: value})}
         with (trial_dir / METRICS).open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if metrics["epoch"] % checkpoint_every and metrics["epoch"] != cfg.epochs:

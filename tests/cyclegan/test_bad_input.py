@@ -200,7 +200,7 @@ def test_train_refuses_a_config_file_that_is_not_a_config(tmp_path: Path, capsys
     ("text_input", "notes.png: not a readable image"),
     ("truncated_input", "cut.png: not a readable image (image file is truncated"),
     ("one_pixel_input", "dot.png: a (1, 1) image is too small"),
-    ("folder_without_pngs", "empty: a folder with no .png slices"),
+    ("folder_without_pngs", "empty: a folder with no .png/.nii/.nii.gz files"),
     ("export_truncated", "model.pt: unreadable or truncated checkpoint"),
     ("export_of_other_architecture", "model.pt: does not match its own config"),
     ("export_with_a_config_this_code_refuses", "model.pt: does not match its own config (unet_depth=9 needs"),

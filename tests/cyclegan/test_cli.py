@@ -78,3 +78,31 @@ def test_bad_input_gets_one_clear_line(tmp_path, args, match):
     Image.new("L", (20, 20)).save(tmp_path / "ok.png")
     args = [str(tmp_path / "ok.png") if a == "IMG" else a for a in args]
     _one_line_error(cli(*args, cwd=tmp_path), match)
+
+
+def test_train_on_nifti_volumes_then_translate_one_back_to_a_volume(tmp_path):
+    import nibabel as nib
+
+    from tests.cyclegan.test_nifti import SPL, phantom_volume
+
+    data = tmp_path / "data"
+    for k in range(3):  # three subjects: whole volumes go to train, val and test
+        phantom_volume(data / "T1" / f"sub-{k}_T1w.nii.gz", seed=k)
+        phantom_volume(data / "T2" / f"sub-{k}_T2w.nii.gz", seed=k, contrast="t2")
+    out = tmp_path / "run"
+    p = cli("cyclegan.train", "--data", str(data), *TINY, "--set", "epochs=1", "--out", str(out), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    split = json.loads((out / "split.json").read_text())
+    assert all(n.startswith("sub-") and ":z" in n for part in ("train", "val", "test") for n in split[part]["T1"])
+
+    source = data / "T1" / "sub-0_T1w.nii.gz"
+    p = cli("cyclegan.translate", "--checkpoint", str(out), "--direction", "t1-t2", str(source), "--out",
+            str(tmp_path / "t"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "(1 volume(s))" in p.stdout
+    before, after = nib.load(source), nib.load(tmp_path / "t" / source.name)
+    assert after.shape == before.shape and np.allclose(after.affine, SPL)
+    assert after.get_data_dtype() == before.get_data_dtype()
+    x, y = before.get_fdata(), after.get_fdata()
+    assert x.min() <= y.min() and y.max() <= x.max() and y.std() > 0  # the input's range, not [0, 1]
+    assert np.array_equal(y[:3], x[:3])  # the empty slices below the head, as they were

@@ -60,7 +60,8 @@ def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
             "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert t.returncode == 0, t.stderr
     assert Image.open(tmp_path / "out" / "a.png").size == (40, 50)
-    other = next(r["trial_id"] for r in rows if r["status"] == "finished" and r["trial_id"] != metrics["trial_id"])
+    finished = [r["trial_id"] for r in rows if r["status"] == "finished"]
+    other = next((t for t in finished if t != metrics["trial_id"]), metrics["trial_id"])
     e = run("search.export", str(run_dir), "--out", str(tmp_path / "again"), "--trial", other, cwd=tmp_path)
     assert e.returncode == 0, e.stderr
     assert json.loads((tmp_path / "again" / "metrics.json").read_text())["trial_id"] == other
@@ -100,6 +101,18 @@ def test_bad_input_is_refused_in_one_line_before_ray_starts(tmp_path, args, matc
     assert not list((tmp_path / "runs").glob("*/experiment_state-*"))
 
 
+def terminated_in_saved_state(run_dir: Path) -> set[str]:
+    states = sorted(run_dir.glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except (json.JSONDecodeError, KeyError, OSError):
+        return set()  # being rewritten right now
+    return {t["trial_id"] for t in (json.loads(d) if isinstance(d, str) else d for d, _ in trials)
+            if t.get("status") == "TERMINATED"}
+
+
 def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     args = ["search.run", str(ROOT / "spaces" / "unet_depth.yaml"), "--num-samples", "4", "--max-concurrent", "1",
             "--set", "epochs=4", *TINY, "--storage", str(tmp_path / "runs"), "--name", "killed"]
@@ -107,15 +120,16 @@ def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     driver = subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / "killed"
+    # "Finished" is what Ray's saved experiment state says: a trial that ended after the last snapshot is
+    # still running as far as a resumed search knows, and is continued from its checkpoint, as Ray promises.
     finished_before: dict[str, str] = {}
     deadline = time.time() + 400
     while time.time() < deadline and driver.poll() is None:
-        done = {d.name: (d / "metrics.jsonl").read_text() for d in run_dir.glob("trial_*")
-                if (d / "metrics.jsonl").is_file() and '"epoch": 4' in (d / "metrics.jsonl").read_text()}
-        if done and len(list(run_dir.glob("trial_*"))) >= 2:
-            finished_before = done
+        done = {f"trial_{t}" for t in terminated_in_saved_state(run_dir)}
+        if done and len(list(run_dir.glob("trial_*"))) > len(done):  # and another one running
+            finished_before = {name: (run_dir / name / "metrics.jsonl").read_text() for name in done}
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert driver.poll() is None, "the search ended before it could be killed"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
