@@ -1,4 +1,4 @@
-"""Damaged files for the bad-input tests, made the way real ones get damaged."""
+"""Bad input for the tests: damaged files, made the way real ones get damaged, and --set strings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import struct
 import zlib
 
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
+
+from cyclegan.config import FIELD_NAMES
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -26,3 +29,20 @@ def truncated_png(size: tuple[int, int] = (40, 40)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).random(size) * 255).astype(np.uint8)).save(buf, "PNG")
     return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+# What a user may type after --set: values that YAML reads as something other than plain text, or fails on
+# (numbers in every spelling, an impossible date, tags, anchors, flow collections, deep nesting, ints too long
+# for Python to print), any text, and keys that are no knob.
+TRICKY_VALUES = ["1", "-1", "0", "1.5", "1e-4", "1e400", "-1e400", ".nan", "nan", ".inf", "-.inf", "0x1F", "0o17",
+                 "1_000", "true", "no", "null", "~", "", " ", "2024-01-01", "2024-13-45", "12:30:00", "[1, 2]",
+                 "{a: 1}", "[", "{", "'", '"', ": x", "- x", "&a 1", "*a", "!!python/object/apply:os.system ['true']",
+                 "!!binary aGk=", "[" * 2000, "9" * 5000, "0x" + "f" * 5000, "1" + "0" * 400, "4294967296", "lsgan",
+                 "bce", "resize"]
+_set_values = st.one_of(st.sampled_from(TRICKY_VALUES), st.text(max_size=12), st.integers().map(str),
+                        st.floats(allow_nan=True, allow_infinity=True).map(repr))
+set_items = st.one_of(
+    st.tuples(st.sampled_from(FIELD_NAMES), st.sampled_from(["=", "==", " = ", ":"]), _set_values).map("".join),
+    st.tuples(st.text(max_size=8), st.just("="), _set_values).map("".join),
+    st.text(max_size=20),
+)

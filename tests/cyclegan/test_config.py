@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cyclegan.config import FIELD_NAMES, ConfigError, TrainConfig, parse_overrides
+from tests.badfiles import set_items
 
 
 def test_defaults_are_the_studys_v4():
@@ -64,23 +65,8 @@ def test_field_names_include_the_design_contract():
 
 # --- anything a user can type after --set ---------------------------------------------------------------------------
 
-# Values that YAML reads as something other than plain text, or fails on: numbers in every spelling, an impossible
-# date, tags, anchors, flow collections, deep nesting, ints too long for Python to print.
-_TRICKY = ["1", "-1", "0", "1.5", "1e-4", "1e400", "-1e400", ".nan", "nan", ".inf", "-.inf", "0x1F", "0o17", "1_000",
-           "true", "no", "null", "~", "", " ", "2024-01-01", "2024-13-45", "12:30:00", "[1, 2]", "{a: 1}", "[",
-           "{", "'", '"', ": x", "- x", "&a 1", "*a", "!!python/object/apply:os.system ['true']", "!!binary aGk=",
-           "[" * 2000, "9" * 5000, "0x" + "f" * 5000, "1" + "0" * 400, "4294967296", "lsgan", "bce", "resize"]
-_values = st.one_of(st.sampled_from(_TRICKY), st.text(max_size=12), st.integers().map(str),
-                    st.floats(allow_nan=True, allow_infinity=True).map(repr))
-_items = st.one_of(
-    st.tuples(st.sampled_from(FIELD_NAMES), st.sampled_from(["=", "==", " = ", ":"]), _values).map("".join),
-    st.tuples(st.text(max_size=8), st.just("="), _values).map("".join),
-    st.text(max_size=20),
-)
-
-
 @settings(max_examples=500, deadline=None)
-@given(st.lists(_items, min_size=1, max_size=4))
+@given(st.lists(set_items, min_size=1, max_size=4))
 def test_any_set_values_give_a_config_or_one_config_error(items: list[str]) -> None:
     # What both CLIs do with --set: parse the strings, then build the config. Only ConfigError, in one line, may
     # come out; anything else would reach the user as a traceback.

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 import ray
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from search import run
-from tests.badfiles import truncated_png
+from search.space import SpaceError, load_space
+from tests.badfiles import set_items, truncated_png
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = str(ROOT / "spaces" / "unet_depth.yaml")
@@ -118,3 +122,17 @@ def test_a_space_whose_objective_no_trial_reports_or_that_is_malformed_is_refuse
         tmp_path: Path, capsys: pytest.CaptureFixture, text: str, match: str) -> None:
     (tmp_path / "s.yaml").write_text(text)
     refused([str(tmp_path / "s.yaml"), "--storage", str(tmp_path / "runs")], capsys, match)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(set_items, min_size=1, max_size=3))
+def test_any_set_values_give_a_space_or_one_line_refusal(items: list[str]) -> None:
+    # search.run's own path for --set: typed by the config, then applied to the space (where a searched knob
+    # becomes fixed and depth constraints are checked again). Only the two refusals main catches may come out.
+    try:
+        space = load_space(SPACE).with_overrides(parse_overrides(items))
+    except (ConfigError, SpaceError) as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    for config in space.trial_points() or []:
+        TrainConfig.from_dict(config)
