@@ -222,7 +222,7 @@ class Trainer:
             net.to(dev)
             if gpu and cfg.channels_last:
                 net.to(memory_format=torch.channels_last)
-        if gpu:
+        if gpu and not torch.backends.cudnn.deterministic:
             torch.backends.cudnn.benchmark = True  # shapes never change within a run, as in the reference
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
         autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
@@ -306,7 +306,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     runner = t.runner(train.t1, train.t2, steps)
     validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast),
                       enabled=t.graphs, name="validation", warmup=1)
-    writer = _writer(log_dir, cfg, log_scalars)
+    tb = _TensorBoard(_writer(log_dir, cfg, log_scalars), cfg, log_scalars) if log_dir is not None else None
     result = FitResult(models)
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
@@ -321,8 +321,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": data.val.paired}
         result.history.append(metrics)
         clock.append(time.perf_counter())
-        if writer is not None:
-            _log_epoch(writer, metrics if log_scalars else {}, data, outs, epoch, cfg)
+        if tb is not None:
+            tb.epoch(metrics, data, outs, epoch)
         if bar is not None:
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
         clock.append(time.perf_counter())
@@ -331,8 +331,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
             report(metrics, partial(_save, state=state))
         clock.append(time.perf_counter())
         result.timings.append(dict(zip(("train", "val", "log", "report"), (b - a for a, b in zip(clock, clock[1:])))))
-    if writer is not None:
-        writer.close()
+    if tb is not None:
+        tb.close()
     return result
 
 
@@ -391,13 +391,9 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
                 s["step"] = s["step"].to(dtype=torch.float32, device=p.device if on_device else "cpu")
 
 
-def _writer(log_dir: Path | None, cfg: TrainConfig, hparams_session: bool):
-    if log_dir is None:
-        return None
+def _writer(log_dir: Path, cfg: TrainConfig, hparams_session: bool):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
-
-    from cyclegan.metrics import IMAGE_METRICS
 
     writer = SummaryWriter(str(log_dir))
     if not hparams_session:
@@ -410,20 +406,51 @@ def _writer(log_dir: Path | None, cfg: TrainConfig, hparams_session: bool):
     return writer
 
 
-def _log_epoch(writer, metrics: dict, data: Dataset, outs: dict[str, torch.Tensor], epoch: int,
-               cfg: TrainConfig) -> None:
-    for k, v in metrics.items():
-        if k.startswith("loss_"):
-            writer.add_scalar(f"train/{k}", v, epoch)
-        elif k.startswith(("ssim_", "psnr_")):
-            writer.add_scalar(f"val/{k}", v, epoch)
-    if epoch % cfg.sample_every == 0 or epoch == cfg.epochs or epoch == 1:
-        # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation pass.
-        n = 4
-        rows = [data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
-                data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]]
-        writer.add_image("val/samples", grid(rows), epoch)
-    writer.flush()
+class _TensorBoard:
+    """fit's TensorBoard events, written by one background thread.
+
+    Encoding the sample image (a PNG of six rows of slices) takes longer than a whole epoch of training
+    steps at the study's size (docs/benchmarks.md), so the loop only copies what is to be written to the
+    host and goes on; `close` waits for the writes and raises any error they met.
+    """
+
+    def __init__(self, writer, cfg: TrainConfig, scalars: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.writer, self.cfg, self.scalars = writer, cfg, scalars
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
+        self.pending: list = []
+
+    def epoch(self, metrics: dict[str, Any], data: Dataset, outs: dict[str, torch.Tensor], epoch: int) -> None:
+        values = [(f"train/{k}" if k.startswith("loss_") else f"val/{k}", v) for k, v in metrics.items()
+                  if self.scalars and k.startswith(("loss_", "ssim_", "psnr_"))]
+        image = None
+        if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
+            # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation
+            # pass; copied now, since the next replay of the validation graph overwrites them.
+            n = 4
+            image = grid([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
+                          data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]])
+        self._raise_failed()
+        self.pending.append(self.pool.submit(self._write, values, image, epoch))
+
+    def _write(self, values: list[tuple[str, float]], image: torch.Tensor | None, epoch: int) -> None:
+        for tag, v in values:
+            self.writer.add_scalar(tag, v, epoch)
+        if image is not None:
+            self.writer.add_image("val/samples", image, epoch)
+        self.writer.flush()
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self.pending if f.done()]
+        self.pending = [f for f in self.pending if not f.done()]
+        for f in done:
+            f.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self._raise_failed()
+        self.writer.close()
 
 
 def _progress(epochs: range):
