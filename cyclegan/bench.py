@@ -11,8 +11,9 @@ In one run on one device:
              so the time outside the training step is visible.
 More sections (`--sections`): `quality` (the fast path against eager fp32 on the phantom at 128x128,
 three seeds each), `check` (a graphed fit equals an eager one on the GPU), `memory` (estimate_memory
-against measured peaks), `profile` (torch.profiler summaries of the fast step), `compile` (the fast
-path with torch.compile on top). docs/benchmarks.md holds the results and the commands.
+against measured peaks), `profile` (torch.profiler summaries of the fast step), `variants` (the fast
+path with one switch changed, torch.compile on top among them). docs/benchmarks.md holds the results
+and the commands.
 
 The tests' run: python -m cyclegan.bench --device cpu --size 32 --depth 5 --batches 2 --steps 2 --processes 1
 """
@@ -48,9 +49,10 @@ from cyclegan.data import Dataset, load_data, synthetic_data
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
 from cyclegan.train import ImagePool, Trainer, epoch_order, fit, train_step
 
-SECTIONS = ("steps", "processes", "epoch", "quality", "check", "memory", "profile", "compile")
+SECTIONS = ("steps", "processes", "epoch", "quality", "check", "memory", "profile", "variants")
 DEFAULT_SECTIONS = ("steps", "processes", "epoch")
 REPO = Path(__file__).resolve().parents[1]
+STARTED = time.perf_counter()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -309,11 +311,14 @@ def section_steps(args: argparse.Namespace, dev: torch.device, res: dict[str, An
         log(f"batch {b}: reference {row['reference']}")
         row["fast"] = _guard(partial(time_trainer, cfg, slices, args.steps, dev))
         log(f"batch {b}: fast {row['fast']}")
+        for name in args.step_variants:  # the trainer with one switch changed, in the same run
+            row[name] = _guard(partial(time_trainer, cfg.replace(**VARIANTS[name]), slices, args.steps, dev))
+            log(f"batch {b}: {name} {row[name]}")
         if args.fp32_eager:
             eager = cfg.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False)
             row["fp32_eager"] = _guard(partial(time_trainer, eager, slices, args.steps, dev, repeats=1))
             log(f"batch {b}: trainer in eager fp32 {row['fp32_eager']}")
-        for key in ("reference", "fast", "fp32_eager"):
+        for key in ("reference", "fast", "fp32_eager", *args.step_variants):
             if "pairs_per_s" in row.get(key, {}):
                 row[key]["tflops"] = row[key]["pairs_per_s"] * flops / 1e12
         if "pairs_per_s" in row["reference"] and "pairs_per_s" in row["fast"]:
@@ -481,8 +486,9 @@ def section_quality(args: argparse.Namespace, dev: torch.device, res: dict[str, 
     size, depth = args.quality_size, args.quality_depth
     data = synthetic_data(size, 0)
     base = TrainConfig(resize=size, unet_depth=depth, epochs=args.quality_epochs)
-    variants = {"fast": base,
-                "fp32_eager": base.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False)}
+    known = {"fp32_eager": base.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False),
+             **{k: base.replace(**v) for k, v in VARIANTS.items()}}
+    variants = {k: known[k] for k in args.quality_variants}
     out = res.setdefault("quality", {"size": size, "depth": depth, "epochs": args.quality_epochs, "runs": []})
     keys = ("ssim_t1_t2", "ssim_t2_t1", "ssim_t1_t2_head", "ssim_t2_t1_head", "ssim_t1_t1", "ssim_t2_t2")
     for seed in range(args.seeds):
@@ -509,8 +515,23 @@ def section_quality(args: argparse.Namespace, dev: torch.device, res: dict[str, 
     save()
 
 
+@contextmanager
+def deterministic():
+    """cuDNN's deterministic algorithms, no benchmarking: two eager runs then give the same numbers."""
+    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+
+
 def section_check(args: argparse.Namespace, dev: torch.device, res: dict[str, Any], save: Callable[[], None]) -> None:
-    """A fit replayed as CUDA graphs gives the same networks as an eager fit (fp32, no dropout, no pool)."""
+    """A fit replayed as CUDA graphs trains the same networks as an eager fit.
+
+    In fp32 with TF32 off, deterministic cuDNN, no dropout and no pool (no random draws), over four
+    epochs with a decaying learning rate; a second eager fit gives the run-to-run spread.
+    """
     if dev.type != "cuda":
         res["check"] = {"skipped": "needs a GPU"}
         return
@@ -518,23 +539,30 @@ def section_check(args: argparse.Namespace, dev: torch.device, res: dict[str, An
     cfg = TrainConfig(resize=64, unet_depth=6, batch_size=2, epochs=4, dropout=0.0, pool_size=0, precision="fp32",
                       channels_last=False, lr_schedule="linear", ngf=32, ndf=32)
     runs = {}
-    with tf32(False), warnings.catch_warnings(record=True) as caught:
+    with tf32(False), deterministic(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for graphs in (True, False):
+        for name, graphs in (("graphed", True), ("eager", False), ("eager_again", False)):
             fresh(dev)
-            runs[graphs] = fit(cfg.replace(cuda_graphs=graphs), data, device=dev)
-    init = Trainer.build(cfg, dev).models
-    diffs, moved = [], []
-    for name in runs[True].models.named():
-        a, b = (torch.cat([p.detach().flatten() for p in r.models.named()[name].parameters()]) for r in (runs[True],
-                                                                                                        runs[False]))
-        p0 = torch.cat([p.detach().flatten() for p in init.named()[name].parameters()])
-        diffs.append(((a - b).norm() / (b - p0).norm()).item())
-        moved.append(((b - p0).norm() / p0.norm()).item())
-    loss_diff = max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-8) for x, y in zip(runs[True].history, runs[False].history)
-                    for k in ("loss_G", "loss_D", "loss_cycle"))
-    res["check"] = {"param_diff_over_update": max(diffs), "update_over_param": min(moved), "loss_rel_diff": loss_diff,
-                    "warnings": [str(w.message) for w in caught], "ok": max(diffs) < 1e-2 and loss_diff < 1e-3}
+            runs[name] = fit(cfg.replace(cuda_graphs=graphs), data, device=dev)
+        init = Trainer.build(cfg, dev).models
+
+    def flat(models) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for net in models.named().values() for p in net.parameters()])
+
+    p0, eager = flat(init), flat(runs["eager"].models)
+
+    def diff(name: str) -> dict[str, float]:
+        other = runs[name]
+        losses = max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-8) for x, y in zip(other.history, runs["eager"].history)
+                     for k in ("loss_G", "loss_D", "loss_cycle"))
+        return {"param_diff_over_update": ((flat(other.models) - eager).norm() / (eager - p0).norm()).item(),
+                "loss_rel_diff": losses}
+
+    graphed, spread = diff("graphed"), diff("eager_again")
+    res["check"] = {"graphed_vs_eager": graphed, "eager_vs_eager": spread,
+                    "update_over_param": ((eager - p0).norm() / p0.norm()).item(),
+                    "warnings": [str(w.message) for w in caught],
+                    "ok": graphed["param_diff_over_update"] <= max(1e-4, 10 * spread["param_diff_over_update"])}
     log(f"check: {res['check']}")
     save()
 
@@ -635,20 +663,34 @@ def _categories(kernels: list[tuple[str, float]], busy: float) -> dict[str, floa
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
-def section_compile(args: argparse.Namespace, dev: torch.device, res: dict[str, Any], save: Callable[[], None]
-                    ) -> None:
-    """The fast path with torch.compile on top (kept only if it pays)."""
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fast": {},  # the defaults
+    "nchw": {"channels_last": False},
+    "no_graphs": {"cuda_graphs": False},
+    "compile": {"compile": True},
+    "compile_nchw": {"compile": True, "channels_last": False},
+}
+
+
+def section_variants(args: argparse.Namespace, dev: torch.device, res: dict[str, Any], save: Callable[[], None]
+                     ) -> None:
+    """The fast path with one switch changed, side by side (torch.compile on top: kept only if it pays)."""
     slices = train_slices(args.size)
-    rows = res.setdefault("compile", [])
-    for b in args.compile_batches:
-        cfg = trial_config(args, b, compile=True)
-        row = {"batch": b, **_guard(partial(time_trainer, cfg, slices, args.steps, dev))}
-        if "pairs_per_s" in row:
-            row["tflops"] = row["pairs_per_s"] * res["flops_per_pair"] / 1e12
-        rows.append(row)
-        log(f"compile b{b}: {row}")
-        save()
-        torch._dynamo.reset()
+    rows = res.setdefault("variants", [])
+    for name in args.variants:
+        for b in args.variant_batches:
+            if time.perf_counter() - STARTED > args.budget:
+                rows.append({"variant": name, "batch": b, "skipped": "over --budget"})
+                continue
+            cfg = trial_config(args, b, **VARIANTS[name])
+            row = {"variant": name, "batch": b, **_guard(partial(time_trainer, cfg, slices, args.steps, dev))}
+            if "pairs_per_s" in row:
+                row["tflops"] = row["pairs_per_s"] * res["flops_per_pair"] / 1e12
+            rows.append(row)
+            log(f"variant {name} b{b}: {row}")
+            save()
+            if VARIANTS[name].get("compile"):
+                torch._dynamo.reset()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -668,6 +710,14 @@ def summary(res: dict[str, Any]) -> str:
                          f"{num(r.get('ratio'), '.2f'):>8} | {num(a.get('tflops')):>11} | {num(b.get('tflops')):>12} | "
                          f"{gib(a.get('peak_allocated')):>12} | {gib(b.get('peak_allocated'))} "
                          f"({gib(b.get('peak_reserved'))})")
+    extra = [k for k in VARIANTS if k != "fast" and any(k in r for r in res.get("steps", []))]
+    for r in res.get("steps", []):
+        for k in extra:
+            v = r.get(k, {})
+            ratio = v["pairs_per_s"] / r["reference"]["pairs_per_s"] if "pairs_per_s" in v and "pairs_per_s" in r.get(
+                "reference", {}) else None
+            lines.append(f"{r['batch']:5d} | {k}: {num(v.get('pairs_per_s'))} pairs/s, {num(ratio, '.2f')}x the "
+                         f"reference, {gib(v.get('peak_allocated'))} GiB")
     if res.get("processes"):
         one_ref = next((r["reference"].get("pairs_per_s") for r in res.get("steps", [])
                         if r["batch"] == res["processes"][0]["batch"] and "reference" in r), None)
@@ -690,8 +740,18 @@ def summary(res: dict[str, Any]) -> str:
         for name, s in q.items():
             lines.append(f"quality {name}: " + ", ".join(f"{k} {v['mean']:.4f}±{v['sd']:.4f}" for k, v in s.items()
                                                          if k in ("ssim_t1_t2", "ssim_t2_t1")))
-    if res.get("check"):
-        lines.append(f"graphed vs eager fit: {res['check']}")
+    if res.get("variants"):
+        lines.append("variant | batch | pairs/s | TFLOP/s | peak GiB (reserved) | captured")
+        for r in res["variants"]:
+            lines.append(f"{r['variant']:>12} | {r['batch']:5d} | {num(r.get('pairs_per_s')):>7} | "
+                         f"{num(r.get('tflops')):>7} | {gib(r.get('peak_allocated'))} "
+                         f"({gib(r.get('peak_reserved'))}) | "
+                         f"{r.get('captured', r.get('skipped', r.get('error', '-')))}")
+    c = res.get("check")
+    if c and "graphed_vs_eager" in c:
+        lines.append(f"graphed vs eager fit (fp32, deterministic): parameter difference "
+                     f"{c['graphed_vs_eager']['param_diff_over_update']:.2e} of the update (eager vs eager "
+                     f"{c['eager_vs_eager']['param_diff_over_update']:.2e}) -> {'ok' if c['ok'] else 'DIFFERENT'}")
     return "\n".join(lines)
 
 
@@ -715,13 +775,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=1, help="as the search's default; 0: no checkpoints")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
     p.add_argument("--fp32-eager", action="store_true", help="also time the trainer with every speed switch off")
+    p.add_argument("--step-variants", nargs="*", choices=list(VARIANTS), default=[],
+                   help="also time these variants of the fast path at each batch")
     p.add_argument("--quality-size", type=int, default=128)
     p.add_argument("--quality-depth", type=int, default=7)
     p.add_argument("--quality-epochs", type=int, default=15)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--profile-batches", type=int, nargs="+", default=[2, 32])
     p.add_argument("--profile-dir", help="where to write the profiler tables")
-    p.add_argument("--compile-batches", type=int, nargs="+", default=[2, 32])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["fast", "nchw", "compile"])
+    p.add_argument("--variant-batches", type=int, nargs="+", default=[2, 32])
+    p.add_argument("--quality-variants", nargs="+", choices=["fp32_eager", *VARIANTS], default=["fast", "fp32_eager"])
+    p.add_argument("--budget", type=float, default=float("inf"), help="seconds; later variants are skipped after it")
     p.add_argument("--out", type=Path, help="write the results as JSON here (updated after every section)")
     # A worker of the K-process run (internal).
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -751,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     run = {"steps": section_steps, "processes": section_processes, "epoch": section_epoch,
            "quality": section_quality, "check": section_check, "memory": section_memory,
-           "profile": section_profile, "compile": section_compile}
+           "profile": section_profile, "variants": section_variants}
     for name in args.sections:
         t0 = time.perf_counter()
         log(f"== {name}")
