@@ -28,7 +28,7 @@ from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass
 from cyclegan.graphed import Replay, StepRunner
-from cyclegan.images import grid
+from cyclegan.images import grid, png_bytes
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
@@ -409,7 +409,7 @@ def _writer(log_dir: Path, cfg: TrainConfig, hparams_session: bool):
 class _TensorBoard:
     """fit's TensorBoard events, written by one background thread.
 
-    Encoding the sample image (a PNG of six rows of slices) takes longer than a whole epoch of training
+    Encoding the sample image (a PNG of six rows of slices) took longer than a whole epoch of training
     steps at the study's size (docs/benchmarks.md), so the loop only copies what is to be written to the
     host and goes on; `close` waits for the writes and raises any error they met.
     """
@@ -438,7 +438,13 @@ class _TensorBoard:
         for tag, v in values:
             self.writer.add_scalar(tag, v, epoch)
         if image is not None:
-            self.writer.add_image("val/samples", image, epoch)
+            # A grey PNG of our own: TensorBoard's add_image makes it RGB and compresses it at PIL's default
+            # level, several times slower for the same picture.
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            h, w = image.shape[-2:]
+            png = Summary.Image(height=h, width=w, colorspace=1, encoded_image_string=png_bytes(image[0].numpy()))
+            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="val/samples", image=png)]), epoch)
         self.writer.flush()
 
     def _raise_failed(self) -> None:

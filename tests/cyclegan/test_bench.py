@@ -193,3 +193,17 @@ def test_graphed_fit_equals_eager_fit_on_the_gpu(tmp_path):
     bench.section_check(None, torch.device("cuda"), res, lambda: None)
     assert res["check"]["ok"], res["check"]
     assert not res["check"]["warnings"]
+
+
+def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cyclegan.train import fit
+
+    result = fit(tiny_cfg.replace(epochs=3, sample_every=2), load_data("synthetic", 32), log_dir=tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    samples = events.Images("val/samples")
+    assert [e.step for e in samples] == [1, 2, 3] and (samples[0].height, samples[0].width) == (6 * 32, 4 * 32)
+    assert [e.step for e in events.Scalars("val/ssim_t1_t2")] == [1, 2, 3]
+    assert [set(t) for t in result.timings] == [{"train", "val", "log", "report"}] * 3
