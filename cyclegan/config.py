@@ -54,10 +54,13 @@ class TrainConfig:
     upsample: str = "transpose"  # "resize": nearest up-sampling then conv, which avoids checkerboards
     pool_size: int = 50  # past fakes the discriminators also see; 0 turns the pool off
     seed: int = 0
-    # Speed. "auto" is bf16 autocast on a GPU and fp32 on the CPU.
+    # Speed (docs/benchmarks.md measures each). "auto" is bf16 autocast on a GPU and fp32 on the CPU.
+    # The other switches act on a GPU only; turning all off (with precision "fp32") gives plain eager fp32.
     precision: str = "auto"
-    channels_last: bool = True  # used on a GPU only
-    compile: bool = False  # torch.compile the networks (GPU only)
+    channels_last: bool = True  # NHWC for the bf16 convolutions; from batch 8 up, false is faster (InstanceNorm)
+    fused_adam: bool = True  # one fused kernel per optimizer step instead of a loop over the parameters
+    cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph
+    compile: bool = False  # torch.compile the networks: faster steps, but its compile outlasts a short trial
     sample_every: int = 5  # epochs between sample-translation images in TensorBoard
 
     def __post_init__(self) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cyclegan.data import SliceSet
-from cyclegan.metrics import psnr, ssim
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr_from_error, ssim_from_map, ssim_map
 
 EVAL_BATCH = 16
 
@@ -30,8 +30,8 @@ def translate_all(g: nn.Module, x: torch.Tensor, autocast=nullcontext) -> torch.
 
 
 @torch.no_grad()
-def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext) -> dict[str, float]:
-    """SSIM/PSNR of the four rows, whole image and head mask, as plain floats (one host sync)."""
+def translations(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext) -> dict[str, torch.Tensor]:
+    """G(T1), F(G(T1)), F(T2) and G(F(T2)) of a split, in eval mode, as fp32 in [-1, 1]."""
     modes = [(g, g.training) for g in (g_t1_t2, g_t2_t1)]
     for g, _ in modes:
         g.eval()
@@ -41,18 +41,43 @@ def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullc
     rec_t2 = translate_all(g_t1_t2, fake_t1, autocast)
     for g, was_training in modes:
         g.train(was_training)
-    rows = {  # name: (output, reference, head mask of the reference)
-        "t1_t1": (rec_t1, s.t1, s.t1_head),
-        "t2_t2": (rec_t2, s.t2, s.t2_head),
-        "t1_t2": (fake_t2, s.t2, s.t2_head) if s.paired else (fake_t2, s.t1, s.t1_head),
-        "t2_t1": (fake_t1, s.t1, s.t1_head) if s.paired else (fake_t1, s.t2, s.t2_head),
+    return {"fake_t2": fake_t2, "rec_t1": rec_t1, "fake_t1": fake_t1, "rec_t2": rec_t2}
+
+
+@torch.no_grad()
+def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
+    """The image metrics of `translations(...)` as one tensor in `IMAGE_METRICS` order, without a host sync.
+
+    The four rows are scored in one batched pass: one SSIM map and one error map serve both the whole
+    image and the head mask.
+    """
+    rows = {  # direction: (output, reference, head mask of the reference)
+        "t1_t1": (outs["rec_t1"], s.t1, s.t1_head),
+        "t2_t2": (outs["rec_t2"], s.t2, s.t2_head),
+        "t1_t2": (outs["fake_t2"], s.t2, s.t2_head) if s.paired else (outs["fake_t2"], s.t1, s.t1_head),
+        "t2_t1": (outs["fake_t1"], s.t1, s.t1_head) if s.paired else (outs["fake_t1"], s.t2, s.t2_head),
     }
-    values = {}
-    for row, (out, ref, head) in rows.items():
-        out01, ref01 = (out + 1) / 2, (ref + 1) / 2
-        values[f"ssim_{row}"] = ssim(out01, ref01).mean()
-        values[f"psnr_{row}"] = psnr(out01, ref01).mean()
-        values[f"ssim_{row}_head"] = ssim(out01, ref01, head).mean()
-        values[f"psnr_{row}_head"] = psnr(out01, ref01, head).mean()
-    floats = torch.stack(list(values.values())).tolist()
-    return dict(zip(values, floats))
+    rows = [rows[d] for d in DIRECTIONS]
+    sizes = [len(r[0]) for r in rows]
+    out01, ref01 = ((torch.cat([r[k] for r in rows]) + 1) / 2 for k in (0, 1))
+    head = torch.cat([r[2] for r in rows])
+    smap, err = ssim_map(out01, ref01), (out01 - ref01) ** 2
+    per_image = {"ssim": ssim_from_map(smap), "psnr": psnr_from_error(err),
+                 "ssim_head": ssim_from_map(smap, head), "psnr_head": psnr_from_error(err, head)}
+    means = {name: torch.stack([v.mean() for v in values.split(sizes)]) for name, values in per_image.items()}
+    # IMAGE_METRICS is ssim, psnr, ssim_head, psnr_head, each over DIRECTIONS.
+    return torch.cat([means["ssim"], means["psnr"], means["ssim_head"], means["psnr_head"]])
+
+
+@torch.no_grad()
+def validation_pass(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet,
+                    autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(scores, translations) of a split on its device, with no host sync; `fit` replays it as a CUDA graph."""
+    outs = translations(g_t1_t2, g_t2_t1, s, autocast)
+    return scores(outs, s), outs
+
+
+def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext) -> dict[str, float]:
+    """SSIM/PSNR of the four rows, whole image and head mask, as plain floats (one host sync)."""
+    values, _ = validation_pass(g_t1_t2, g_t2_t1, s, autocast)
+    return dict(zip(IMAGE_METRICS, values.tolist()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +23,12 @@ def save_png(image: np.ndarray, path: Path, bits: int = 8) -> None:
         Image.fromarray((image * 65535 + 0.5).astype(np.uint16)).save(path)
     else:
         Image.fromarray((image * 255 + 0.5).astype(np.uint8), mode="L").save(path)
+
+
+def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
+    """An [H, W] array in [0, 1] as the bytes of an 8-bit grey PNG; level 1 compresses several times faster
+    than PIL's default 6, for files a few percent larger."""
+    out = io.BytesIO()
+    Image.fromarray((np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), mode="L").save(
+        out, format="PNG", compress_level=compress_level)
+    return out.getvalue()

@@ -28,6 +28,16 @@ REPORTED_METRICS = ("epoch", *LOSSES, *IMAGE_METRICS)
 
 def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0) -> torch.Tensor:
     """SSIM of each image pair in [N, 1, H, W] batches; returns [N]."""
+    return ssim_from_map(ssim_map(x, y, data_range), mask)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB of each image pair in [N, 1, H, W] batches; returns [N]."""
+    return psnr_from_error((x.float() - y.float()) ** 2, mask, data_range)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """The SSIM map of each pair over the valid region: [N, 1, H - 6, W - 6]."""
     x, y = x.float(), y.float()
     mean = lambda t: F.avg_pool2d(t, WIN, stride=1)  # noqa: E731 - the valid region, as skimage crops it
     ux, uy = mean(x), mean(y)
@@ -36,7 +46,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, dat
     vy = cov_norm * (mean(y * y) - uy * uy)
     vxy = cov_norm * (mean(x * y) - ux * uy)
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def ssim_from_map(s: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of an SSIM map per image, over the whole valid region or over a full-size mask's pixels in it."""
     if mask is None:
         return s.mean(dim=(1, 2, 3))
     pad = (WIN - 1) // 2
@@ -44,9 +58,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, dat
     return (s * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1)
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB of each image pair in [N, 1, H, W] batches; returns [N]."""
-    err = (x.float() - y.float()) ** 2
+def psnr_from_error(err: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR per image from its map of squared errors, over the whole image or a mask's pixels."""
     if mask is None:
         mse = err.mean(dim=(1, 2, 3))
     else:

@@ -26,9 +26,11 @@ from torch import nn
 from cyclegan import checkpoint
 from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
-from cyclegan.evaluate import evaluate, translate_all
-from cyclegan.images import grid
+from cyclegan.evaluate import validation_pass
+from cyclegan.graphed import Replay, StepRunner
+from cyclegan.images import grid, png_bytes
 from cyclegan.losses import gan_loss, l1
+from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
 
 Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
@@ -177,10 +179,105 @@ def epoch_order(n: int, steps: int, batch: int, seed: int, epoch: int) -> torch.
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])[: steps * batch]
 
 
+def make_adam(cfg: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Adam:
+    """The reference's Adam; on a GPU fused (`fused_adam`), and capturable when the step is a CUDA graph.
+
+    A capturable Adam keeps its step counts on the GPU and reads its learning rate from a GPU tensor;
+    the LR scheduler changes that tensor in place, so the replayed step follows the schedule.
+    """
+    kw: dict[str, Any] = {"betas": (cfg.beta1, cfg.beta2)}
+    if device.type != "cuda":
+        return torch.optim.Adam(params, lr=cfg.lr, **kw)
+    if cfg.fused_adam:
+        kw["fused"] = True
+    if cfg.cuda_graphs:
+        return torch.optim.Adam(params, lr=torch.tensor(cfg.lr, device=device), capturable=True, **kw)
+    return torch.optim.Adam(params, lr=cfg.lr, **kw)
+
+
+@dataclass
+class Trainer:
+    """One run's networks, optimizers, LR schedulers and image pools, and how its steps run on its device.
+
+    `step` is `train_step` with all of these bound; `runner` runs whole epochs of it, as one replayed
+    CUDA graph per step on a GPU with `cuda_graphs` on (`graphed.StepRunner`), eagerly otherwise.
+    """
+
+    cfg: TrainConfig
+    device: torch.device
+    models: CycleGAN
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scheds: list[torch.optim.lr_scheduler.LRScheduler]
+    pools: tuple[ImagePool, ImagePool]
+    autocast: Callable
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, device: str | torch.device | None = None) -> Trainer:
+        dev = pick_device(device)
+        gpu = dev.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        models = CycleGAN.build(cfg)
+        for net in models.named().values():
+            net.to(dev)
+            if gpu and cfg.channels_last:
+                net.to(memory_format=torch.channels_last)
+        if gpu and not torch.backends.cudnn.deterministic:
+            torch.backends.cudnn.benchmark = True  # shapes never change within a run, as in the reference
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
+        autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
+        opt_g = make_adam(cfg, [*models.g_t1_t2.parameters(), *models.g_t2_t1.parameters()], dev)
+        opt_d = make_adam(cfg, [*models.d_t1.parameters(), *models.d_t2.parameters()], dev)
+        for group in (*opt_g.param_groups, *opt_d.param_groups):
+            # The schedule's base rate as a plain number, never an alias of a GPU lr tensor it then rescales.
+            group["initial_lr"] = cfg.lr
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(cfg)) for o in (opt_g, opt_d)]
+        pools = (ImagePool(cfg.pool_size), ImagePool(cfg.pool_size))
+        return cls(cfg, dev, models, opt_g, opt_d, scheds, pools, autocast)
+
+    @property
+    def graphs(self) -> bool:
+        return self.device.type == "cuda" and self.cfg.cuda_graphs
+
+    def compile(self) -> None:
+        """Wraps the networks in torch.compile (`compile`, GPU only); after any checkpoint restore."""
+        if self.device.type == "cuda" and self.cfg.compile:
+            for name, net in self.models.named().items():
+                setattr(self.models, name, torch.compile(net))
+
+    def step(self, real_t1: torch.Tensor, real_t2: torch.Tensor) -> dict[str, torch.Tensor]:
+        return train_step(self.models, self.opt_g, self.opt_d, real_t1, real_t2, self.pools, self.cfg, self.autocast)
+
+    def runner(self, t1: torch.Tensor, t2: torch.Tensor, steps: int) -> StepRunner:
+        """Runs epochs of `steps` steps over resident slices; captured once the pools are full."""
+        return StepRunner(self.step, t1, t2, self.cfg.batch_size, steps, graphs=self.graphs,
+                          ready=self.pools_full, on_failure=self._undo_half_step)
+
+    def pools_full(self) -> bool:
+        return all(p.size == 0 or p.count >= p.size for p in self.pools)
+
+    def end_epoch(self) -> None:
+        """Steps the LR schedulers, keeping GPU learning rates in the tensors a captured step reads."""
+        for opt, sched in zip((self.opt_g, self.opt_d), self.scheds):
+            held = [g["lr"] for g in opt.param_groups]
+            sched.step()
+            for g, lr in zip(opt.param_groups, held):
+                if isinstance(lr, torch.Tensor) and g["lr"] is not lr:  # torch versions that assign, not fill
+                    lr.fill_(float(g["lr"]))
+                    g["lr"] = lr
+
+    def _undo_half_step(self) -> None:
+        set_requires_grad(list(self.models.named().values()), True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+
+
 @dataclass
 class FitResult:
     models: CycleGAN
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Seconds per epoch: training steps, validation, TensorBoard logging and the report callable.
+    timings: list[dict[str, float]] = field(default_factory=list)
 
 
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
@@ -193,67 +290,52 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     events go there: sample translations, and unless `log_scalars` is off (Ray Tune logs its own), the
     losses, the metrics and the HParams session.
     """
-    dev = pick_device(device)
-    torch.manual_seed(cfg.seed)
-    models = CycleGAN.build(cfg)
-    gpu = dev.type == "cuda"
-    for net in models.named().values():
-        net.to(dev)
-        if gpu and cfg.channels_last:
-            net.to(memory_format=torch.channels_last)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
-    autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
-    adam = partial(torch.optim.Adam, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **({"fused": True} if gpu else {}))
-    opt_g = adam([*models.g_t1_t2.parameters(), *models.g_t2_t1.parameters()])
-    opt_d = adam([*models.d_t1.parameters(), *models.d_t2.parameters()])
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(cfg)) for o in (opt_g, opt_d)]
-    pools = (ImagePool(cfg.pool_size), ImagePool(cfg.pool_size))
+    t = Trainer.build(cfg, device)
+    dev, models = t.device, t.models
     start = 0
     if resume is not None:
-        start = _restore(resume, cfg, models, opt_g, opt_d, scheds, pools, dev)
-    if gpu and cfg.compile:
-        for name, net in models.named().items():
-            setattr(models, name, torch.compile(net))
+        start = _restore(resume, t)
+    t.compile()
 
     data = data.to(dev)
     train = data.train
-    if gpu and cfg.channels_last:
+    if dev.type == "cuda" and cfg.channels_last:
         train = type(train)(**{**train.__dict__, "t1": train.t1.contiguous(memory_format=torch.channels_last),
                                "t2": train.t2.contiguous(memory_format=torch.channels_last)})
     steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))
-    writer = _writer(log_dir, cfg, log_scalars)
+    runner = t.runner(train.t1, train.t2, steps)
+    validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast),
+                      enabled=t.graphs, name="validation", warmup=1)
+    tb = _TensorBoard(_writer(log_dir, cfg, log_scalars), cfg, log_scalars) if log_dir is not None else None
     result = FitResult(models)
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
     for epoch in bar if bar is not None else epochs:
-        order1 = epoch_order(len(train.t1), steps, cfg.batch_size, cfg.seed, epoch).to(dev)
-        order2 = epoch_order(len(train.t2), steps, cfg.batch_size, cfg.seed + 1, epoch).to(dev)
-        totals: dict[str, torch.Tensor] = {}
-        started = time.perf_counter()
-        for s in range(steps):
-            batch = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
-            losses = train_step(models, opt_g, opt_d, train.t1[order1[batch]], train.t2[order2[batch]], pools, cfg,
-                                autocast)
-            for k, v in losses.items():
-                totals[k] = totals[k] + v if k in totals else v
-        for sched in scheds:
-            sched.step()
-        means = dict(zip(totals, (torch.stack(list(totals.values())) / steps).tolist()))  # waits for the GPU
-        train_s = time.perf_counter() - started
-        metrics = {"epoch": epoch, **means, **evaluate(models.g_t1_t2, models.g_t2_t1, data.val, autocast),
-                   "paired": data.val.paired, "train_seconds": train_s,
-                   "pairs_per_second": steps * cfg.batch_size / train_s,
-                   "val_seconds": time.perf_counter() - started - train_s}
+        clock = [time.perf_counter()]
+        order1 = epoch_order(len(train.t1), steps, cfg.batch_size, cfg.seed, epoch)
+        order2 = epoch_order(len(train.t2), steps, cfg.batch_size, cfg.seed + 1, epoch)
+        means = runner.run_epoch(order1, order2)
+        t.end_epoch()
+        clock.append(time.perf_counter())
+        values, outs = validate()
+        train_s = clock[1] - clock[0]
+        metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": data.val.paired,
+                   "train_seconds": train_s, "pairs_per_second": steps * cfg.batch_size / train_s,
+                   "val_seconds": time.perf_counter() - clock[1]}
         result.history.append(metrics)
-        if writer is not None:
-            _log_epoch(writer, metrics if log_scalars else {}, models, data, epoch, cfg, autocast)
+        clock.append(time.perf_counter())
+        if tb is not None:
+            tb.epoch(metrics, data, outs, epoch)
         if bar is not None:
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
+        clock.append(time.perf_counter())
         if report is not None:
-            state = partial(_state, cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics)
+            state = partial(_state, cfg, epoch, t, data, metrics)
             report(metrics, partial(_save, state=state))
-    if writer is not None:
-        writer.close()
+        clock.append(time.perf_counter())
+        result.timings.append(dict(zip(("train", "val", "log", "report"), (b - a for a, b in zip(clock, clock[1:])))))
+    if tb is not None:
+        tb.close()
     return result
 
 
@@ -261,14 +343,14 @@ def _save(path: Path, state: Callable[[], dict[str, Any]]) -> None:
     checkpoint.save(path, state())
 
 
-def _state(cfg, epoch, models, opt_g, opt_d, scheds, pools, data, metrics) -> dict[str, Any]:
+def _state(cfg: TrainConfig, epoch: int, t: Trainer, data: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     return {"config": cfg.to_dict(), "epoch": epoch, "split": data.split(), "metrics": metrics,
-            "models": {k: checkpoint.state_dict(v) for k, v in models.named().items()},
-            "optim": {"g": opt_g.state_dict(), "d": opt_d.state_dict()},
-            "sched": [s.state_dict() for s in scheds], "pools": [p.state() for p in pools], "rng": rng}
+            "models": {k: checkpoint.state_dict(v) for k, v in t.models.named().items()},
+            "optim": {"g": t.opt_g.state_dict(), "d": t.opt_d.state_dict()},
+            "sched": [s.state_dict() for s in t.scheds], "pools": [p.state() for p in t.pools], "rng": rng}
 
 
 TRAINING_STATE = ("epoch", "models", "optim", "sched", "pools", "rng")
@@ -308,32 +390,49 @@ def _unfit(e: Exception) -> checkpoint.CheckpointError:
                                       f"{' '.join(lines)[:300]})")
 
 
-def _restore(state, cfg, models, opt_g, opt_d, scheds, pools, dev) -> int:
-    check_resumable(state, cfg)
+def _restore(state: dict[str, Any], t: Trainer) -> int:
+    check_resumable(state, t.cfg)
     try:
-        for name, net in models.named().items():
+        for name, net in t.models.named().items():
             net.load_state_dict(state["models"][name])
-        opt_g.load_state_dict(state["optim"]["g"])
-        opt_d.load_state_dict(state["optim"]["d"])
-        for sched, s in zip(scheds, state["sched"]):
+        _load_optimizer(t.opt_g, state["optim"]["g"])
+        _load_optimizer(t.opt_d, state["optim"]["d"])
+        for sched, s in zip(t.scheds, state["sched"]):
             sched.load_state_dict(s)
-        for pool, s in zip(pools, state["pools"]):
-            pool.load(s, dev)
+        for pool, s in zip(t.pools, state["pools"]):
+            pool.load(s, t.device)
         torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and dev.type == "cuda":
+        if "cuda" in state["rng"] and t.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         return int(state["epoch"])
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise _unfit(e) from None
 
 
-def _writer(log_dir: Path | None, cfg: TrainConfig, hparams_session: bool):
-    if log_dir is None:
-        return None
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Loads an optimizer's state but keeps this run's kind of optimizer (fused, capturable, GPU lr tensor).
+
+    `load_state_dict` takes those settings from the checkpoint, and a checkpoint read onto the CPU holds
+    the learning rate as a CPU tensor when it was written by a capturable optimizer.
+    """
+    own = [{k: g[k] for k in ("lr", "capturable", "fused", "foreach")} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for g, kind in zip(opt.param_groups, own):
+        lr = float(g["lr"])
+        if isinstance(kind["lr"], torch.Tensor):
+            kind["lr"].fill_(lr)
+            lr = kind["lr"]
+        g.update({**kind, "lr": lr})
+        on_device = bool(g["capturable"] or g["fused"])
+        for p in g["params"]:
+            s = opt.state.get(p)
+            if s and "step" in s:
+                s["step"] = s["step"].to(dtype=torch.float32, device=p.device if on_device else "cpu")
+
+
+def _writer(log_dir: Path, cfg: TrainConfig, hparams_session: bool):
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
-
-    from cyclegan.metrics import IMAGE_METRICS
 
     writer = SummaryWriter(str(log_dir))
     if not hparams_session:
@@ -346,22 +445,57 @@ def _writer(log_dir: Path | None, cfg: TrainConfig, hparams_session: bool):
     return writer
 
 
-def _log_epoch(writer, metrics: dict, models: CycleGAN, data: Dataset, epoch: int, cfg: TrainConfig,
-               autocast) -> None:
-    for k, v in metrics.items():
-        if k.startswith("loss_"):
-            writer.add_scalar(f"train/{k}", v, epoch)
-        elif k.startswith(("ssim_", "psnr_")):
-            writer.add_scalar(f"val/{k}", v, epoch)
-    if epoch % cfg.sample_every == 0 or epoch == cfg.epochs or epoch == 1:
-        # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices.
-        t1, t2 = data.val.t1[:4], data.val.t2[:4]
-        fake_t2 = translate_all(models.g_t1_t2, t1, autocast)
-        fake_t1 = translate_all(models.g_t2_t1, t2, autocast)
-        rows = [t1, fake_t2, translate_all(models.g_t2_t1, fake_t2, autocast),
-                t2, fake_t1, translate_all(models.g_t1_t2, fake_t1, autocast)]
-        writer.add_image("val/samples", grid(rows), epoch)
-    writer.flush()
+class _TensorBoard:
+    """fit's TensorBoard events, written by one background thread.
+
+    Encoding the sample image (a PNG of six rows of slices) took longer than a whole epoch of training
+    steps at the study's size (docs/benchmarks.md), so the loop only copies what is to be written to the
+    host and goes on; `close` waits for the writes and raises any error they met.
+    """
+
+    def __init__(self, writer, cfg: TrainConfig, scalars: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.writer, self.cfg, self.scalars = writer, cfg, scalars
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
+        self.pending: list = []
+
+    def epoch(self, metrics: dict[str, Any], data: Dataset, outs: dict[str, torch.Tensor], epoch: int) -> None:
+        values = [(f"train/{k}" if k.startswith("loss_") else f"val/{k}", v) for k, v in metrics.items()
+                  if self.scalars and k.startswith(("loss_", "ssim_", "psnr_"))]
+        image = None
+        if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
+            # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation
+            # pass; copied now, since the next replay of the validation graph overwrites them.
+            n = 4
+            image = grid([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
+                          data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]])
+        self._raise_failed()
+        self.pending.append(self.pool.submit(self._write, values, image, epoch))
+
+    def _write(self, values: list[tuple[str, float]], image: torch.Tensor | None, epoch: int) -> None:
+        for tag, v in values:
+            self.writer.add_scalar(tag, v, epoch)
+        if image is not None:
+            # A grey PNG of our own: TensorBoard's add_image makes it RGB and compresses it at PIL's default
+            # level, several times slower for the same picture.
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            h, w = image.shape[-2:]
+            png = Summary.Image(height=h, width=w, colorspace=1, encoded_image_string=png_bytes(image[0].numpy()))
+            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="val/samples", image=png)]), epoch)
+        self.writer.flush()
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self.pending if f.done()]
+        self.pending = [f for f in self.pending if not f.done()]
+        for f in done:
+            f.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self._raise_failed()
+        self.writer.close()
 
 
 def _progress(epochs: range):

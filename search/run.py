@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", default="runs", help="where runs go: a folder or a URI such as s3://bucket/runs")
     p.add_argument("--name", help="the run's name (default: the space file's name)")
     p.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting a local one")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop starting and running trials after this long; what finished is still selected from")
     p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
     p.add_argument("--optuna-storage", metavar="URL",
                    help="an Optuna storage URL for the study, e.g. postgresql://user@host/db "
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tune_config = dataclasses.replace(
             space.tune_config(study.storage if study else None, study.name if study else None),
-            trial_dirname_creator=lambda t: f"trial_{t.trial_id}")
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}", time_budget_s=args.time_budget)
         # Each trial writes its config, split, metrics and TensorBoard events in its working folder; syncing
         # artifacts brings them to the run's storage (a local folder or s3://) beside Ray's own files.
         run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),

@@ -33,6 +33,8 @@ def test_is_frozen():
     ({"resize": "256"}, "resize='256' has the wrong type: expected int"),
     ({"resize": 256.0}, "expected int"),
     ({"compile": 1}, "compile=1 has the wrong type: expected bool"),
+    ({"cuda_graphs": "yes"}, "cuda_graphs='yes' has the wrong type: expected bool"),
+    ({"fused_adam": 0}, "fused_adam=0 has the wrong type: expected bool"),
     ({"unet_depth": 9}, r"unet_depth=9 needs resize >= 2\*\*9 = 512"),
     ({"resize": 32, "unet_depth": 5, "disc_layers": 4}, r"disc_layers=4 needs resize >= 4 \* 2\*\*4 = 64"),
     ({"gan_loss": "wgan"}, r"gan_loss='wgan' is not allowed; expected one of \['lsgan', 'bce'\]"),
@@ -61,6 +63,15 @@ def test_field_names_include_the_design_contract():
     for name in ("resize", "batch_size", "unet_depth", "disc_layers", "epochs", "lr", "lambda_cycle",
                  "lambda_identity", "gan_loss", "upsample"):
         assert name in FIELD_NAMES
+
+
+def test_the_fast_path_is_the_default_and_each_switch_turns_off():
+    c = TrainConfig()
+    assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.compile) == ("auto", True, True, True, False)
+    eager = TrainConfig.from_dict({"precision": "fp32", "channels_last": False, "fused_adam": False,
+                                   "cuda_graphs": False})
+    assert parse_overrides(["cuda_graphs=false", "fused_adam=false"]) == {"cuda_graphs": False, "fused_adam": False}
+    assert TrainConfig.from_dict(eager.to_dict()) == eager
 
 
 # --- anything a user can type after --set ---------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""CUDA graphs for the trainer: the whole train step, and the validation pass, each replayed as one graph.
+
+At the study's batch of 2 a CycleGAN step is a couple of thousand small kernels, and launching them one
+by one from Python takes longer than running them (docs/benchmarks.md). Capturing the step once and
+replaying it removes the launches. This follows the whole-network recipe of PyTorch's CUDA notes
+(https://pytorch.org/docs/stable/notes/cuda.html#whole-network-capture): warm up eagerly on a side stream,
+capture one call under `torch.cuda.graph`, then replay. For the replays to train the same networks as
+the eager loop:
+
+- inputs come from static buffers: the epoch's batch order is copied into one index buffer, and each
+  replay gathers its batch from the slices resident on the GPU at a step counter the graph advances;
+- the optimizers are capturable (their step counts live on the GPU) and read the learning rate from a
+  GPU tensor, which the LR scheduler updates in place (`train.make_adam`);
+- the step is captured only once the image pools are full, after which a pool query is the same
+  kernels every time (its random draws, like dropout's, come from the graph-safe philox generator);
+- the losses are summed into a static accumulator inside the graph and read once an epoch.
+
+On the CPU, or with `cuda_graphs` off, the same code runs eagerly, call by call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class Replay:
+    """Calls `fn()` eagerly until it may be captured, then captures it once and replays the graph.
+
+    `fn` takes no arguments: it reads and writes tensors that stay in place (static buffers). What the
+    captured call returned is handed back by every replay, overwritten in place, so use it before the
+    next call. Capture happens once `ready()` holds and `warmup` eager calls have run since; eager
+    calls before the capture run on a side stream, as the recipe asks. If the capture fails, a one-line
+    warning says why, `on_failure()` undoes what the half-recorded call changed on the host, and `fn`
+    keeps running eagerly.
+    """
+
+    def __init__(self, fn: Callable[[], Any], *, enabled: bool, name: str, warmup: int = 2,
+                 ready: Callable[[], bool] | None = None, on_failure: Callable[[], None] | None = None) -> None:
+        self.fn = fn
+        self.enabled = enabled
+        self.name = name
+        self.warmup = warmup
+        self.ready = ready or (lambda: True)
+        self.on_failure = on_failure
+        self.eager_calls = 0
+        self._ready_calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._out: Any = None
+        self._side: torch.cuda.Stream | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self) -> Any:
+        if self.graph is not None:
+            self.graph.replay()
+            return self._out
+        if self.enabled and self.ready():
+            if self._ready_calls >= self.warmup and self._capture():
+                self.graph.replay()
+                return self._out
+            self._ready_calls += 1
+        return self._eager()
+
+    def _eager(self) -> Any:
+        self.eager_calls += 1
+        if not self.enabled:
+            return self.fn()
+        main = torch.cuda.current_stream()
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            out = self.fn()
+        main.wait_stream(self._side)
+        for t in _tensors(out):  # used on the main stream, so not to be recycled by the side stream's next call
+            t.record_stream(main)
+        return out
+
+    def _capture(self) -> bool:
+        stream = torch.cuda.current_stream()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn()
+        except Exception as e:  # noqa: BLE001 - any failure means: run eagerly
+            torch.cuda.set_stream(stream)
+            self.enabled = False
+            if self.on_failure is not None:
+                self.on_failure()
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"{self.name}: CUDA graph capture failed, running eagerly ({reason})", stacklevel=3)
+            return False
+        self.graph, self._out = graph, out
+        return True
+
+
+class StepRunner:
+    """Runs an epoch of train steps from static buffers: eagerly, or as replays of one captured step.
+
+    `step(real_t1, real_t2)` is one train step that returns its losses as 0-d tensors (`train.train_step`
+    with everything else bound). `t1` and `t2` are the training slices, resident on the device. Each
+    epoch's order (`steps * batch` indices into each) is copied into a static buffer, and the k-th step
+    gathers the k-th batch of it, exactly the batches of the plain loop
+    `step(t1[order1[k*batch:(k+1)*batch]], t2[order2[...]])`.
+    """
+
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], t1: torch.Tensor,
+                 t2: torch.Tensor, batch: int, steps: int, *, graphs: bool, ready: Callable[[], bool] | None = None,
+                 on_failure: Callable[[], None] | None = None, warmup: int = 2) -> None:
+        dev = t1.device
+        self.step, self.t1, self.t2, self.batch, self.steps = step, t1, t2, batch, steps
+        self.order1 = torch.zeros(steps * batch, dtype=torch.long, device=dev)
+        self.order2 = torch.zeros(steps * batch, dtype=torch.long, device=dev)
+        self.counter = torch.zeros((), dtype=torch.long, device=dev)
+        self.names: tuple[str, ...] = ()
+        self.sums: torch.Tensor | None = None  # one slot per loss, sized by the first step
+        self.replay = Replay(self._one, enabled=graphs, name="train step", warmup=warmup, ready=ready,
+                             on_failure=on_failure)
+
+    def _one(self) -> None:
+        at = self.counter.view(1)  # a device index, so no host sync and the same kernels every step
+        i1 = self.order1.view(self.steps, self.batch).index_select(0, at).view(-1)
+        i2 = self.order2.view(self.steps, self.batch).index_select(0, at).view(-1)
+        losses = self.step(self.t1.index_select(0, i1), self.t2.index_select(0, i2))
+        if self.sums is None:
+            self.names = tuple(losses)
+            self.sums = torch.zeros(len(self.names), device=self.counter.device)
+        self.sums.add_(torch.stack([losses[k].float() for k in self.names]))
+        self.counter.add_(1)
+
+    def run_epoch(self, order1: torch.Tensor, order2: torch.Tensor) -> dict[str, float]:
+        """Runs `steps` train steps in these orders; returns each loss's mean over them (one host sync)."""
+        self.order1.copy_(order1)
+        self.order2.copy_(order2)
+        self.counter.zero_()
+        if self.sums is not None:
+            self.sums.zero_()
+        for _ in range(self.steps):
+            self.replay()
+        return dict(zip(self.names, (self.sums / self.steps).tolist()))
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []

@@ -1,0 +1,209 @@
+"""The benchmark at a tiny size on the CPU, the graph runner's eager logic, and (on a GPU) graphed = eager."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from cyclegan import bench
+from cyclegan.config import TrainConfig
+from cyclegan.data import load_data
+from cyclegan.evaluate import scores, translations
+from cyclegan.graphed import Replay
+from cyclegan.memory import estimate_memory, footprint
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr, ssim
+from cyclegan.train import Trainer, _load_optimizer, epoch_order, train_step
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA graph capture and replay")
+
+
+def _params(t: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for net in t.models.named().values() for p in net.parameters()])
+
+
+def test_bench_runs_on_the_cpu_and_writes_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--size", "32", "--depth", "5", "--batches", "2", "--steps", "2",
+                       "--processes", "1", "--duration", "0.5", "--epochs", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {"device", "torch", "command", "flops_per_pair", "steps", "processes", "epoch"} <= set(res)
+    assert "errors" not in res
+    (row,) = res["steps"]
+    assert row["batch"] == 2 and row["ratio"] > 0
+    for key in ("reference", "fast"):
+        assert {"pairs_per_s", "step_ms", "tflops", "peak_allocated", "peak_reserved"} <= set(row[key])
+    assert row["fast"]["finite"] and not row["fast"]["captured"]  # no graphs on the CPU
+    (procs,) = res["processes"]
+    assert procs["k"] == 1 and procs["pairs_per_s"] > 0 and len(procs["per_process"]) == 1
+    epoch = res["epoch"]
+    assert {"train", "val", "log", "report"} == set(epoch["mean_s"]) and 0 < epoch["val_log_share"] < 1
+    assert epoch["checkpoint_each_s"] > 0 and len(epoch["per_epoch"]) == 2
+
+
+def test_flops_are_counted_not_assumed():
+    # One pair at 256x256 and depth 8 is about 313.5 GFLOP forward and backward (the reference's figure).
+    args = type("A", (), {"size": 256, "depth": 8})()
+    assert bench.flops_per_pair(bench.trial_config(args, 1)) == pytest.approx(313.5e9, rel=1e-3)
+
+
+def test_reference_pool_is_the_host_list_of_the_reference():
+    random.seed(0)
+    pool = bench.HostImagePool(3)
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first) and len(pool.images) == 3
+    later = torch.arange(100.0, 300.0).view(200, 1, 1, 1)
+    out = pool.query(later)
+    swapped = out != later  # an older fake handed out instead, the new one kept
+    assert 0.4 < swapped.float().mean().item() < 0.6 and (out[swapped] < later[swapped]).all()
+
+
+def test_step_runner_gives_the_plain_loops_batches_and_weights(tiny_cfg):
+    """The runner's static buffers, device step counter and loss sums equal the readable loop, bit for bit."""
+    data = load_data("synthetic", 32).train
+    steps, b = 3, tiny_cfg.batch_size
+    o1, o2 = epoch_order(len(data.t1), steps, b, 0, 1), epoch_order(len(data.t2), steps, b, 1, 1)
+    plain, ran = Trainer.build(tiny_cfg, "cpu"), Trainer.build(tiny_cfg, "cpu")
+    assert torch.equal(_params(plain), _params(ran))
+    torch.manual_seed(5)
+    sums: dict[str, float] = {}
+    for _ in range(2):  # the second epoch reuses the buffers and restarts the counter
+        for s in range(steps):
+            batch = slice(s * b, (s + 1) * b)
+            losses = train_step(plain.models, plain.opt_g, plain.opt_d, data.t1[o1[batch]], data.t2[o2[batch]],
+                                plain.pools, tiny_cfg)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item() / steps
+        want = dict(sums)
+        sums.clear()
+    torch.manual_seed(5)
+    runner = ran.runner(data.t1, data.t2, steps)
+    for _ in range(2):
+        got = runner.run_epoch(o1, o2)
+    assert torch.equal(_params(plain), _params(ran))
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
+    assert runner.counter.item() == steps and not runner.replay.captured
+
+
+def test_replay_captures_only_once_ready_and_warm(monkeypatch):
+    calls, captures = [], []
+
+    class FakeGraph:
+        def replay(self):
+            calls.append("replay")
+
+    def capture(self):
+        captures.append(len(calls))
+        self.graph = FakeGraph()
+        return True
+
+    monkeypatch.setattr(Replay, "_eager", lambda self: (calls.append("eager"), setattr(self, "eager_calls",
+                                                                                        self.eager_calls + 1)))
+    monkeypatch.setattr(Replay, "_capture", capture)
+    full = {"pool": False}
+    r = Replay(lambda: None, enabled=True, name="t", warmup=2, ready=lambda: full["pool"])
+    for _ in range(3):
+        r()
+    full["pool"] = True
+    for _ in range(4):
+        r()
+    # Three calls while filling, two warm-up calls once full, then the capture and replays only.
+    assert calls == ["eager"] * 5 + ["replay"] * 2 and captures == [5] and r.captured
+
+
+def test_replay_runs_eagerly_when_disabled():
+    n = []
+    r = Replay(lambda: n.append(1) or len(n), enabled=False, name="t")
+    assert [r() for _ in range(3)] == [1, 2, 3] and not r.captured
+
+
+def test_capture_failure_warns_once_and_falls_back(monkeypatch):
+    undone = []
+    r = Replay(lambda: "eager", enabled=True, name="train step", warmup=0, on_failure=lambda: undone.append(1))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: (_ for _ in ()).throw(RuntimeError("no graphs here\nmore")))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: None)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: None)
+    failed = r"train step: CUDA graph capture failed, running eagerly \(no graphs here\)$"
+    with pytest.warns(UserWarning, match=failed):
+        assert r() == "eager"
+    assert not r.enabled and undone == [1] and r() == "eager"
+
+
+def test_scheduler_updates_a_tensor_learning_rate_in_place(tiny_cfg):
+    """A captured optimizer reads its lr tensor's memory: the schedule must change it there."""
+    t = Trainer.build(tiny_cfg.replace(lr_schedule="linear", epochs=4), "cpu")
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    t.step(x, x.flip(0))
+    held = torch.tensor(t.opt_g.param_groups[0]["lr"])
+    t.opt_g.param_groups[0]["lr"] = held
+    for _ in range(3):
+        t.end_epoch()
+    assert t.opt_g.param_groups[0]["lr"] is held
+    assert held.item() == pytest.approx(t.opt_d.param_groups[0]["lr"]) and held.item() < tiny_cfg.lr
+
+
+def test_loading_an_optimizer_keeps_this_runs_kind(tiny_cfg):
+    """Checkpoints of the graphed path (lr tensor) load into the eager one and back, values kept."""
+    t = Trainer.build(tiny_cfg, "cpu")
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    t.step(x, x.flip(0))
+    state = t.opt_g.state_dict()
+    state["param_groups"][0]["lr"] = torch.tensor(1e-4)  # as a capturable optimizer writes it
+    _load_optimizer(t.opt_g, state)
+    assert t.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4) and isinstance(t.opt_g.param_groups[0]["lr"], float)
+    held = torch.tensor(3e-4)
+    t.opt_g.param_groups[0]["lr"] = held
+    _load_optimizer(t.opt_g, {**state, "param_groups": [{**state["param_groups"][0], "lr": 5e-5}]})
+    assert t.opt_g.param_groups[0]["lr"] is held and held.item() == pytest.approx(5e-5)
+    step = next(iter(t.opt_g.state.values()))["step"]
+    assert step.device.type == "cpu" and step.item() == 1
+
+
+def test_batched_validation_scores_equal_the_per_row_metrics(tiny_cfg):
+    data = load_data("synthetic", 32)
+    t = Trainer.build(tiny_cfg, "cpu")
+    outs = translations(t.models.g_t1_t2, t.models.g_t2_t1, data.val)
+    got = dict(zip(IMAGE_METRICS, scores(outs, data.val).tolist()))
+    s = data.val
+    rows = {"t1_t1": (outs["rec_t1"], s.t1, s.t1_head), "t2_t2": (outs["rec_t2"], s.t2, s.t2_head),
+            "t1_t2": (outs["fake_t2"], s.t2, s.t2_head), "t2_t1": (outs["fake_t1"], s.t1, s.t1_head)}
+    for d in DIRECTIONS:
+        out, ref, head = ((v + 1) / 2 if v.dtype != torch.bool else v for v in rows[d])
+        assert got[f"ssim_{d}"] == pytest.approx(ssim(out, ref).mean().item(), abs=1e-6)
+        assert got[f"psnr_{d}"] == pytest.approx(psnr(out, ref).mean().item(), abs=1e-4)
+        assert got[f"ssim_{d}_head"] == pytest.approx(ssim(out, ref, head).mean().item(), abs=1e-6)
+        assert got[f"psnr_{d}_head"] == pytest.approx(psnr(out, ref, head).mean().item(), abs=1e-4)
+
+
+def test_memory_estimate_grows_with_the_batch_and_counts_on_the_meta_device():
+    small, large = TrainConfig(batch_size=2), TrainConfig(batch_size=32)
+    f2, f32 = footprint(small), footprint(large)
+    assert f2.params == f32.params == 114_332_292  # two U-Net-256s and two 70x70 PatchGANs
+    assert f32.activation_bytes == 16 * f2.activation_bytes
+    assert 1 * 2**30 < estimate_memory(small) < estimate_memory(large) < 40 * 2**30
+    fp32 = small.replace(precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False)
+    assert estimate_memory(fp32) >= estimate_memory(small) * 0.9
+
+
+@needs_cuda
+def test_graphed_fit_equals_eager_fit_on_the_gpu(tmp_path):
+    res: dict = {}
+    bench.section_check(None, torch.device("cuda"), res, lambda: None)
+    assert res["check"]["ok"], res["check"]
+    assert not res["check"]["warnings"]
+
+
+def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cyclegan.train import fit
+
+    result = fit(tiny_cfg.replace(epochs=3, sample_every=2), load_data("synthetic", 32), log_dir=tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    samples = events.Images("val/samples")
+    assert [e.step for e in samples] == [1, 2, 3] and (samples[0].height, samples[0].width) == (6 * 32, 4 * 32)
+    assert [e.step for e in events.Scalars("val/ssim_t1_t2")] == [1, 2, 3]
+    assert [set(t) for t in result.timings] == [{"train", "val", "log", "report"}] * 3
