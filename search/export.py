@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --trial {trial_id!r}: no such trial in {args.run_dir}; known: {', '.join(trials)}",
               file=sys.stderr)
         return 2
+    # Ray warns of a checkpoint whose metrics it never recorded (a trial that crashed right after saving it);
+    # the checkpoint is still whole, and a refusal below must stay one line.
+    logging.getLogger("ray.air.result").setLevel(logging.ERROR)
     try:
         o = outcome(tune.Result.from_path(trials[trial_id]["path"]), selection["mode"])
         if not o.checkpoint:

@@ -46,6 +46,7 @@ from search.space import OBJECTIVE, POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
 METRICS = "metrics.jsonl"
+RESTORE_LOG = "restore.log"
 # The knobs that decide how much GPU memory a trial needs, named when it runs out.
 MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
                 "compile")
@@ -103,11 +104,19 @@ def restore(latest: tune.Checkpoint, trial_dir: Path | None = None) -> dict[str,
 
     Ray keeps several checkpoints per trial (`checkpoint.keep` in the space), as `checkpoint_NNNNNN` folders
     side by side; a truncated or corrupt one is named on stderr (the trial's log) and skipped. With
-    `trial_dir`, the metrics history saved with the checkpoint used becomes `trial_dir/metrics.jsonl`.
+    `trial_dir`, the metrics history saved with the checkpoint used becomes `trial_dir/metrics.jsonl`, and
+    `trial_dir/restore.log` gets a line for every checkpoint skipped and the one resumed from (Ray forwards a
+    trial's stderr to the driver only eventually; the log travels with the trial's folder).
     """
-    candidates = [latest, *_older_checkpoints(latest)]
+
+    def note(line: str) -> None:
+        print(line, file=sys.stderr)
+        if trial_dir is not None:
+            with (trial_dir / RESTORE_LOG).open("a") as f:
+                f.write(line + "\n")
+
     errors = []
-    for ckpt in candidates:
+    for ckpt in [latest, *_older_checkpoints(latest)]:
         try:
             with ckpt.as_directory() as d:
                 state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
@@ -115,11 +124,10 @@ def restore(latest: tune.Checkpoint, trial_dir: Path | None = None) -> dict[str,
                     shutil.copy(Path(d) / METRICS, trial_dir / METRICS)
         except checkpoint.CheckpointError as e:
             errors.append(f"{ckpt.path}: {e}")
-            print(f"warning: {ckpt.path}: {e}; trying an older checkpoint of this trial", file=sys.stderr)
+            note(f"warning: skipped {ckpt.path}: {e}")
             continue
-        if ckpt is not latest:
-            print(f"warning: resuming from {ckpt.path} (epoch {state.get('epoch')}) instead of the damaged "
-                  f"latest checkpoint {latest.path}", file=sys.stderr)
+        damaged = "" if ckpt is latest else f" instead of the damaged latest checkpoint {latest.path}"
+        note(f"resumed from {ckpt.path} (epoch {state.get('epoch')}){damaged}")
         return state
     raise checkpoint.CheckpointError(f"no readable checkpoint to resume from: {'; '.join(errors)}")
 

@@ -161,7 +161,7 @@ def test_a_worker_node_lost_mid_trial_and_the_search_still_finishes_every_trial(
     lost_dir = Path(lost[0]["path"])
     assert "Failure # 1" in (lost_dir / "error.txt").read_text()
     # It was retried from its last checkpoint, not from scratch, and its history is whole: one line an epoch.
-    assert f"from checkpoint: Checkpoint(filesystem=local, path={lost_dir}/checkpoint_" in log
+    assert (lost_dir / "restore.log").read_text().startswith(f"resumed from {lost_dir}/checkpoint_")
     for r in rows:
         epochs = [json.loads(x)["epoch"] for x in (Path(r["path"]) / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, 9)), (r["trial_id"], epochs, killed_at)

@@ -46,7 +46,7 @@ def _latest(trial_dir: Path) -> tune.Checkpoint:
 
 def test_restore_takes_the_latest_checkpoint(trial_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert restore(_latest(trial_dir))["epoch"] == 3
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.strip() == f"resumed from {trial_dir}/checkpoint_000002 (epoch 3)"
 
 
 def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(trial_dir: Path,
@@ -55,8 +55,8 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(trial_di
     latest.write_bytes(latest.read_bytes()[:4096])  # cut short, as a copy to storage interrupted leaves it
     assert restore(_latest(trial_dir))["epoch"] == 2
     err = capsys.readouterr().err
-    assert "checkpoint_000002/checkpoint.pt: unreadable or truncated checkpoint" in err
-    assert "resuming from" in err and "checkpoint_000001 (epoch 2)" in err
+    assert "warning: skipped" in err and "checkpoint_000002/checkpoint.pt: unreadable or truncated checkpoint" in err
+    assert "checkpoint_000001 (epoch 2) instead of the damaged latest checkpoint" in err
 
 
 def test_every_damaged_checkpoint_is_skipped_back_to_one_that_reads(trial_dir: Path) -> None:
@@ -91,3 +91,6 @@ def test_restore_puts_back_the_metrics_history_of_the_checkpoint_it_uses(trial_d
     (work / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epoch": 4}\n')
     assert restore(_latest(trial_dir), work)["epoch"] == 2
     assert (work / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    log = (work / "restore.log").read_text().splitlines()  # what was skipped and used, kept with the trial
+    assert len(log) == 2 and "skipped" in log[0] and "checkpoint_000002" in log[0]
+    assert log[1].startswith(f"resumed from {trial_dir}/checkpoint_000001 (epoch 2) instead of the damaged")
