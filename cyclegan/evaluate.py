@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cyclegan.data import SliceSet
-from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr_from_error, ssim_from_map, ssim_map
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim_from_map, ssim_map
 
 EVAL_BATCH = 16
 
@@ -65,8 +65,11 @@ def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
     per_image = {"ssim": ssim_from_map(smap), "psnr": psnr_from_error(err),
                  "ssim_head": ssim_from_map(smap, head), "psnr_head": psnr_from_error(err, head)}
     means = {name: torch.stack([v.mean() for v in values.split(sizes)]) for name, values in per_image.items()}
-    # IMAGE_METRICS is ssim, psnr, ssim_head, psnr_head, each over DIRECTIONS.
-    return torch.cat([means["ssim"], means["psnr"], means["ssim_head"], means["psnr_head"]])
+    # Translations keep the input's anatomy, so the input's head mask is theirs.
+    contrasts = torch.stack([contrast((outs["fake_t2"] + 1) / 2, s.t1_head, (s.t2 + 1) / 2, s.t2_head),
+                             contrast((outs["fake_t1"] + 1) / 2, s.t2_head, (s.t1 + 1) / 2, s.t1_head)])
+    # IMAGE_METRICS is ssim, psnr, ssim_head, psnr_head, each over DIRECTIONS, then the two contrasts.
+    return torch.cat([means["ssim"], means["psnr"], means["ssim_head"], means["psnr_head"], contrasts])
 
 
 @torch.no_grad()
