@@ -5,12 +5,22 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
 from cyclegan.config import FIELD_NAMES
+
+
+def slice_folder(folder: Path, n: int = 12) -> Path:
+    """A small valid data folder: `n` grey PNG slices in each of T1/ and T2/."""
+    for domain in ("T1", "T2"):
+        (folder / domain).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (24, 20), 40 + 10 * i).save(folder / domain / f"s{i:02d}.png")
+    return folder
 
 
 def png_header_only(width: int, height: int) -> bytes:

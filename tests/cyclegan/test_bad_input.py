@@ -21,6 +21,7 @@ from PIL import Image
 from cyclegan import checkpoint, train, translate
 from cyclegan.config import TrainConfig
 from tests.badfiles import png_header_only, truncated_png
+from tests.badfiles import slice_folder as _slices
 
 TINY = ["--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2", "--set", "ngf=8", "--set", "ndf=8"]
 
@@ -57,14 +58,6 @@ def work(made: Path, tmp_path: Path) -> Path:
     for name in ("run", "export"):
         shutil.copytree(made / name, tmp_path / name)
     return tmp_path
-
-
-def _slices(folder: Path, n: int = 12) -> Path:
-    for domain in ("T1", "T2"):
-        (folder / domain).mkdir(parents=True)
-        for i in range(n):
-            Image.new("L", (24, 20), 40 + 10 * i).save(folder / domain / f"s{i:02d}.png")
-    return folder
 
 
 # --- cyclegan.train ------------------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import pytest
 import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from search import run
 from search.space import SpaceError, load_space
 from tests.badfiles import set_items, truncated_png
+from tests.badfiles import slice_folder as _slices
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = str(ROOT / "spaces" / "unet_depth.yaml")
@@ -35,14 +35,6 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture, match: str) -> None:
     err = capsys.readouterr().err.strip()
     assert match in err and err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert not ray.is_initialized()
-
-
-def _slices(folder: Path, n: int = 12) -> Path:
-    for domain in ("T1", "T2"):
-        (folder / domain).mkdir(parents=True)
-        for i in range(n):
-            Image.new("L", (24, 20), 40 + 10 * i).save(folder / domain / f"s{i:02d}.png")
-    return folder
 
 
 @pytest.mark.parametrize("storage,match", [
