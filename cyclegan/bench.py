@@ -273,7 +273,7 @@ def time_trainer(cfg: TrainConfig, slices: tuple[torch.Tensor, torch.Tensor], st
     t = Trainer.build(cfg, dev)
     t.compile()
     t1, t2 = (s.to(dev) for s in slices)
-    if dev.type == "cuda" and cfg.channels_last:
+    if dev.type == "cuda" and cfg.use_channels_last:
         t1, t2 = (s.contiguous(memory_format=torch.channels_last) for s in (t1, t2))
     runner = t.runner(t1, t2, steps)
     o1, o2 = (epoch_order(len(s), steps, cfg.batch_size, k, 0) for k, s in enumerate((t1, t2)))
@@ -400,7 +400,7 @@ def worker(args: argparse.Namespace) -> int:
     t = Trainer.build(cfg, dev)
     t.compile()
     t1, t2 = (s.to(dev) for s in slices)
-    if dev.type == "cuda" and cfg.channels_last:
+    if dev.type == "cuda" and cfg.use_channels_last:
         t1, t2 = (s.contiguous(memory_format=torch.channels_last) for s in (t1, t2))
     steps = args.steps
     runner = t.runner(t1, t2, steps)
@@ -610,7 +610,9 @@ def section_profile(args: argparse.Namespace, dev: torch.device, res: dict[str, 
         cfg = trial_config(args, b, **changes)
         fresh(dev)
         t = Trainer.build(cfg, dev)
-        t1, t2 = (s.to(dev).contiguous(memory_format=torch.channels_last) for s in slices)
+        t1, t2 = (s.to(dev) for s in slices)
+        if cfg.use_channels_last:
+            t1, t2 = (s.contiguous(memory_format=torch.channels_last) for s in (t1, t2))
         steps = 5
         runner = t.runner(t1, t2, steps)
         o1, o2 = (epoch_order(len(s), steps, b, k, 0) for k, s in enumerate((t1, t2)))
@@ -666,6 +668,7 @@ def _categories(kernels: list[tuple[str, float]], busy: float) -> dict[str, floa
 VARIANTS: dict[str, dict[str, Any]] = {
     "fast": {},  # the defaults
     "nchw": {"channels_last": False},
+    "nhwc": {"channels_last": True},
     "no_graphs": {"cuda_graphs": False},
     "compile": {"compile": True},
     "compile_nchw": {"compile": True, "channels_last": False},

@@ -25,6 +25,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Measured on an H100 at 256x256, depth 8 (docs/benchmarks.md): channels_last is 11% faster at batch 2 and 11%
+# slower at batch 8.
+CHANNELS_LAST_BELOW_BATCH = 8
+
+
 class ConfigError(ValueError):
     """A configuration key or value that is not allowed; the message names it."""
 
@@ -57,7 +62,9 @@ class TrainConfig:
     # Speed (docs/benchmarks.md measures each). "auto" is bf16 autocast on a GPU and fp32 on the CPU.
     # The other switches act on a GPU only; turning all off (with precision "fp32") gives plain eager fp32.
     precision: str = "auto"
-    channels_last: bool = True  # NHWC for the bf16 convolutions; from batch 8 up, false is faster (InstanceNorm)
+    # NHWC for the bf16 convolutions. "auto" uses it below CHANNELS_LAST_BELOW_BATCH, where it is faster; from
+    # there up InstanceNorm's layout copies cost more than it saves (docs/benchmarks.md).
+    channels_last: bool | str = "auto"
     fused_adam: bool = True  # one fused kernel per optimizer step instead of a loop over the parameters
     cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph
     compile: bool = False  # torch.compile the networks: faster steps, but its compile outlasts a short trial
@@ -66,6 +73,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
+        if self.channels_last not in (True, False, "auto"):
+            raise ConfigError(f"channels_last={_show(self.channels_last)} is not allowed; "
+                              "expected true, false or 'auto'")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={_show(getattr(self, key))} is not allowed; expected one of {list(allowed)}")
@@ -96,6 +106,13 @@ class TrainConfig:
         for key in ("beta1", "beta2", "dropout"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+
+    @property
+    def use_channels_last(self) -> bool:
+        """Whether a GPU run keeps images and weights in channels_last (NHWC) layout."""
+        if self.channels_last == "auto":
+            return self.batch_size < CHANNELS_LAST_BELOW_BATCH
+        return bool(self.channels_last)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -175,7 +192,8 @@ def _is_int(v: Any) -> bool:
 
 def _check_type(name: str, value: Any, type_name: Any, where: str = "") -> None:
     expected = {"int": _is_int, "float": lambda v: isinstance(v, float), "str": lambda v: isinstance(v, str),
-                "bool": lambda v: isinstance(v, bool)}[str(type_name)]
+                "bool": lambda v: isinstance(v, bool),
+                "bool | str": lambda v: isinstance(v, (bool, str))}[str(type_name)]
     if not expected(value):
         raise ConfigError(f"{where}{name}={_show(value)} has the wrong type: expected {type_name}, "
                           f"got {type(value).__name__}")

@@ -137,7 +137,7 @@ def measure_memory(cfg: TrainConfig, device: str | torch.device = "cuda", n_slic
     t.compile()
     gen = torch.Generator().manual_seed(0)
     slices = [torch.rand(n_slices, 1, cfg.resize, cfg.resize, generator=gen).to(dev) * 2 - 1 for _ in range(2)]
-    if cfg.channels_last:
+    if cfg.use_channels_last:
         slices = [s.contiguous(memory_format=torch.channels_last) for s in slices]
     steps = max(1, math.ceil(n_slices / cfg.batch_size))
     runner = t.runner(slices[0], slices[1], steps)

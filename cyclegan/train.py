@@ -220,7 +220,7 @@ class Trainer:
         models = CycleGAN.build(cfg)
         for net in models.named().values():
             net.to(dev)
-            if gpu and cfg.channels_last:
+            if gpu and cfg.use_channels_last:
                 net.to(memory_format=torch.channels_last)
         if gpu and not torch.backends.cudnn.deterministic:
             torch.backends.cudnn.benchmark = True  # shapes never change within a run, as in the reference
@@ -299,7 +299,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
 
     data = data.to(dev)
     train = data.train
-    if dev.type == "cuda" and cfg.channels_last:
+    if dev.type == "cuda" and cfg.use_channels_last:
         train = type(train)(**{**train.__dict__, "t1": train.t1.contiguous(memory_format=torch.channels_last),
                                "t2": train.t2.contiguous(memory_format=torch.channels_last)})
     steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyclegan.config import FIELD_NAMES, ConfigError, TrainConfig, parse_overrides
+from cyclegan.config import CHANNELS_LAST_BELOW_BATCH, FIELD_NAMES, ConfigError, TrainConfig, parse_overrides
 from tests.badfiles import set_items
 
 
@@ -67,11 +67,21 @@ def test_field_names_include_the_design_contract():
 
 def test_the_fast_path_is_the_default_and_each_switch_turns_off():
     c = TrainConfig()
-    assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.compile) == ("auto", True, True, True, False)
+    assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.compile) == ("auto", "auto", True, True, False)
     eager = TrainConfig.from_dict({"precision": "fp32", "channels_last": False, "fused_adam": False,
                                    "cuda_graphs": False})
     assert parse_overrides(["cuda_graphs=false", "fused_adam=false"]) == {"cuda_graphs": False, "fused_adam": False}
     assert TrainConfig.from_dict(eager.to_dict()) == eager
+
+
+def test_channels_last_auto_follows_the_batch_and_true_or_false_force_it():
+    assert TrainConfig(batch_size=2).use_channels_last
+    assert not TrainConfig(batch_size=CHANNELS_LAST_BELOW_BATCH).use_channels_last
+    assert TrainConfig(batch_size=32, channels_last=True).use_channels_last
+    assert not TrainConfig(batch_size=1, channels_last=False).use_channels_last
+    assert parse_overrides(["channels_last=auto"]) == {"channels_last": "auto"}
+    with pytest.raises(ConfigError, match="channels_last='nhwc' is not allowed"):
+        TrainConfig(channels_last="nhwc")
 
 
 # --- anything a user can type after --set ---------------------------------------------------------------------------
