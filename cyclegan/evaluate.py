@@ -45,8 +45,8 @@ def translations(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=n
 
 
 @torch.no_grad()
-def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
-    """The image metrics of `translations(...)` as one tensor in `IMAGE_METRICS` order, without a host sync.
+def per_slice(outs: dict[str, torch.Tensor], s: SliceSet) -> dict[str, torch.Tensor]:
+    """SSIM and PSNR, whole image and head, of every slice: {"ssim_t1_t1": [N], ...} for each direction.
 
     The four rows are scored in one batched pass: one SSIM map and one error map serve both the whole
     image and the head mask.
@@ -64,12 +64,22 @@ def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
     smap, err = ssim_map(out01, ref01), (out01 - ref01) ** 2
     per_image = {"ssim": ssim_from_map(smap), "psnr": psnr_from_error(err),
                  "ssim_head": ssim_from_map(smap, head), "psnr_head": psnr_from_error(err, head)}
-    means = {name: torch.stack([v.mean() for v in values.split(sizes)]) for name, values in per_image.items()}
+    out = {}
+    for name, values in per_image.items():
+        metric, _, suffix = name.partition("_")
+        for d, v in zip(DIRECTIONS, values.split(sizes)):
+            out[f"{metric}_{d}{'_' + suffix if suffix else ''}"] = v
+    return out
+
+
+@torch.no_grad()
+def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
+    """The image metrics of `translations(...)` as one tensor in `IMAGE_METRICS` order, without a host sync."""
+    slices = per_slice(outs, s)
     # Translations keep the input's anatomy, so the input's head mask is theirs.
-    contrasts = torch.stack([contrast((outs["fake_t2"] + 1) / 2, s.t1_head, (s.t2 + 1) / 2, s.t2_head),
-                             contrast((outs["fake_t1"] + 1) / 2, s.t2_head, (s.t1 + 1) / 2, s.t1_head)])
-    # IMAGE_METRICS is ssim, psnr, ssim_head, psnr_head, each over DIRECTIONS, then the two contrasts.
-    return torch.cat([means["ssim"], means["psnr"], means["ssim_head"], means["psnr_head"], contrasts])
+    contrasts = {"contrast_t1_t2": contrast((outs["fake_t2"] + 1) / 2, s.t1_head, (s.t2 + 1) / 2, s.t2_head),
+                 "contrast_t2_t1": contrast((outs["fake_t1"] + 1) / 2, s.t2_head, (s.t1 + 1) / 2, s.t1_head)}
+    return torch.stack([contrasts[k] if k in contrasts else slices[k].mean() for k in IMAGE_METRICS])
 
 
 @torch.no_grad()
@@ -80,7 +90,16 @@ def validation_pass(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet,
     return scores(outs, s), outs
 
 
-def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext) -> dict[str, float]:
-    """SSIM/PSNR of the four rows, whole image and head mask, as plain floats (one host sync)."""
-    values, _ = validation_pass(g_t1_t2, g_t2_t1, s, autocast)
-    return dict(zip(IMAGE_METRICS, values.tolist()))
+def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext,
+             spread: bool = False) -> dict[str, float]:
+    """SSIM/PSNR of the four rows, whole image and head mask, as plain floats (one host sync).
+
+    With `spread`, each per-slice metric also gets `<metric>_sd`: its sample standard deviation over the
+    split's slices (0 for a single slice), so that a figure can be read against the slice-to-slice spread.
+    """
+    values, outs = validation_pass(g_t1_t2, g_t2_t1, s, autocast)
+    result = dict(zip(IMAGE_METRICS, values.tolist()))
+    if spread:
+        for k, v in per_slice(outs, s).items():
+            result[f"{k}_sd"] = v.std().item() if len(v) > 1 else 0.0
+    return result

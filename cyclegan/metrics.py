@@ -25,6 +25,8 @@ DIRECTIONS = ("t1_t1", "t2_t2", "t1_t2", "t2_t1")
 CONTRAST_METRICS = ("contrast_t1_t2", "contrast_t2_t1")
 IMAGE_METRICS = (*(f"{m}_{d}{s}" for s in ("", "_head") for m in ("ssim", "psnr") for d in DIRECTIONS),
                  *CONTRAST_METRICS)
+# The metrics scored slice by slice (the contrasts are pooled over a split), which therefore have a spread.
+SLICE_METRICS = tuple(m for m in IMAGE_METRICS if m not in CONTRAST_METRICS)
 HISTOGRAM_BINS = 128
 LOSSES = ("loss_cycle", "loss_identity", "loss_G", "loss_D")
 # What `fit` reports every epoch; the search's objective must be built from these.

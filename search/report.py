@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, SLICE_METRICS
 from search.select import TrialOutcome
 from search.study import StudyStore
 
@@ -41,15 +41,16 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
     each = sorted({k for o in outcomes for k in (*o.last, *o.best) if re.fullmatch(r"objective_\d+", k)},
                   key=lambda k: int(k.rsplit("_", 1)[1]))
     metrics = ["epoch", "objective", *each, "loss_cycle", "loss_identity", "loss_G", "loss_D", *IMAGE_METRICS]
+    tests = ["objective", *IMAGE_METRICS, *(f"{m}_sd" for m in SLICE_METRICS)]  # _sd: spread over test slices
     header = ["trial_id", "status", *knobs, *(f"last_{m}" for m in metrics), *(f"best_{m}" for m in metrics),
-              *(f"test_{m}" for m in ["objective", *IMAGE_METRICS]), "error", "path"]
+              *(f"test_{m}" for m in tests), "error", "path"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for o in outcomes:
             w.writerow([o.trial_id, o.status, *(o.config.get(k, "") for k in knobs),
                         *(o.last.get(m, "") for m in metrics), *(o.best.get(m, "") for m in metrics),
-                        *(o.test.get(m, "") for m in ["objective", *IMAGE_METRICS]), o.error, o.path])
+                        *(o.test.get(m, "") for m in tests), o.error, o.path])
 
 
 def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list[str]:
@@ -88,6 +89,57 @@ def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list
 
             plt.close(fig)
     return made
+
+
+CURVES = "curves.png"
+CURVE_LOSSES = ("loss_G", "loss_D", "loss_cycle", "loss_identity")
+CURVE_SCORES = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
+
+
+def read_metrics(trial_path: str) -> list[dict[str, Any]]:
+    """A trial's `metrics.jsonl` (one line per epoch), from a local folder or a storage URI; [] if missing."""
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(trial_path if "://" in trial_path else Path(trial_path).resolve())
+        with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
+            text = f.read().decode()
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a killed trial ends the history
+    return rows
+
+
+def curves_plot(rows: list[dict[str, Any]], title: str, out_dir: Path) -> str | None:
+    """The winner's training losses and val scores against the epoch, as TensorBoard shows them; the file made."""
+    rows = [r for r in rows if isinstance(r.get("epoch"), int)]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [r["epoch"] for r in rows]
+    for ax, keys, label in ((left, CURVE_LOSSES, "training loss (epoch mean)"), (right, CURVE_SCORES, "val")):
+        for k in keys:
+            if all(k in r for r in rows):
+                ax.plot(epochs, [r[k] for r in rows], label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_dir / CURVES, dpi=100)
+    plt.close(fig)
+    return CURVES
 
 
 def pareto_front(outcomes: list[TrialOutcome], keys: tuple[str, ...], modes: list[str]) -> list[TrialOutcome]:
@@ -206,16 +258,19 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                   "|---|---|---|---|---|---|---|"]
         for d in DIRECTIONS:
             t = winner.test
-            lines.append(f"| {ROW_NAMES[d]} | {t[f'ssim_{d}']:.3f} | {t[f'psnr_{d}']:.2f} | "
-                         f"{t[f'ssim_{d}_head']:.3f} | {t[f'psnr_{d}_head']:.2f} | {STUDY_TABLE3[d][0]:.2f} | "
+            lines.append(f"| {ROW_NAMES[d]} | {_pm(t, f'ssim_{d}', 3)} | {_pm(t, f'psnr_{d}', 2)} | "
+                         f"{_pm(t, f'ssim_{d}_head', 3)} | {_pm(t, f'psnr_{d}_head', 2)} | {STUDY_TABLE3[d][0]:.2f} | "
                          f"{STUDY_TABLE3[d][1]:.2f} |")
         lines += ["", "Same-contrast rows are cycle reconstructions. Cross-contrast rows compare with the "
                   + ("true other contrast (paired data)." if paired else
                      "input slice, as the study did: a weak yardstick (the data has no pairs)."),
                   "SSIM: 7x7 uniform window, data_range 1 on [0, 1]; 'head' averages inside the head mask. "
-                  "Means over test slices. The study's figures are on its own test slices, not these.", ""]
+                  "Mean ± sample standard deviation over the test slices. The study's figures are on its own "
+                  "test slices, not these.", ""]
         if samples:
             lines += [f"![test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2))]({samples})", ""]
+        if (path.parent / CURVES).is_file():
+            lines += [f"![the winner's training losses and val scores by epoch]({CURVES})", ""]
     if space.multi_objective:
         lines += _pareto_lines(outcomes, winner, space, path.parent, run_dir)
     named = [o for o in outcomes if o.name]
@@ -264,6 +319,12 @@ def _objective_text(objective, quote: str = "`") -> str:
     if objective.metric is not None:
         return f"{quote}{objective.metric}{quote}"
     return " + ".join(f"{w:g} x {quote}{m}{quote}" for m, w in objective.weights.items())
+
+
+def _pm(metrics: dict[str, float], key: str, digits: int) -> str:
+    """'mean ± sd' of a test metric over slices, or the mean alone where no spread was recorded."""
+    sd = metrics.get(f"{key}_sd")
+    return f"{metrics[key]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
 def _fmt(v: Any) -> str:

@@ -124,7 +124,7 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     import tempfile
 
     from search.export import SELECTION, export
-    from search.report import optuna_plots, write_report, write_trials_csv
+    from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
     from search.select import choose, outcome
 
     local = "://" not in run_path
@@ -138,6 +138,7 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         best = export(winner, data, run_dir / "best")
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"
+        curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)
     plots = optuna_plots(outcomes, space.objective.mode, summary)
     write_trials_csv(summary / "trials.csv", outcomes)
     write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path)

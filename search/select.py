@@ -77,12 +77,12 @@ def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
 
 
 def rescore(o: TrialOutcome, data: str, device: str | None = None) -> dict[str, float]:
-    """The trial's best checkpoint scored on the test split of its own data and size."""
+    """The trial's best checkpoint scored on the test split of its own data and size, with the spread over slices."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         cfg, g_t1_t2, g_t2_t1 = checkpoint.load_generators(Path(d), dev)
     test = load_data(data, cfg.resize, cfg.seed).test.to(dev)
-    return evaluate(g_t1_t2, g_t2_t1, test)
+    return evaluate(g_t1_t2, g_t2_t1, test, spread=True)
 
 
 def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None

@@ -41,6 +41,11 @@ def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
     assert any(r["status"] == "stopped early" for r in rows), [r["last_epoch"] for r in rows]
     report = (run_dir / "summary" / "report.md").read_text()
     assert "## Winner" in report and "study V4 SSIM" in report
+    # Test figures carry their spread over slices; the winner's curves and Optuna's plots are drawn.
+    assert " ± " in report and all(float(r["test_ssim_t1_t1_sd"]) >= 0 for r in rows if r["test_objective"])
+    for picture in ("curves.png", "importances.png", "parallel_coordinates.png", "samples.png"):
+        assert (run_dir / "summary" / picture).stat().st_size > 1000, picture
+        assert f"]({picture})" in report, picture
     best = run_dir / "best"
     for name in ("model.pt", "config.json", "metrics.json", "split.json", "samples.png"):
         assert (best / name).is_file(), name
