@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 
+from cyclegan.config import TrainConfig
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, SLICE_METRICS
 from search.select import TrialOutcome
 from search.study import StudyStore
@@ -27,6 +28,7 @@ STUDY_TABLE3 = {"t1_t1": (0.94, 33.09), "t2_t2": (0.87, 30.72), "t1_t2": (0.35, 
 # The study's final training losses (report's Table 2): cycle, G, D, identity.
 STUDY_TABLE2 = {"V1": (5.10, 2.30, 1.90, 1.60), "V2": (4.80, 2.10, 1.80, 1.30), "V3": (3.85, 1.20, 0.96, 0.39),
                 "V4": (3.75, 0.93, 0.79, 0.20)}
+DEFAULT_SEED = TrainConfig().seed  # a trial whose config does not set it
 ROW_NAMES = {"t1_t1": "T1 -> T2 -> T1", "t2_t2": "T2 -> T1 -> T2", "t1_t2": "T1 -> T2", "t2_t1": "T2 -> T1"}
 
 
@@ -279,19 +281,21 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                   "Final training losses (ours / the study's Table 2, where the run is one of V1-V4) and test SSIM "
                   "(whole image). Our losses are means over each run's last epoch; the study's loss definitions "
                   "follow the TensorFlow tutorial, so compare trends more than values.", "",
-                  "| run | resize | batch | depth | D blocks | epochs run | loss_cycle | loss_G | loss_D "
+                  "| run | seed | resize | batch | depth | D blocks | epochs run | loss_cycle | loss_G | loss_D "
                   "| loss_identity | "
                   + " | ".join(f"test ssim {ROW_NAMES[d]}" for d in DIRECTIONS) + " |",
-                  "|---" * (10 + len(DIRECTIONS)) + "|"]
-        for o in sorted(named, key=lambda o: o.name):
+                  "|---" * (11 + len(DIRECTIONS)) + "|"]
+        for o in sorted(named, key=lambda o: (o.name, o.config.get("seed", DEFAULT_SEED))):
             study = STUDY_TABLE2.get(o.name)
             losses = [_fmt(o.last.get(k)) + (f" / {study[i]:.2f}" if study else "")
                       for i, k in enumerate(("loss_cycle", "loss_G", "loss_D", "loss_identity"))]
             tests = [f"{o.test[f'ssim_{d}']:.3f}" if o.test else "-" for d in DIRECTIONS]
             c = o.config
-            lines.append(f"| {o.name} | {c.get('resize')} | {c.get('batch_size')} | {c.get('unet_depth')} | "
-                         f"{c.get('disc_layers')} | {o.last.get('epoch', 0)} | " + " | ".join(losses + tests) + " |")
+            lines.append(f"| {o.name} | {c.get('seed', DEFAULT_SEED)} | {c.get('resize')} | {c.get('batch_size')} | "
+                         f"{c.get('unet_depth')} | {c.get('disc_layers')} | {o.last.get('epoch', 0)} | "
+                         + " | ".join(losses + tests) + " |")
         lines.append("")
+    lines += _repeat_lines(outcomes)
     lines += ["## Finalists on the test split", "", "| trial | val objective | test objective | "
               + " | ".join(f"test ssim_{d}" for d in DIRECTIONS) + " |", "|---" * (3 + len(DIRECTIONS)) + "|"]
     for o in finalists:
@@ -313,6 +317,47 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
     if plots:
         lines += ["", "## What the search learnt (Optuna)", ""] + [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
+
+
+def repeats(outcomes: list[TrialOutcome]) -> list[list[TrialOutcome]]:
+    """Trials of one point (or configuration) that differ only in `seed`, grouped; a group of one is no repeat."""
+    groups: dict[str, list[TrialOutcome]] = {}
+    for o in outcomes:
+        key = json.dumps([o.name, {k: v for k, v in o.config.items() if k != "seed"}], sort_keys=True)
+        groups.setdefault(key, []).append(o)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _repeat_lines(outcomes: list[TrialOutcome]) -> list[str]:
+    """Mean ± sd over seeds of each configuration that ran more than once: the run-to-run spread."""
+    groups = repeats(outcomes)
+    if not groups:
+        return []
+    keys = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
+    knobs = varied_knobs([g[0] for g in groups]) if len(groups) > 1 else []
+    lines = ["## Configurations run with several seeds", "",
+             "Mean ± sample standard deviation over the seeds (test figures over the seeds re-scored on test).", "",
+             "| configuration | seeds | val objective | " + " | ".join(f"test {k}" for k in keys) + " |",
+             "|---" * (3 + len(keys)) + "|"]
+    for g in groups:
+        g = sorted(g, key=lambda o: o.config.get("seed", DEFAULT_SEED))
+        label = g[0].name or ", ".join(f"{k}={g[0].config.get(k)}" for k in knobs) or "all"
+        val = _mean_sd([o.val_objective for o in g])
+        tests = [_mean_sd([o.test[k] for o in g if k in o.test]) for k in keys]
+        lines.append(f"| {label} | {', '.join(str(o.config.get('seed', DEFAULT_SEED)) for o in g)} | {val} | "
+                     + " | ".join(tests) + " |")
+    return lines + [""]
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4f} (1 seed)"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4f} ± {sd:.4f}"
 
 
 def _objective_text(objective, quote: str = "`") -> str:

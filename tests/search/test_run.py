@@ -79,17 +79,24 @@ def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
 def test_the_studys_four_runs_are_reported_beside_the_studys_numbers(tmp_path, study_data):
     # --data relative to where the user stands, though every trial runs in a folder of its own.
     (tmp_path / "slices").symlink_to(study_data)
+    # Eight samples of four points: each runs twice, the second time with seed 1.
     p = run("search.run", str(ROOT / "spaces" / "study_v1_v4.yaml"), "--data", "slices", "--set", "epochs=1",
-            *TINY, "--max-concurrent", "2", "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+            *TINY, "--max-concurrent", "2", "--num-samples", "8", "--storage", str(tmp_path / "runs"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = trials(tmp_path / "runs" / "study_v1_v4")
-    assert sorted(r["batch_size"] for r in rows) == ["2", "2", "40", "5"]
+    assert sorted(r["batch_size"] for r in rows) == ["2", "2", "2", "2", "40", "40", "5", "5"]
+    assert sorted(r["seed"] or "0" for r in rows) == ["0"] * 4 + ["1"] * 4  # no seed in the config: seed 0
     report = (tmp_path / "runs" / "study_v1_v4" / "summary" / "report.md").read_text()
     assert "0.94" in report and "33.09" in report  # the study's Table 3, V4
     assert "input slice, as the study did" in report  # unpaired data: the weak yardstick is named
     for run_name, cycle_loss in (("V1", "5.10"), ("V2", "4.80"), ("V3", "3.85"), ("V4", "3.75")):
         line = next(x for x in report.splitlines() if x.startswith(f"| {run_name} |"))
         assert f"/ {cycle_loss}" in line  # our final loss beside the study's Table 2
+    # The run-to-run spread of each point over its two seeds.
+    seeds = report.split("## Configurations run with several seeds")[1].split("##")[0]
+    for run_name in ("V1", "V2", "V3", "V4"):
+        line = next(x for x in seeds.splitlines() if x.startswith(f"| {run_name} | 0, 1 |"))
+        assert line.count(" ± ") >= 1, line
 
 
 @pytest.mark.parametrize("args,match", [
