@@ -13,6 +13,7 @@ trials on one GPU hold more than the whole GPU.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -80,10 +81,13 @@ def search(space: str, cluster: tuple[str, dict[str, str]], tmp_path: Path, *fla
                         "--storage", str(tmp_path / "runs"), *flags], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
+    with (tmp_path / "runs" / "s" / "summary" / "trials.csv").open() as f:
+        shares = {row["trial_id"]: float(row["gpu_share"]) for row in csv.DictReader(f)}
     records = []
     for trial in sorted((tmp_path / "runs" / "s").glob("trial_*")):
         record = json.loads((trial / "resources.json").read_text())
         record["config"] = json.loads((trial / "config.json").read_text())
+        assert shares[trial.name.removeprefix("trial_")] == record["gpu_share"]  # the summary shows each share
         records.append(record)
     return records
 
