@@ -15,7 +15,8 @@ Each trial's GPU share is the one Ray gave it (`tune.get_context().get_trial_res
 `gpus_per_trial`, or for `auto` the share `search.packing` sized from its estimated memory), and its memory is
 capped to that share. `resources.json` in its folder records what it was given: the share, its estimated
 memory, the GPU ids Ray assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device
-is its own GPU), and when it started and ended.
+is its own GPU), and when it started and ended (a trial that ASHA stops may be copied to storage before its
+end is written).
 
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
