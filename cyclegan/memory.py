@@ -1,7 +1,9 @@
 """How much GPU memory one trial takes, so that the search can pack several trials on one GPU.
 
-    from cyclegan.memory import estimate_memory
-    share = estimate_memory(cfg) / torch.cuda.get_device_properties(0).total_memory
+    from cyclegan.memory import CONTEXT_BYTES, estimate_memory
+    share = (estimate_memory(cfg) + CONTEXT_BYTES) / torch.cuda.get_device_properties(0).total_memory
+
+(`search/packing.py` does this for `gpus_per_trial: auto`, rounded to a share Ray can add up exactly.)
 
 `estimate_memory(cfg)` predicts, without a GPU, the peak of what the trial's caching allocator reserves,
 which is what `torch.cuda.set_per_process_memory_fraction` caps. It adds up the weights, gradients and

@@ -44,13 +44,14 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
                   key=lambda k: int(k.rsplit("_", 1)[1]))
     metrics = ["epoch", "objective", *each, "loss_cycle", "loss_identity", "loss_G", "loss_D", *IMAGE_METRICS]
     tests = ["objective", *IMAGE_METRICS, *(f"{m}_sd" for m in SLICE_METRICS)]  # _sd: spread over test slices
-    header = ["trial_id", "status", *knobs, *(f"last_{m}" for m in metrics), *(f"best_{m}" for m in metrics),
-              *(f"test_{m}" for m in tests), "error", "path"]
+    header = ["trial_id", "status", "gpu_share", *knobs, *(f"last_{m}" for m in metrics),
+              *(f"best_{m}" for m in metrics), *(f"test_{m}" for m in tests), "error", "path"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for o in outcomes:
-            w.writerow([o.trial_id, o.status, *(o.config.get(k, "") for k in knobs),
+            w.writerow([o.trial_id, o.status, "" if o.gpu_share is None else o.gpu_share,
+                        *(o.config.get(k, "") for k in knobs),
                         *(o.last.get(m, "") for m in metrics), *(o.best.get(m, "") for m in metrics),
                         *(o.test.get(m, "") for m in tests), o.error, o.path])
 

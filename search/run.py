@@ -1,10 +1,11 @@
 """Runs a search: `python -m search.run SPACE.yaml [--data DIR|synthetic] [--num-samples N] ...`.
 
 The space file says what to vary and how to select; Ray Tune runs the trials (several per GPU where the
-space's `gpus_per_trial` is a fraction), Optuna picks what to try next, ASHA stops weak trials early, and
-at the end the best trials on val are re-scored on the test split and the winner is exported. A run
-leaves, under STORAGE/NAME: one folder per trial (config, split, metrics, checkpoints, TensorBoard
-events), `summary/trials.csv`, `summary/report.md`, `best/` and, for a sampled space, the Optuna study in
+space's `gpus_per_trial` is a fraction, or `auto`: each trial's share from its estimated memory, see
+`search/packing.py`), Optuna picks what to try next, ASHA stops weak trials early, and at the end the best
+trials on val are re-scored on the test split and the winner is exported. A run leaves, under STORAGE/NAME:
+one folder per trial (config, split, metrics, checkpoints, TensorBoard events, `resources.json`),
+`summary/trials.csv`, `summary/report.md`, `best/` and, for a sampled space, the Optuna study in
 `optuna.db` (or in the database given by `--optuna-storage`; see `search/study.py`).
 """
 
@@ -19,7 +20,8 @@ from typing import Any
 
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
-from search.space import Space, SpaceError, load_space
+from search.packing import driver_gpu_bytes
+from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
@@ -31,7 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share of a trial, e.g. 0.25 (default: the space's)")
+    p.add_argument("--gpus-per-trial", type=number_or_auto, metavar="F|auto",
+                   help="GPU share of a trial, e.g. 0.25, or auto: from each trial's estimated memory "
+                        "(default: the space's)")
+    p.add_argument("--gpu-memory-gib", type=number_or_auto, metavar="GIB",
+                   help="each GPU's memory, for gpus_per_trial auto where this machine has no GPU to read it from")
     p.add_argument("--cpus-per-trial", type=float, help="CPU cores of a trial (default: the space's)")
     p.add_argument("--storage", default="runs", help="where runs go: a folder or a URI such as s3://bucket/runs")
     p.add_argument("--name", help="the run's name (default: the space file's name)")
@@ -47,11 +53,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def number_or_auto(text: str) -> float | str:
+    """A flag's number, or the word auto. Anything else is passed on as typed, for the space to refuse in its one
+    line that names the flag, the key and what it allows (argparse's own refusal is a usage block)."""
+    if text == AUTO:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
-    """Checks everything the user gave before Ray starts; returns (space, storage, name)."""
+    """Checks everything the user gave before Ray starts; returns (space, storage, name).
+
+    For `gpus_per_trial: auto` it also sets `args.gpu_bytes`, the memory of this machine's GPU (None without one):
+    joining a cluster (`--address`) with neither that nor `gpu_memory_gib` is refused here.
+    """
     space = load_space(args.space).with_overrides(parse_overrides(args.overrides))
     space = space.replace_search(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
-                                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
+                                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                                 gpu_memory_gib=args.gpu_memory_gib)
+    args.gpu_bytes = None
+    if space.auto_gpus and space.gpu_memory_gib is None:
+        args.gpu_bytes = driver_gpu_bytes()
+        if args.address is not None:
+            space.resources(args.gpu_bytes)  # a cluster's GPUs may not have started yet: refuse now, not later
     load_data(args.data, 32)  # refuses a missing or unreadable folder now, not in every trial
     if args.data != SYNTHETIC:
         args.data = str(Path(args.data).resolve())  # trials run in folders of their own
@@ -92,14 +119,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)
-    if args.address is None and space.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
+    if args.address is None and space.wants_gpus and not ray.cluster_resources().get("GPU"):
         print(f"note: no GPU on this machine; running trials on the CPU (gpus_per_trial "
               f"{space.gpus_per_trial} -> 0)", file=sys.stderr)
         space = space.replace_search(gpus_per_trial=0.0)
+    try:
+        # A dict, or for auto a callable Tune asks for each trial's resources when it creates the trial.
+        resources = space.resources(args.gpu_bytes)
+    except SpaceError as e:  # auto, Ray sees GPUs, and this machine's torch does not (a CPU build of it)
+        print(f"error: {e}", file=sys.stderr)
+        ray.shutdown()
+        return 2
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
-                             checkpoint_every=space.checkpoint_every, gpu_share=space.gpus_per_trial),
-        space.resources())
+                             checkpoint_every=space.checkpoint_every, resources=resources),
+        resources)
     run_path = f"{storage.rstrip('/')}/{name}"
     if args.resume:
         tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)

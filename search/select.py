@@ -9,6 +9,7 @@ matching PSNRs.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from cyclegan.config import FIELD_NAMES
 from cyclegan.data import load_data
 from cyclegan.evaluate import evaluate
 from search.space import POINT_NAME
+from search.trainable import RESOURCES
 
 
 @dataclass
@@ -39,6 +41,7 @@ class TrialOutcome:
     error: str = ""
     test: dict[str, float] = field(default_factory=dict)
     name: str = ""  # a points space's label for the trial, e.g. V4
+    gpu_share: float | None = None  # the share of a GPU Ray gave it, from its resources.json
 
     @property
     def val_objective(self) -> float:
@@ -68,7 +71,17 @@ def outcome(result: tune.Result, mode: str) -> TrialOutcome:
         status = "finished"
     error = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
     name = str((result.config or {}).get(POINT_NAME, ""))
-    return TrialOutcome(trial_id, str(result.path), config, status, last, best, ckpt, error, name=name)
+    return TrialOutcome(trial_id, str(result.path), config, status, last, best, ckpt, error, name=name,
+                        gpu_share=_recorded_gpu_share(result))
+
+
+def _recorded_gpu_share(result: tune.Result) -> float | None:
+    """The GPU share the trial recorded (search/trainable.py), read where the run is stored (a folder or s3://)."""
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/{RESOURCES}") as f:
+            return float(json.loads(f.read())["gpu_share"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a trial that failed before it wrote one, or a run from before the record existed
 
 
 def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import optuna
 import yaml
@@ -55,6 +55,9 @@ from ray.tune.search.optuna import OptunaSearch
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, ConfigError, TrainConfig
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.metrics import REPORTED_METRICS as TRAINER_METRICS
+
+if TYPE_CHECKING:
+    from search.packing import AutoResources
 
 OBJECTIVE = "objective"  # the key every trial reports its (first) objective under, and what Tune selects on
 # What a trial reports each epoch (DESIGN.md, "Contracts"): the trainer's losses and image metrics, and the
@@ -83,11 +86,17 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "objective": ("metric", "weights", "mode", "metrics", "modes"),
     "search": ("sampler", "num_samples", "max_concurrent", "seed"),
     "scheduler": ("type", "grace_period", "reduction_factor", "max_t"),
-    "resources": ("gpus_per_trial", "cpus_per_trial"),
+    "resources": ("gpus_per_trial", "cpus_per_trial", "trials_per_gpu", "gpu_memory_gib"),
     "checkpoint": ("every", "keep"),
     "select": ("top_k",),
     "failure": ("max_failures",),
 }
+# `gpus_per_trial: auto` sizes each trial's GPU share from its estimated memory (search/packing.py); these two keys
+# go with it only: at most so many trials on one GPU, and each GPU's memory where the driver has no GPU to ask.
+AUTO = "auto"
+AUTO_ONLY = ("trials_per_gpu", "gpu_memory_gib")
+DEFAULT_TRIALS_PER_GPU = 8
+MOST_TRIALS_PER_GPU = 100  # shares are whole hundredths of a GPU
 # A point may carry a label (`name: V1`); it travels in the trial's config beside the knobs, for the report.
 POINT_NAME = "name"
 TOP_KEYS: tuple[str, ...] = (*_SECTIONS, "fixed", "params", "points")
@@ -345,8 +354,10 @@ class Space:
     grace_period: int | None  # ASHA only, in epochs
     reduction_factor: float | None
     max_t: int | None
-    gpus_per_trial: float
+    gpus_per_trial: float | str  # a number, or "auto": each trial's share from its estimated memory
     cpus_per_trial: float
+    trials_per_gpu: int  # auto: at most so many trials on one GPU
+    gpu_memory_gib: float | None  # auto: each GPU's memory, where the driver cannot read it from its own GPU
     checkpoint_every: int  # epochs between a trial's checkpoints
     checkpoint_keep: int  # checkpoints Ray keeps per trial, the best by the objective (it also keeps the latest)
     top_k: int  # trials re-scored on the test split at the end
@@ -384,16 +395,21 @@ class Space:
         return space_from_dict(raw, self.path, f"{self.path} with {setting}")
 
     def replace_search(self, *, num_samples: int | None = None, max_concurrent: int | None = None,
-                       seed: int | None = None, gpus_per_trial: float | None = None,
-                       cpus_per_trial: float | None = None) -> Space:
-        """Applies the command line's `--num-samples`, `--max-concurrent`, ... flags; None leaves a value as it is."""
+                       seed: int | None = None, gpus_per_trial: float | str | None = None,
+                       cpus_per_trial: float | None = None, gpu_memory_gib: float | str | None = None) -> Space:
+        """Applies the command line's `--num-samples`, `--max-concurrent`, ... flags; None leaves a value as it is.
+
+        A fixed `gpus_per_trial` drops the file's `trials_per_gpu` and `gpu_memory_gib`, which only `auto` reads.
+        """
         changes = {("search", "num_samples"): num_samples, ("search", "max_concurrent"): max_concurrent,
                    ("search", "seed"): seed, ("resources", "gpus_per_trial"): gpus_per_trial,
-                   ("resources", "cpus_per_trial"): cpus_per_trial}
+                   ("resources", "cpus_per_trial"): cpus_per_trial, ("resources", "gpu_memory_gib"): gpu_memory_gib}
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             return self
         raw = copy.deepcopy(self.raw)
+        if gpus_per_trial is not None and gpus_per_trial != AUTO and isinstance(raw.get("resources"), dict):
+            raw["resources"] = {k: v for k, v in raw["resources"].items() if k not in AUTO_ONLY}
         for (section, key), value in changes.items():
             raw[section] = {**(raw.get(section) or {}), key: value}
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for (_, key), value in changes.items())
@@ -488,9 +504,31 @@ class Space:
                                scheduler=self.make_scheduler(), num_samples=self.num_samples,
                                max_concurrent_trials=self.max_concurrent)
 
-    def resources(self) -> dict[str, float]:
-        """For `tune.with_resources(trainable, space.resources())`."""
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+    @property
+    def auto_gpus(self) -> bool:
+        return self.gpus_per_trial == AUTO
+
+    @property
+    def wants_gpus(self) -> bool:
+        return self.auto_gpus or self.gpus_per_trial > 0
+
+    def resources(self, gpu_bytes: int | None = None) -> dict[str, float] | AutoResources:
+        """For `tune.with_resources(trainable, space.resources(...))`: a fixed share as a dict, or for `auto` the
+        callable that gives each trial its share (`search.packing.AutoResources`), which needs each GPU's memory:
+        `gpu_memory_gib` where the space sets it, else `gpu_bytes` (the driver's GPU). Without either, auto is
+        refused with a SpaceError that says to set it.
+        """
+        if not self.auto_gpus:
+            return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+        from search.packing import AutoResources  # packing imports this module
+
+        if self.gpu_memory_gib is not None:
+            gpu_bytes = int(self.gpu_memory_gib * 2**30)
+        if gpu_bytes is None:
+            _fail(self.path, "resources.gpu_memory_gib", "gpus_per_trial auto sizes each trial's share from its "
+                  "GPU's memory, and this driver has no GPU to read it from",
+                  "gpu_memory_gib: GIB under resources, or --gpu-memory-gib GIB (e.g. 22 for a 24 GB A10G or L4)")
+        return AutoResources(cpus=self.cpus_per_trial, gpu_bytes=gpu_bytes, most_per_gpu=self.trials_per_gpu)
 
     def checkpoint_config(self) -> tune.CheckpointConfig:
         return tune.CheckpointConfig(num_to_keep=self.checkpoint_keep, checkpoint_score_attribute=OBJECTIVE,
@@ -553,6 +591,7 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
     scheduler, grace_period, reduction_factor, max_t = _scheduler(
         src, sections["scheduler"], _max_epochs(fixed, params, points), default="asha" if points is None else "none")
     resources, checkpoint = sections["resources"], sections["checkpoint"]
+    gpus_per_trial, trials_per_gpu, gpu_memory_gib = _gpus(src, resources)
     return Space(
         path=path,
         objectives=objectives,
@@ -564,8 +603,10 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
         grace_period=grace_period,
         reduction_factor=reduction_factor,
         max_t=max_t,
-        gpus_per_trial=_resource(src, "resources.gpus_per_trial", resources.get("gpus_per_trial", 0.25)),
+        gpus_per_trial=gpus_per_trial,
         cpus_per_trial=_resource(src, "resources.cpus_per_trial", resources.get("cpus_per_trial", 1)),
+        trials_per_gpu=trials_per_gpu,
+        gpu_memory_gib=gpu_memory_gib,
         checkpoint_every=_int(src, "checkpoint.every", checkpoint.get("every", 1), 1),
         checkpoint_keep=_int(src, "checkpoint.keep", checkpoint.get("keep", 2), 1),
         top_k=_int(src, "select.top_k", sections["select"].get("top_k", 3), 1),
@@ -603,6 +644,32 @@ def _resource(src: str, key: str, value: Any) -> float:
     if number is None or number < 0 or (number > 1 and not number.is_integer()):
         _fail(src, key, f"got {_show(value)}", "a number >= 0: a fraction of one device, or whole devices")
     return number
+
+
+def _gpus(src: str, resources: dict) -> tuple[float | str, int, float | None]:
+    """gpus_per_trial (a number, or auto), and auto's trials_per_gpu and gpu_memory_gib."""
+    value = resources.get("gpus_per_trial", 0.25)
+    if value != AUTO:
+        number = _number(value)
+        if number is None or number < 0 or (number > 1 and not number.is_integer()):
+            _fail(src, "resources.gpus_per_trial", f"got {_show(value)}",
+                  "auto (a share from each trial's estimated memory), or a number >= 0: a fraction of one GPU, "
+                  "or whole GPUs")
+        for key in AUTO_ONLY:
+            if key in resources:
+                _fail(src, f"resources.{key}", f"goes with gpus_per_trial auto, and it is {number:g}",
+                      f"gpus_per_trial: auto with {key}, or no {key}")
+        return number, DEFAULT_TRIALS_PER_GPU, None
+    most = _int(src, "resources.trials_per_gpu", resources.get("trials_per_gpu", DEFAULT_TRIALS_PER_GPU), 1,
+                high=MOST_TRIALS_PER_GPU, why="shares are whole hundredths of a GPU")
+    gib = resources.get("gpu_memory_gib")
+    if gib is not None:
+        number = _number(gib)
+        if number is None or number <= 0:
+            _fail(src, "resources.gpu_memory_gib", f"got {_show(gib)}",
+                  "a number of GiB > 0: each GPU's memory, e.g. 22 for a 24 GB A10G or L4, 79 for an 80 GB H100")
+        gib = number
+    return AUTO, most, gib
 
 
 def _fixed(src: str, raw: Any) -> dict[str, Any]:

@@ -11,6 +11,13 @@ its session and copies it to the run's storage; a trial resumed in a new session
 in an empty folder, whose `metrics.jsonl` would replace the stored one. Restoring puts the history that led
 to the checkpoint back first, so the file always holds one line per epoch of the weights it ends with.
 
+Each trial's GPU share is the one Ray gave it (`tune.get_context().get_trial_resources()`: a fixed
+`gpus_per_trial`, or for `auto` the share `search.packing` sized from its estimated memory), and its memory is
+capped to that share. `resources.json` in its folder records what it was given: the share, its estimated
+memory, the GPU ids Ray assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device
+is its own GPU), and when it started and ended (a trial that ASHA stops may be copied to storage before its
+end is written).
+
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
 
@@ -30,11 +37,13 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
+import ray
 import torch
 from ray import tune
 
@@ -42,11 +51,13 @@ from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
-from search.space import OBJECTIVE, POINT_NAME
+from search.packing import AutoResources, needed_bytes, trial_config
+from search.space import OBJECTIVE
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
 METRICS = "metrics.jsonl"
 RESTORE_LOG = "restore.log"
+RESOURCES = "resources.json"
 # The knobs that decide how much GPU memory a trial needs, named when it runs out.
 MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
                 "compile")
@@ -54,15 +65,26 @@ MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf
 
 def train_trial(config: dict[str, Any], *, data: str,
                 objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
-                checkpoint_every: int = 1, gpu_share: float = 0.0) -> None:
+                checkpoint_every: int = 1, resources: Mapping[str, float] | AutoResources | None = None) -> None:
     """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
-    every objective metric to report."""
-    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
+    every objective metric to report. `resources` is what the trainable was given to `tune.with_resources`
+    (`Space.resources()`), used for the GPU share only where Ray does not say it."""
+    cfg = trial_config(config)
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
+    gpu_share, record = record_resources(trial_dir / RESOURCES, config, resources)
+    try:
+        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share)
+    finally:
+        record["ended"] = time.time()
+        (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _train(cfg: TrainConfig, trial_dir: Path, data: str,
+           objective: Callable[[dict[str, Any]], float | Mapping[str, float]], checkpoint_every: int,
+           gpu_share: float) -> None:
     dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
-    cap_gpu_memory(gpu_share)
 
     restored = tune.get_checkpoint()
     resume = restore(restored, trial_dir) if restored is not None else None
@@ -161,7 +183,50 @@ def _fail(fault: dict[str, Any], cfg: TrainConfig, epoch: int) -> None:
     raise RuntimeError(f"injected fault at epoch {epoch} ({FAULTS_ENV}, seed={cfg.seed})")
 
 
-def cap_gpu_memory(share: float) -> None:
-    """Caps this trial's memory to its share of the GPU, so that trials sharing one cannot starve each other."""
+def granted_gpu_share(config: dict[str, Any], resources: Mapping[str, float] | AutoResources | None
+                      ) -> tuple[float, str]:
+    """The trial's GPU share and where it came from: "ray" (the resources of the trial's placement group, what
+    Ray reserved), or outside a Tune session "computed" from `resources` by the same rule."""
+    granted = tune.get_context().get_trial_resources()
+    if granted is not None:
+        return float(granted.required_resources.get("GPU", 0.0)), "ray"
+    if isinstance(resources, AutoResources):
+        return resources(config)["gpu"], "computed"
+    return float((resources or {}).get("gpu", 0.0)), "computed"
+
+
+def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str, float] | AutoResources | None
+                     ) -> tuple[float, dict[str, Any]]:
+    """Caps the trial's GPU memory at its share and writes what it was given to `path`; returns (share, record).
+
+    gpu_ids are Ray's (`ray.get_gpu_ids()`), as is `assigned` (`get_assigned_resources()`: what Ray's scheduler
+    reserved for this process, in its own fixed point); `cuda_visible_devices` is what torch sees.
+    """
+    share, source = granted_gpu_share(config, resources)
+    capped = cap_gpu_memory(share)
+    record: dict[str, Any] = {
+        "gpu_share": share, "share_from": source,
+        "gpus_per_trial": "auto" if isinstance(resources, AutoResources) else share,
+        "memory_fraction": capped,  # the cap set with torch.cuda.set_per_process_memory_fraction, or null
+        "estimated_bytes": needed_bytes(trial_config(config)) if share > 0 else None,  # context included
+        "gpu_bytes": resources.gpu_bytes if isinstance(resources, AutoResources) else None,
+        "gpu_ids": [], "assigned": {}, "node_id": None,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "pid": os.getpid(), "started": time.time(), "ended": None,
+    }
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        record.update(gpu_ids=[str(i) for i in ray.get_gpu_ids()], assigned=context.get_assigned_resources(),
+                      node_id=context.get_node_id())
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return share, record
+
+
+def cap_gpu_memory(share: float) -> float | None:
+    """Caps this trial's memory to its share of its GPU (the current device: Ray's CUDA_VISIBLE_DEVICES makes it
+    the one Ray assigned), so that trials sharing one cannot starve each other; returns the cap set, if any."""
     if torch.cuda.is_available() and 0 < share < 1:
         torch.cuda.set_per_process_memory_fraction(share)
+        return share
+    return None

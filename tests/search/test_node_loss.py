@@ -6,11 +6,9 @@ it; once both are training, the worker node is killed (SIGKILL to its raylet and
 node, as a machine that loses power), and the search must still finish both trials, the lost one from its
 last checkpoint (FailureConfig).
 
-The nodes are stopped by killing their own process groups, never with `ray stop`, which stops every Ray
-process on the machine, other people's included. Ray 2.60 clusters authenticate with a token, and a driver
-given an explicit `--address` only presents one when RAY_AUTH_MODE=token: the test makes a token of its own
-for its cluster and hands it to every process through RAY_AUTH_TOKEN. (Ray resolves 127.0.0.1 to the
-machine's own address for a node's identity; that is Ray's choice, the test asks for loopback.)
+The nodes are started and stopped by tests/raynodes.py (their own process groups, never `ray stop`), with a
+token of the test's own for its cluster. (Ray resolves 127.0.0.1 to the machine's own address for a node's
+identity; that is Ray's choice, the test asks for loopback.)
 
     python -m pytest tests/search/test_node_loss.py -q
 """
@@ -20,10 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.raynodes import free_port, kill_node, node_processes, ray_node, token_env, wait_for_nodes
+
 SPACE = """
 objective: {metric: ssim_t1_t1, mode: max}
 search: {max_concurrent: 2}
@@ -49,58 +46,6 @@ FAST_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms"
               "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ray_node(temp_dir: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
-    """Starts one Ray node in the foreground (`--block`) as the leader of a new process group."""
-    temp_dir.mkdir(parents=True)
-    log = (temp_dir / "ray_start.log").open("w")
-    cmd = ["ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
-           f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", *args]
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def node_processes(temp_dir: Path) -> list[int]:
-    """Every process of the node started with `temp_dir`: its raylet, agents and workers name it or its session."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(temp_dir) in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
-def kill_node(node: subprocess.Popen, temp_dir: Path) -> None:
-    """SIGKILLs a node: its process group, and any of its processes that started a group of their own."""
-    for pid in {node.pid, *node_processes(temp_dir)}:
-        for kill in (lambda p: os.killpg(p, signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
-            try:
-                kill(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
-    node.wait(timeout=30)
-
-
-def wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 120) -> None:
-    check = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len(ray.nodes()))"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        p = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
-        if p.returncode == 0 and p.stdout.strip().splitlines()[-1] == str(count):
-            return
-        time.sleep(1)
-    raise AssertionError(f"the cluster at {address} did not reach {count} nodes")
-
-
 def training(run_dir: Path) -> list[Path]:
     """Trial folders that have reported an epoch and not yet their last."""
     found = []
@@ -113,8 +58,7 @@ def training(run_dir: Path) -> list[Path]:
 
 def test_a_worker_node_lost_mid_trial_and_the_search_still_finishes_every_trial(tmp_path: Path) -> None:
     (tmp_path / "nodes.yaml").write_text(SPACE)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", **FAST_DEATH,
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = token_env(**FAST_DEATH)
     port = free_port()
     address = f"127.0.0.1:{port}"
     # Each node's own temp dir, short: Ray puts Unix sockets under it, whose paths may not exceed 107 bytes.

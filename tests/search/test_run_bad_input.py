@@ -116,6 +116,26 @@ def test_a_space_whose_objective_no_trial_reports_or_that_is_malformed_is_refuse
     refused([str(tmp_path / "s.yaml"), "--storage", str(tmp_path / "runs")], capsys, match)
 
 
+@pytest.mark.parametrize("flags,match", [
+    (["--gpus-per-trial", "lots"], "with --gpus-per-trial lots: resources.gpus_per_trial: got 'lots'; allowed: auto"),
+    (["--gpus-per-trial", "-1"], "resources.gpus_per_trial: got -1.0"),
+    (["--gpus-per-trial", "1.5"], "resources.gpus_per_trial: got 1.5"),
+    (["--gpus-per-trial", "auto", "--gpu-memory-gib", "0"], "resources.gpu_memory_gib: got 0.0; allowed: a number"),
+    (["--gpus-per-trial", "auto", "--gpu-memory-gib", "auto"], "resources.gpu_memory_gib: got 'auto'"),
+    (["--gpus-per-trial", "0.5", "--gpu-memory-gib", "22"],
+     "resources.gpu_memory_gib: goes with gpus_per_trial auto, and it is 0.5"),
+    # Joining a cluster whose GPUs this machine cannot see (it has none): auto must be told their memory.
+    (["--gpus-per-trial", "auto", "--address", "127.0.0.1:1"],
+     "resources.gpu_memory_gib: gpus_per_trial auto sizes each trial's share from its GPU's memory, and this "
+     "driver has no GPU to read it from; allowed: gpu_memory_gib: GIB under resources, or --gpu-memory-gib GIB"),
+])
+def test_bad_gpu_flags_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                   flags: list[str], match: str) -> None:
+    monkeypatch.setattr(run, "driver_gpu_bytes", lambda: None)  # as on a GPU-less head node, wherever this runs
+    refused([SPACE, *flags, "--storage", str(tmp_path / "runs")], capsys, match)
+    assert not (tmp_path / "runs").exists()  # refused before the run folder or the Optuna study is made
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(set_items, min_size=1, max_size=3))
 def test_any_set_values_give_a_space_or_one_line_refusal(items: list[str]) -> None:

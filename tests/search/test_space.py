@@ -146,6 +146,18 @@ REFUSALS = {
     "negative gpus": ("resources: {gpus_per_trial: -0.5}\n" + LR, "resources.gpus_per_trial"),
     "negative cpus": ("resources: {cpus_per_trial: -1}\n" + LR, "resources.cpus_per_trial"),
     "fractional gpus above one": ("resources: {gpus_per_trial: 1.5}\n" + LR, "resources.gpus_per_trial"),
+    "gpus a word other than auto": ("resources: {gpus_per_trial: Auto}\n" + LR, "resources.gpus_per_trial"),
+    "trials_per_gpu 0": ("resources: {gpus_per_trial: auto, trials_per_gpu: 0}\n" + LR, "resources.trials_per_gpu"),
+    "trials_per_gpu above 100": ("resources: {gpus_per_trial: auto, trials_per_gpu: 101}\n" + LR,
+                                 "resources.trials_per_gpu"),
+    "trials_per_gpu a fraction": ("resources: {gpus_per_trial: auto, trials_per_gpu: 2.5}\n" + LR,
+                                  "resources.trials_per_gpu"),
+    "trials_per_gpu with a fixed share": ("resources: {gpus_per_trial: 0.25, trials_per_gpu: 4}\n" + LR,
+                                          "resources.trials_per_gpu"),
+    "gpu_memory_gib 0": ("resources: {gpus_per_trial: auto, gpu_memory_gib: 0}\n" + LR, "resources.gpu_memory_gib"),
+    "gpu_memory_gib a word": ("resources: {gpus_per_trial: auto, gpu_memory_gib: lots}\n" + LR,
+                              "resources.gpu_memory_gib"),
+    "gpu_memory_gib with a fixed share": ("resources: {gpu_memory_gib: 22}\n" + LR, "resources.gpu_memory_gib"),
     "unknown scheduler": ("scheduler: {type: hyperband}\n" + LR, "scheduler.type"),
     "asha key with none": ("scheduler: {type: none, grace_period: 5}\n" + LR, "scheduler.grace_period"),
     "reduction factor 1": ("scheduler: {reduction_factor: 1}\n" + LR, "scheduler.reduction_factor"),
@@ -365,6 +377,34 @@ def test_replace_search_applies_the_command_line_flags() -> None:
     with pytest.raises(SpaceError, match=r"with --num-samples 0: search\.num_samples: "):
         space.replace_search(num_samples=0)
     assert load_space(ROOT / "spaces/study_v1_v4.yaml").replace_search(num_samples=5).trial_points()[4]["seed"] == 1
+
+
+def test_auto_gpus_give_tune_a_callable_that_sizes_each_trial(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, "resources: {gpus_per_trial: auto, cpus_per_trial: 2}\n" + LR))
+    assert space.auto_gpus and space.wants_gpus and (space.trials_per_gpu, space.gpu_memory_gib) == (8, None)
+    # Without the GPU's memory (no GPU on the driver, no gpu_memory_gib) auto cannot size anything: it says so.
+    with pytest.raises(SpaceError, match=r"resources\.gpu_memory_gib: .*--gpu-memory-gib") as caught:
+        space.resources()
+    assert "\n" not in str(caught.value)
+    resources = space.resources(gpu_bytes=16 * 2**30)
+    assert (resources.cpus, resources.gpu_bytes, resources.most_per_gpu) == (2, 16 * 2**30, 8)
+    tiny = {"resize": 32, "unet_depth": 5, "disc_layers": 2, "ngf": 8, "ndf": 8, "name": "a label"}
+    assert resources(tiny) == {"cpu": 2, "gpu": 0.125}  # about 1 GiB: the floor, an eighth
+    assert pickle.loads(pickle.dumps(resources)) == resources  # Ray pickles it with the trainable
+    # The space's (or the flag's) gpu_memory_gib wins over the driver's GPU: the trials' GPUs may be others.
+    sized = space.replace_search(gpu_memory_gib=22).resources(gpu_bytes=80 * 2**30)
+    assert sized.gpu_bytes == 22 * 2**30
+    # A fixed share from the command line drops auto's own keys, rather than refusing the file's.
+    packed = load_space(write(tmp_path, "resources: {gpus_per_trial: auto, trials_per_gpu: 4, gpu_memory_gib: 22}\n"
+                                        + LR))
+    assert packed.replace_search(gpus_per_trial=0.5).resources() == {"cpu": 1, "gpu": 0.5}
+    assert packed.replace_search(gpus_per_trial="auto").resources().most_per_gpu == 4
+    with pytest.raises(SpaceError, match=r"with --gpus-per-trial 0\.5 --gpu-memory-gib 22: resources\.gpu_memory_gib: "
+                                         r"goes with gpus_per_trial auto"):
+        space.replace_search(gpus_per_trial=0.5, gpu_memory_gib=22)
+    with pytest.raises(SpaceError, match=r"with --gpus-per-trial lots: resources\.gpus_per_trial: got 'lots'; "
+                                         r"allowed: auto"):
+        space.replace_search(gpus_per_trial="lots")
 
 
 # --- the Ray objects ----------------------------------------------------------------------------------------------

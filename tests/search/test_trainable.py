@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
-from search.trainable import out_of_memory_message, restore
+from search.packing import AutoResources, needed_bytes
+from search.trainable import out_of_memory_message, record_resources, restore
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +96,17 @@ def test_restore_puts_back_the_metrics_history_of_the_checkpoint_it_uses(trial_d
     log = (work / "restore.log").read_text().splitlines()  # what was skipped and used, kept with the trial
     assert len(log) == 2 and "skipped" in log[0] and "checkpoint_000002" in log[0]
     assert log[1].startswith(f"resumed from {trial_dir}/checkpoint_000001 (epoch 2) instead of the damaged")
+
+
+@pytest.mark.filterwarnings("ignore:`get_trial_resources` is meant to only be called inside")  # Ray's, expected here
+def test_outside_tune_the_gpu_share_is_computed_by_the_same_rule_and_recorded(tiny_cfg, tmp_path: Path) -> None:
+    # In a trial the share is Ray's (tests/search/test_placement.py); without a Tune session it comes from the
+    # resources the trainable was given, by the rule Tune would have asked.
+    config = {**tiny_cfg.to_dict(), "name": "V1"}
+    share, record = record_resources(tmp_path / "resources.json", config, AutoResources(1, 3 * 2**30, 4))
+    assert share == 0.34 and record["share_from"] == "computed" and record["gpus_per_trial"] == "auto"
+    assert record["estimated_bytes"] == needed_bytes(tiny_cfg) and record["gpu_bytes"] == 3 * 2**30
+    assert record["memory_fraction"] is None and record["device"] == "cpu"  # no GPU here: nothing to cap
+    share, record = record_resources(tmp_path / "resources.json", config, {"cpu": 1, "gpu": 0.25})
+    assert (share, record["gpus_per_trial"], record["gpu_bytes"]) == (0.25, 0.25, None)
+    assert json.loads((tmp_path / "resources.json").read_text())["gpu_share"] == 0.25

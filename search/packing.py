@@ -1,0 +1,120 @@
+"""Each trial's share of a GPU from its estimated memory (`gpus_per_trial: auto`), so that trials of different
+sizes pack onto GPUs and none starves the others.
+
+    from search.packing import gpu_share
+    share = gpu_share(cfg, gpu_bytes=80 * 2**30, most_per_gpu=8)   # e.g. 0.13: thirteen hundredths of a GPU
+
+A trial needs `cyclegan.memory.estimate_memory(cfg)` (the peak its caching allocator reserves, with a margin;
+no GPU needed) plus `CONTEXT_BYTES` (its CUDA context, outside the allocator). Its share is that over the GPU's
+memory, rounded up to whole hundredths, at least 1/most_per_gpu (more trials on one GPU add nothing: on an H100
+the aggregate is flat from two trials on without MPS, docs/benchmarks.md) and at most one whole GPU (a trial
+that needs more gets one GPU, and a warning). `AutoResources` is that rule as Ray Tune takes it:
+`tune.with_resources(trainable, AutoResources(...))` calls it with each trial's config when the trial is
+created (ray/tune/trainable/function_trainable.py, `default_resource_request`), and the trainable caps the
+trial's memory at the share Ray gave it (`search/trainable.py`).
+
+Ray counts resources in fixed point, ten-thousandths of a unit (`ray_constants.MIN_RESOURCE_GRANULARITY`;
+`FixedPoint(double d)` in src/ray/common/scheduling/fixed_point.h truncates `d * 10000`), so shares that Ray adds
+up are exact; but a float such as 0.57 is read as 5699 units. `ray_amount` gives the float Ray reads as exactly
+the units meant, so K trials of 1/K (K dividing 100) add up to one GPU to the unit, and the memory cap a trial
+sets is the share Ray reserved for it.
+
+    python -m pytest tests/search/test_packing.py -q
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from cyclegan.config import TrainConfig
+from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
+from search.space import DEFAULT_TRIALS_PER_GPU, MOST_TRIALS_PER_GPU, POINT_NAME
+
+RAY_UNITS = 10_000  # Ray's fixed point: one GPU is 10000 units
+STEPS = 100  # shares are whole hundredths of a GPU, rounded up
+
+
+def ray_amount(units: int) -> float:
+    """The smallest float that Ray reads as exactly `units` ten-thousandths (0.57 alone would be 5699)."""
+    x = units / RAY_UNITS
+    while int(x * RAY_UNITS) < units:
+        x = math.nextafter(x, math.inf)
+    return x
+
+
+def ray_units(amount: float) -> int:
+    """What Ray makes of a resource amount: `FixedPoint(double)` truncates amount * 10000."""
+    return int(amount * RAY_UNITS)
+
+
+@functools.lru_cache(maxsize=4096)
+def needed_bytes(cfg: TrainConfig) -> int:
+    """GPU memory one trial of `cfg` takes, its CUDA context included. Cached: the estimate takes about a second,
+    and Tune asks for a trial's resources more than once."""
+    return estimate_memory(cfg) + CONTEXT_BYTES
+
+
+def gpu_share(cfg: TrainConfig, gpu_bytes: int, most_per_gpu: int = DEFAULT_TRIALS_PER_GPU) -> float:
+    """The fraction of a GPU of `gpu_bytes` that a trial of `cfg` needs, as Ray should be asked for it.
+
+    Whole hundredths of the GPU, rounded up; at least 1/most_per_gpu (in Ray's units, rounded down, so that
+    `most_per_gpu` such trials fit on one GPU and one more does not); at most 1.0.
+    """
+    if gpu_bytes <= 0:
+        raise ValueError(f"gpu_bytes must be > 0, got {gpu_bytes}")
+    if not 1 <= most_per_gpu <= MOST_TRIALS_PER_GPU:
+        raise ValueError(f"most_per_gpu must be in 1..{MOST_TRIALS_PER_GPU}, got {most_per_gpu}")
+    hundredths = -(-needed_bytes(cfg) * STEPS // gpu_bytes)  # rounded up, in integers: no float error
+    units = hundredths * (RAY_UNITS // STEPS)
+    units = min(RAY_UNITS, max(units, RAY_UNITS // most_per_gpu))
+    return ray_amount(units)
+
+
+def trial_config(config: dict[str, Any]) -> TrainConfig:
+    """A trial's Ray config (knobs, and a points space's label) as its TrainConfig."""
+    return TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
+
+
+@dataclass(frozen=True)
+class AutoResources:
+    """What `tune.with_resources` takes for `gpus_per_trial: auto`: called with a trial's config, it returns the
+    trial's resources, its GPU share from `gpu_share`. A class, not a closure, so that Ray can pickle it."""
+
+    cpus: float
+    gpu_bytes: int
+    most_per_gpu: int = DEFAULT_TRIALS_PER_GPU
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, float]:
+        cfg = trial_config(config)
+        share = gpu_share(cfg, self.gpu_bytes, self.most_per_gpu)
+        if needed_bytes(cfg) > self.gpu_bytes:
+            _warn_once(cfg, self.gpu_bytes)
+        return {"cpu": self.cpus, "gpu": share}
+
+
+@functools.cache
+def _warn_once(cfg: TrainConfig, gpu_bytes: int) -> None:
+    # Tune asks for a trial's resources when it creates the trial and again when it resets it: one warning.
+    print(f"warning: a trial needs an estimated {needed_bytes(cfg) / GiB:.1f} GiB, more than a GPU's "
+          f"{gpu_bytes / GiB:.1f} GiB; it gets one whole GPU and may run out of memory (resize={cfg.resize} "
+          f"batch_size={cfg.batch_size} unet_depth={cfg.unet_depth} ngf={cfg.ngf})", file=sys.stderr)
+
+
+def driver_gpu_bytes() -> int | None:
+    """Memory of this machine's first visible GPU, or None without one.
+
+    Asked in a child process: CUDA in the driver would keep a context (about 0.7 GiB) on a GPU that its trials
+    share, for the whole search, outside every trial's share.
+    """
+    ask = "import torch; print(torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, timeout=300, check=True)
+        total = int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+    return total or None

@@ -1,0 +1,81 @@
+"""Real Ray nodes on this machine for the tests: `ray start` on loopback, each node its own process group.
+
+Nodes are stopped by killing their own process groups, never with `ray stop`, which stops every Ray process on
+the machine, other people's included. Ray 2.60 clusters authenticate with a token, and a driver given an explicit
+`--address` only presents one when RAY_AUTH_MODE=token: `token_env` makes a token for one cluster and hands it
+to every process through RAY_AUTH_TOKEN.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def token_env(**extra: str) -> dict[str, str]:
+    """This process's environment with a fresh cluster token, the worktree on PYTHONPATH and one torch thread."""
+    root = Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_node(temp_dir: Path, *args: str, env: dict[str, str], cpus: int = 1, gpus: int = 0) -> subprocess.Popen:
+    """Starts one Ray node in the foreground (`--block`) as the leader of a new process group.
+
+    `gpus` are declared, not detected: Ray then assigns GPU ids and sets CUDA_VISIBLE_DEVICES for them on a
+    machine that has none, while torch in the trials still finds no GPU and trains on the CPU.
+    """
+    temp_dir.mkdir(parents=True)
+    log = (temp_dir / "ray_start.log").open("w")
+    cmd = ["ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+           f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", *args]
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def node_processes(temp_dir: Path) -> list[int]:
+    """Every process of the node started with `temp_dir`: its raylet, agents and workers name it or its session."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp_dir) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def kill_node(node: subprocess.Popen, temp_dir: Path) -> None:
+    """SIGKILLs a node: its process group, and any of its processes that started a group of their own."""
+    for pid in {node.pid, *node_processes(temp_dir)}:
+        for kill in (lambda p: os.killpg(p, signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
+            try:
+                kill(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+    node.wait(timeout=30)
+
+
+def wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 120) -> None:
+    check = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len(ray.nodes()))"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+        if p.returncode == 0 and p.stdout.strip().splitlines()[-1] == str(count):
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster at {address} did not reach {count} nodes")

@@ -1,0 +1,102 @@
+"""Each trial's GPU share from its estimated memory (`gpus_per_trial: auto`): the arithmetic on real configs, and a
+real local search that asks for auto on a machine without a GPU.
+
+    python -m pytest tests/search/test_packing.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cyclegan.config import TrainConfig
+from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
+from search.packing import RAY_UNITS, AutoResources, gpu_share, needed_bytes, ray_amount, ray_units
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = TrainConfig(resize=32, unet_depth=5, disc_layers=2, ngf=8, ndf=8, batch_size=4, pool_size=4)
+
+
+def share_bytes(share: float, gpu_bytes: int) -> float:
+    return ray_units(share) / RAY_UNITS * gpu_bytes  # the memory Ray reserves for the trial, in its fixed point
+
+
+def test_a_share_is_the_estimate_and_the_context_over_the_gpu_rounded_up_to_hundredths() -> None:
+    cfg = TrainConfig(resize=256, unet_depth=8, batch_size=5)
+    assert needed_bytes(cfg) == estimate_memory(cfg) + CONTEXT_BYTES
+    for gib in (16, 22, 40):
+        share = gpu_share(cfg, gib * GiB, most_per_gpu=100)
+        units = ray_units(share)
+        assert units % 100 == 0, share  # whole hundredths
+        assert share_bytes(share, gib * GiB) >= needed_bytes(cfg) > (units - 100) / RAY_UNITS * gib * GiB
+
+
+@pytest.mark.parametrize("knob,values", [("batch_size", [1, 2, 8, 32]), ("resize", [64, 128, 256])])
+def test_shares_grow_with_batch_and_resize(knob: str, values: list[int]) -> None:
+    configs = [TrainConfig(unet_depth=6, **{knob: v}) for v in values]
+    needs = [needed_bytes(c) for c in configs]
+    shares = [gpu_share(c, 16 * GiB, most_per_gpu=100) for c in configs]
+    assert needs == sorted(needs) and needs[0] < needs[-1]
+    assert shares == sorted(shares) and shares[0] < shares[-1], shares
+
+
+@pytest.mark.parametrize("most", range(1, 101))
+def test_the_floor_lets_trials_per_gpu_small_trials_share_a_gpu_and_not_one_more(most: int) -> None:
+    units = ray_units(gpu_share(TINY, 1024 * GiB, most_per_gpu=most))  # a GPU so large that the floor decides
+    assert most * units <= RAY_UNITS < (most + 1) * units
+
+
+def test_a_trial_bigger_than_a_gpu_gets_one_whole_gpu_and_a_warning(capsys: pytest.CaptureFixture) -> None:
+    cfg = TrainConfig(resize=256, unet_depth=8, batch_size=32)
+    small_gpu = needed_bytes(cfg) // 2
+    assert gpu_share(cfg, small_gpu) == 1.0
+    resources = AutoResources(cpus=1, gpu_bytes=small_gpu)
+    assert resources(cfg.to_dict())["gpu"] == 1.0
+    assert resources(cfg.to_dict())["gpu"] == 1.0  # Tune asks again when it resets a trial: warned once
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: a trial needs an estimated") and "batch_size=32" in err[0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 5, 10, 20])
+def test_k_equal_trials_of_a_kth_of_a_gpu_add_up_to_exactly_one_gpu(k: int) -> None:
+    gpu_bytes = needed_bytes(TINY) * k  # each needs exactly 1/k of this GPU
+    share = gpu_share(TINY, gpu_bytes, most_per_gpu=k)
+    assert k * ray_units(share) == RAY_UNITS, share
+
+
+def test_every_amount_is_read_by_ray_as_the_units_meant() -> None:
+    # Ray truncates amount * 10000 (fixed_point.h): 0.57 alone would be 5699 units, so 0.57 + 0.43 < 1 GPU.
+    assert ray_units(0.57) == 5699
+    for units in range(1, RAY_UNITS + 1):
+        amount = ray_amount(units)
+        assert ray_units(amount) == units and abs(amount - units / RAY_UNITS) < 1e-12
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="gpu_bytes"):
+        gpu_share(TINY, 0)
+    for most in (0, 101):
+        with pytest.raises(ValueError, match="most_per_gpu"):
+            gpu_share(TINY, GiB, most_per_gpu=most)
+
+
+def test_auto_on_a_machine_without_a_gpu_runs_the_trials_on_the_cpu(tmp_path: Path) -> None:
+    # A real local Ray Tune search: Ray finds no GPU here, so auto falls back to CPU trials, with a note.
+    space = tmp_path / "auto.yaml"
+    space.write_text("objective: {metric: ssim_t1_t1, mode: max}\nscheduler: {type: none}\n"
+                     "resources: {gpus_per_trial: auto, trials_per_gpu: 4, cpus_per_trial: 1}\n"
+                     "fixed: {epochs: 1, resize: 32, unet_depth: 5, disc_layers: 2, ngf: 8, ndf: 8, batch_size: 4, "
+                     "pool_size: 4}\npoints: [{seed: 0}]\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    p = subprocess.run([sys.executable, "-m", "search.run", str(space), "--storage", str(tmp_path / "runs")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "note: no GPU on this machine; running trials on the CPU (gpus_per_trial auto -> 0)" in p.stderr
+    (record,) = [json.loads(f.read_text()) for f in (tmp_path / "runs" / "auto").glob("trial_*/resources.json")]
+    assert record["gpu_share"] == 0 and record["share_from"] == "ray" and record["memory_fraction"] is None
+    assert record["gpu_ids"] == [] and record["device"] == "cpu" and record["ended"] >= record["started"]
