@@ -20,7 +20,7 @@ import optuna
 
 from cyclegan.config import TrainConfig
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, SLICE_METRICS
-from search.select import TrialOutcome
+from search.select import TrialOutcome, status_counts
 from search.study import StudyStore
 
 # The study's V4 on its own test slices (report's Table 3), cross-contrast rows against the input slice.
@@ -243,10 +243,7 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
     else:
         objective = f"Objective: {_objective_text(space.objective)} on the val split ({space.objective.mode})"
     lines = [f"# Search report: {Path(space.path).name}", "",
-             f"Data: `{data}`. {objective}. Trials: {len(outcomes)} "
-             f"({sum(o.status == 'finished' for o in outcomes)} finished, "
-             f"{sum(o.status == 'stopped early' for o in outcomes)} stopped early, "
-             f"{sum(o.status == 'error' for o in outcomes)} failed).", ""]
+             f"Data: `{data}`. {objective}. Trials: {len(outcomes)} ({status_counts(outcomes)}).", ""]
     if study is not None:
         lines += [f"Optuna study `{study.name}` in `{study.url}`; open it with `{study.dashboard}`.", ""]
     if winner is not None:
@@ -324,6 +321,8 @@ def repeats(outcomes: list[TrialOutcome]) -> list[list[TrialOutcome]]:
     """Trials of one point (or configuration) that differ only in `seed`, grouped; a group of one is no repeat."""
     groups: dict[str, list[TrialOutcome]] = {}
     for o in outcomes:
+        if o.status == "not started":
+            continue
         key = json.dumps([o.name, {k: v for k, v in o.config.items() if k != "seed"}], sort_keys=True)
         groups.setdefault(key, []).append(o)
     return [g for g in groups.values() if len(g) > 1]
@@ -335,7 +334,7 @@ def _repeat_lines(outcomes: list[TrialOutcome]) -> list[str]:
     if not groups:
         return []
     keys = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
-    knobs = varied_knobs([g[0] for g in groups]) if len(groups) > 1 else []
+    knobs = [k for k in varied_knobs([g[0] for g in groups]) if k != "seed"] if len(groups) > 1 else []
     lines = ["## Configurations run with several seeds", "",
              "Mean ± sample standard deviation over the seeds (test figures over the seeds re-scored on test).", "",
              "| configuration | seeds | val objective | " + " | ".join(f"test {k}" for k in keys) + " |",

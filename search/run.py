@@ -159,7 +159,7 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
 
     from search.export import SELECTION, export
     from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
-    from search.select import choose, outcome
+    from search.select import choose, outcome, status_counts
 
     local = "://" not in run_path
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
@@ -184,9 +184,7 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         import pyarrow.fs
 
         pyarrow.fs.copy_files(str(run_dir), run_path)
-    print(f"\n{len(outcomes)} trials: {sum(o.status == 'finished' for o in outcomes)} finished, "
-          f"{sum(o.status == 'stopped early' for o in outcomes)} stopped early, "
-          f"{sum(o.status == 'error' for o in outcomes)} failed")
+    print(f"\n{len(outcomes)} trials: {status_counts(outcomes)}")
     if winner is not None:
         print(f"winner {winner.trial_id}: test objective {winner.test['objective']:.4f} "
               f"(val {winner.val_objective:.4f}); exported to {run_path}/best")

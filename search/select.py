@@ -34,7 +34,7 @@ class TrialOutcome:
     trial_id: str
     path: str
     config: dict[str, Any]
-    status: str  # "finished", "stopped early" or "error"
+    status: str  # "finished", "stopped early", "not started" (no epoch reported: the time budget ran out) or "error"
     last: dict[str, Any]
     best: dict[str, Any]
     checkpoint: str | None  # the best checkpoint's folder (a path or URI)
@@ -65,6 +65,8 @@ def outcome(result: tune.Result, mode: str) -> TrialOutcome:
         best = best or df.loc[row].to_dict()
     if result.error is not None:
         status = "error"
+    elif not last.get("epoch"):
+        status = "not started"
     elif last.get("epoch", 0) < config.get("epochs", math.inf):
         status = "stopped early"
     else:
@@ -82,6 +84,14 @@ def _recorded_gpu_share(result: tune.Result) -> float | None:
             return float(json.loads(f.read())["gpu_share"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a trial that failed before it wrote one, or a run from before the record existed
+
+
+def status_counts(outcomes: list[TrialOutcome]) -> str:
+    """'12 finished, 3 stopped early, 0 failed' (and how many never reported an epoch, where any did not)."""
+    count = lambda status: sum(o.status == status for o in outcomes)  # noqa: E731
+    unstarted = count("not started")
+    return (f"{count('finished')} finished, {count('stopped early')} stopped early, "
+            + (f"{unstarted} not started, " if unstarted else "") + f"{count('error')} failed")
 
 
 def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
