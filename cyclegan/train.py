@@ -28,7 +28,7 @@ from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass
 from cyclegan.graphed import Replay, StepRunner
-from cyclegan.images import grid, png_bytes
+from cyclegan.images import png_bytes, tile, to_uint8
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
@@ -463,20 +463,30 @@ class _TensorBoard:
     def epoch(self, metrics: dict[str, Any], data: Dataset, outs: dict[str, torch.Tensor], epoch: int) -> None:
         values = [(f"train/{k}" if k.startswith("loss_") else f"val/{k}", v) for k, v in metrics.items()
                   if self.scalars and k.startswith(("loss_", "ssim_", "psnr_"))]
-        image = None
+        image = ready = None
         if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
             # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation
-            # pass; copied now, since the next replay of the validation graph overwrites them.
+            # pass. Tiled on the device (a copy, so the next replay of the validation graph cannot overwrite it)
+            # and copied to pinned host memory without waiting: the thread waits for the copy, not the loop.
             n = 4
-            image = grid([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
-                          data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]])
+            pixels = to_uint8(tile([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
+                                    data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]]))
+            if pixels.is_cuda:
+                image = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+                image.copy_(pixels, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                image = pixels
         self._raise_failed()
-        self.pending.append(self.pool.submit(self._write, values, image, epoch))
+        self.pending.append(self.pool.submit(self._write, values, image, ready, epoch))
 
-    def _write(self, values: list[tuple[str, float]], image: torch.Tensor | None, epoch: int) -> None:
+    def _write(self, values: list[tuple[str, float]], image: torch.Tensor | None, ready, epoch: int) -> None:
         for tag, v in values:
             self.writer.add_scalar(tag, v, epoch)
         if image is not None:
+            if ready is not None:
+                ready.synchronize()
             # A grey PNG of our own: TensorBoard's add_image makes it RGB and compresses it at PIL's default
             # level, several times slower for the same picture.
             from tensorboard.compat.proto.summary_pb2 import Summary

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cyclegan import bench
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.evaluate import scores, translations
 from cyclegan.graphed import Replay
+from cyclegan.images import tile, to_uint8
 from cyclegan.memory import estimate_memory, footprint
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr, ssim
 from cyclegan.train import Trainer, _load_optimizer, epoch_order, train_step
@@ -200,10 +204,18 @@ def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg
 
     from cyclegan.train import fit
 
-    result = fit(tiny_cfg.replace(epochs=3, sample_every=2), load_data("synthetic", 32), log_dir=tmp_path / "tb")
+    data = load_data("synthetic", 32)
+    result = fit(tiny_cfg.replace(epochs=3, sample_every=2), data, log_dir=tmp_path / "tb")
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     samples = events.Images("val/samples")
     assert [e.step for e in samples] == [1, 2, 3] and (samples[0].height, samples[0].width) == (6 * 32, 4 * 32)
+    # The last picture is the final model's validation pass: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)).
+    m = result.models
+    outs = translations(m.g_t1_t2, m.g_t2_t1, data.val)
+    rows = [data.val.t1[:4], outs["fake_t2"][:4], outs["rec_t1"][:4], data.val.t2[:4], outs["fake_t1"][:4],
+            outs["rec_t2"][:4]]
+    picture = np.asarray(Image.open(io.BytesIO(samples[-1].encoded_image_string)))
+    assert picture.dtype == np.uint8 and np.abs(picture.astype(int) - to_uint8(tile(rows))[0].numpy()).max() <= 1
     assert [e.step for e in events.Scalars("val/ssim_t1_t2")] == [1, 2, 3]
     assert [set(t) for t in result.timings] == [{"train", "val", "log", "report"}] * 3
