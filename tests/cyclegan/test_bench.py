@@ -205,17 +205,18 @@ def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg
     from cyclegan.train import fit
 
     data = load_data("synthetic", 32)
-    result = fit(tiny_cfg.replace(epochs=3, sample_every=2), data, log_dir=tmp_path / "tb")
+    # fp32, so that the check below can redo the last validation pass (on a GPU too, where it is graphed).
+    result = fit(tiny_cfg.replace(epochs=3, sample_every=2, precision="fp32"), data, log_dir=tmp_path / "tb")
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     samples = events.Images("val/samples")
     assert [e.step for e in samples] == [1, 2, 3] and (samples[0].height, samples[0].width) == (6 * 32, 4 * 32)
     # The last picture is the final model's validation pass: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)).
     m = result.models
-    outs = translations(m.g_t1_t2, m.g_t2_t1, data.val)
-    rows = [data.val.t1[:4], outs["fake_t2"][:4], outs["rec_t1"][:4], data.val.t2[:4], outs["fake_t1"][:4],
-            outs["rec_t2"][:4]]
+    val = data.val.to(next(m.g_t1_t2.parameters()).device)
+    outs = translations(m.g_t1_t2, m.g_t2_t1, val)
+    rows = [val.t1[:4], outs["fake_t2"][:4], outs["rec_t1"][:4], val.t2[:4], outs["fake_t1"][:4], outs["rec_t2"][:4]]
     picture = np.asarray(Image.open(io.BytesIO(samples[-1].encoded_image_string)))
-    assert picture.dtype == np.uint8 and np.abs(picture.astype(int) - to_uint8(tile(rows))[0].numpy()).max() <= 1
+    assert picture.dtype == np.uint8 and np.abs(picture.astype(int) - to_uint8(tile(rows))[0].cpu().numpy()).max() <= 1
     assert [e.step for e in events.Scalars("val/ssim_t1_t2")] == [1, 2, 3]
     assert [set(t) for t in result.timings] == [{"train", "val", "log", "report"}] * 3
