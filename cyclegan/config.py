@@ -25,9 +25,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-# Measured on an H100 at 256x256, depth 8 (docs/benchmarks.md): channels_last is 11% faster at batch 2 and 11%
-# slower at batch 8.
-CHANNELS_LAST_BELOW_BATCH = 8
+# Measured on an H100 at 256x256, depth 8 (docs/benchmarks.md): channels_last is 11% faster at batch 2, even at
+# batch 4, and 5% slower at batch 5 and 11% at batch 8.
+CHANNELS_LAST_BELOW_BATCH = 5
 
 
 class ConfigError(ValueError):
