@@ -17,11 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from tests.paths import pythonpath
+
 
 def token_env(**extra: str) -> dict[str, str]:
     """This process's environment with a fresh cluster token, the worktree on PYTHONPATH and one torch thread."""
     root = Path(__file__).resolve().parents[1]
-    return {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
+    return {**os.environ, "PYTHONPATH": pythonpath(root), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0",
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), **extra}
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cyclegan import checkpoint
+from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 # A writer that saves one large checkpoint through cyclegan.checkpoint.save, as fit's report does every epoch.
@@ -37,7 +38,7 @@ def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint_whole(tmp_path
     elements = 50_000_000  # 200 MB: long enough to write that the kill lands mid-file on any disk
     for _ in range(3):
         writer = subprocess.Popen([sys.executable, "-c", WRITER % elements, str(path)], cwd=ROOT,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+                                  env={**os.environ, "PYTHONPATH": pythonpath()}, stdout=subprocess.PIPE, text=True)
         assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
         deadline = time.time() + 60
         while time.time() < deadline and writer.poll() is None and not (tmp.exists() and tmp.stat().st_size > 0):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import pythonpath
+
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = """
 objective: {metric: ssim_t1_t1, mode: max}
@@ -36,7 +38,7 @@ FAULTS = [
 
 
 def search(*args: str, cwd: Path, faults: list | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}
     env.pop("SEARCH_TEST_FAULTS", None)
     if faults:
         env["SEARCH_TEST_FAULTS"] = json.dumps(faults)

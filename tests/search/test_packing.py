@@ -17,6 +17,7 @@ import pytest
 from cyclegan.config import TrainConfig
 from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
 from search.packing import RAY_UNITS, AutoResources, gpu_share, needed_bytes, ray_amount, ray_units
+from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = TrainConfig(resize=32, unet_depth=5, disc_layers=2, ngf=8, ndf=8, batch_size=4, pool_size=4)
@@ -92,7 +93,7 @@ def test_auto_on_a_machine_without_a_gpu_runs_the_trials_on_the_cpu(tmp_path: Pa
                      "resources: {gpus_per_trial: auto, trials_per_gpu: 4, cpus_per_trial: 1}\n"
                      "fixed: {epochs: 1, resize: 32, unet_depth: 5, disc_layers: 2, ngf: 8, ndf: 8, batch_size: 4, "
                      "pool_size: 4}\npoints: [{seed: 0}]\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "RAY_DEDUP_LOGS": "0", "CUDA_VISIBLE_DEVICES": ""}
     p = subprocess.run([sys.executable, "-m", "search.run", str(space), "--storage", str(tmp_path / "runs")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

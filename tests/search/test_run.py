@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import pythonpath
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2", "--set", "ngf=8", "--set", "ndf=8",
         "--gpus-per-trial", "0", "--cpus-per-trial", "1"]
 
 
 def run(*args: str, cwd: Path, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "RAY_DEDUP_LOGS": "0"}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, **kw)
 
@@ -128,7 +130,7 @@ def terminated_in_saved_state(run_dir: Path) -> set[str]:
 def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     args = ["search.run", str(ROOT / "spaces" / "unet_depth.yaml"), "--num-samples", "4", "--max-concurrent", "1",
             "--set", "epochs=4", *TINY, "--storage", str(tmp_path / "runs"), "--name", "killed"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     driver = subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / "killed"
