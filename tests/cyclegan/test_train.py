@@ -72,28 +72,31 @@ def test_fit_reports_every_epoch_with_all_metrics_and_learns(tiny_cfg):
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_cfg, tmp_path):
+    # On the CPU, where results are bit-exact; on a GPU cuDNN's algorithm choice may differ between two loads.
     data = load_data("synthetic", 32)
     saved = {}
-    result = fit(tiny_cfg.replace(epochs=1), data, report=lambda m, save: save(tmp_path / "checkpoint.pt"))
-    device = next(result.models.g_t1_t2.parameters()).device  # fit trains on a GPU where there is one
-    cfg, g, f = checkpoint.load_generators(tmp_path, device)
-    x = data.test.t1[:2].to(device)
+    result = fit(tiny_cfg.replace(epochs=1), data, device="cpu",
+                 report=lambda m, save: save(tmp_path / "checkpoint.pt"))
+    cfg, g, f = checkpoint.load_generators(tmp_path)
+    x = data.test.t1[:2]
     result.models.g_t1_t2.eval()
     result.models.g_t2_t1.eval()
     with torch.no_grad():
-        torch.testing.assert_close(g(x), result.models.g_t1_t2(x), rtol=0, atol=1e-6)
-        torch.testing.assert_close(f(x), result.models.g_t2_t1(x), rtol=0, atol=1e-6)
+        assert torch.equal(g(x), result.models.g_t1_t2(x))
+        assert torch.equal(f(x), result.models.g_t2_t1(x))
     assert cfg == tiny_cfg.replace(epochs=1) and not saved
 
 
 def test_resume_continues_exactly(tiny_cfg, tmp_path):
+    # Bit-exact on the CPU. On a GPU (measured on an H100) a resumed run drifts from the straight one by about
+    # the size of a few Adam steps: cuDNN's backward kernels are not deterministic, so this checks the CPU.
     data = load_data("synthetic", 32)
-    straight = fit(tiny_cfg.replace(epochs=3), data)
-    fit(tiny_cfg.replace(epochs=3), data,
+    straight = fit(tiny_cfg.replace(epochs=3), data, device="cpu")
+    fit(tiny_cfg.replace(epochs=3), data, device="cpu",
         report=lambda m, save: save(tmp_path / "checkpoint.pt") if m["epoch"] == 2 else None)
     state = checkpoint.load(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 2
-    resumed = fit(tiny_cfg.replace(epochs=3), data, resume=state)
+    resumed = fit(tiny_cfg.replace(epochs=3), data, device="cpu", resume=state)
     assert [h["epoch"] for h in resumed.history] == [3]
     for name, net in straight.models.named().items():
         assert torch.equal(_params(net), _params(resumed.models.named()[name])), name
