@@ -11,7 +11,7 @@ the aggregate is flat from two trials on without MPS, docs/benchmarks.md) and at
 that needs more gets one GPU, and a warning). `AutoResources` is that rule as Ray Tune takes it:
 `tune.with_resources(trainable, AutoResources(...))` calls it with each trial's config when the trial is
 created (ray/tune/trainable/function_trainable.py, `default_resource_request`), and the trainable caps the
-trial's memory at the share Ray gave it (`search/trainable.py`).
+trial's allocator at the share Ray gave it less the context (`allocator_fraction`, `search/trainable.py`).
 
 Ray counts resources in fixed point, ten-thousandths of a unit (`ray_constants.MIN_RESOURCE_GRANULARITY`;
 `FixedPoint(double d)` in src/ray/common/scheduling/fixed_point.h truncates `d * 10000`), so shares that Ray adds
@@ -118,3 +118,14 @@ def driver_gpu_bytes() -> int | None:
     except (subprocess.SubprocessError, OSError, ValueError, IndexError):
         return None
     return total or None
+
+
+def allocator_fraction(share: float, gpu_bytes: int) -> float:
+    """The fraction of a GPU's memory a trial's caching allocator may take, given the trial's share of the GPU.
+
+    The share pays for the trial's CUDA context too, which the allocator does not see (`CONTEXT_BYTES`), so the
+    cap is the share less the context: K trials of 1/K then fit, contexts included, where capping the allocator
+    at 1/K would leave K contexts over the GPU's memory. A share too small to hold a context keeps half of itself.
+    """
+    return max(share - CONTEXT_BYTES / gpu_bytes, share / 2)
+

@@ -13,10 +13,10 @@ to the checkpoint back first, so the file always holds one line per epoch of the
 
 Each trial's GPU share is the one Ray gave it (`tune.get_context().get_trial_resources()`: a fixed
 `gpus_per_trial`, or for `auto` the share `search.packing` sized from its estimated memory), and its memory is
-capped to that share. `resources.json` in its folder records what it was given: the share, its estimated
-memory, the GPU ids Ray assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device
-is its own GPU), and when it started and ended (a trial that ASHA stops may be copied to storage before its
-end is written).
+capped to that share, its CUDA context included (`search.packing.allocator_fraction`). `resources.json` in its
+folder records what it was given: the share, the allocator's cap, its estimated memory, the GPU ids Ray
+assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), and
+when it started and ended (a trial that ASHA stops may be copied to storage before its end is written).
 
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
@@ -51,7 +51,7 @@ from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.train import fit
-from search.packing import AutoResources, needed_bytes, trial_config
+from search.packing import AutoResources, allocator_fraction, needed_bytes, trial_config
 from search.space import OBJECTIVE
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
@@ -225,8 +225,10 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
 
 def cap_gpu_memory(share: float) -> float | None:
     """Caps this trial's memory to its share of its GPU (the current device: Ray's CUDA_VISIBLE_DEVICES makes it
-    the one Ray assigned), so that trials sharing one cannot starve each other; returns the cap set, if any."""
+    the one Ray assigned), its CUDA context included, so that trials sharing one cannot starve each other;
+    returns the fraction set on the allocator, if any (`search.packing.allocator_fraction`)."""
     if torch.cuda.is_available() and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share)
-        return share
+        fraction = allocator_fraction(share, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+        torch.cuda.set_per_process_memory_fraction(fraction)
+        return fraction
     return None

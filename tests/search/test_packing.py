@@ -16,7 +16,7 @@ import pytest
 
 from cyclegan.config import TrainConfig
 from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
-from search.packing import RAY_UNITS, AutoResources, gpu_share, needed_bytes, ray_amount, ray_units
+from search.packing import RAY_UNITS, AutoResources, allocator_fraction, gpu_share, needed_bytes, ray_amount, ray_units
 from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,3 +101,16 @@ def test_auto_on_a_machine_without_a_gpu_runs_the_trials_on_the_cpu(tmp_path: Pa
     (record,) = [json.loads(f.read_text()) for f in (tmp_path / "runs" / "auto").glob("trial_*/resources.json")]
     assert record["gpu_share"] == 0 and record["share_from"] == "ray" and record["memory_fraction"] is None
     assert record["gpu_ids"] == [] and record["device"] == "cpu" and record["ended"] >= record["started"]
+
+
+@pytest.mark.parametrize("gib", [16, 24, 80, 141])
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_k_capped_trials_and_their_contexts_fit_in_the_gpu(gib, k):
+    gpu = gib * GiB
+    fraction = allocator_fraction(1 / k, gpu)
+    assert 0 < fraction < 1 / k
+    assert k * (fraction * gpu + CONTEXT_BYTES) <= gpu * (1 + 1e-12)
+
+
+def test_a_share_too_small_for_a_context_keeps_half_of_itself():
+    assert allocator_fraction(0.01, 24 * GiB) == pytest.approx(0.005)
