@@ -62,14 +62,11 @@ def per_slice(outs: dict[str, torch.Tensor], s: SliceSet) -> dict[str, torch.Ten
     out01, ref01 = ((torch.cat([r[k] for r in rows]) + 1) / 2 for k in (0, 1))
     head = torch.cat([r[2] for r in rows])
     smap, err = ssim_map(out01, ref01), (out01 - ref01) ** 2
-    per_image = {"ssim": ssim_from_map(smap), "psnr": psnr_from_error(err),
-                 "ssim_head": ssim_from_map(smap, head), "psnr_head": psnr_from_error(err, head)}
-    out = {}
-    for name, values in per_image.items():
-        metric, _, suffix = name.partition("_")
-        for d, v in zip(DIRECTIONS, values.split(sizes)):
-            out[f"{metric}_{d}{'_' + suffix if suffix else ''}"] = v
-    return out
+    per_image = {("ssim", ""): ssim_from_map(smap), ("psnr", ""): psnr_from_error(err),
+                 ("ssim", "_head"): ssim_from_map(smap, head), ("psnr", "_head"): psnr_from_error(err, head)}
+    # Named as IMAGE_METRICS names them: metric, direction, then the suffix.
+    return {f"{metric}_{d}{suffix}": v for (metric, suffix), values in per_image.items()
+            for d, v in zip(DIRECTIONS, values.split(sizes))}
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import re
+import statistics
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cyclegan.config import TrainConfig
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, SLICE_METRICS
 from search.select import TrialOutcome, status_counts
 from search.study import StudyStore
+from search.trainable import METRICS
 
 # The study's V4 on its own test slices (report's Table 3), cross-contrast rows against the input slice.
 STUDY_TABLE3 = {"t1_t1": (0.94, 33.09), "t2_t2": (0.87, 30.72), "t1_t2": (0.35, 28.48), "t2_t1": (0.55, 29.03)}
@@ -105,7 +107,7 @@ def read_metrics(trial_path: str) -> list[dict[str, Any]]:
 
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(trial_path if "://" in trial_path else Path(trial_path).resolve())
-        with fs.open_input_stream(f"{path}/metrics.jsonl") as f:
+        with fs.open_input_stream(f"{path}/{METRICS}") as f:
             text = f.read().decode()
     except (OSError, ValueError):
         return []
@@ -353,11 +355,9 @@ def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return "-"
-    mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.4f} (1 seed)"
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.4f} ± {sd:.4f}"
+        return f"{values[0]:.4f} (1 seed)"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _objective_text(objective, quote: str = "`") -> str:
