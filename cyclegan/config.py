@@ -52,6 +52,10 @@ class TrainConfig:
     lambda_identity: float = 0.5
     lambda_disc: float = 0.5
     gan_loss: str = "lsgan"  # the reference PyTorch code; "bce" is the study's TensorFlow loss
+    # Std of Gaussian noise added (in training only) to each translation before the other generator reconstructs it,
+    # on the [-1, 1] scale. A generator can satisfy the cycle by hiding its input in faint high-frequency patterns
+    # (Chu et al. 2017); noise on that channel makes hiding useless (Bashkirova et al. 2019). 0 turns it off.
+    cycle_noise: float = 0.0
     # Architecture.
     ngf: int = 64  # generator filters in the first block, doubling per block up to 8x
     ndf: int = 64
@@ -100,7 +104,7 @@ class TrainConfig:
         for key in ("lr", "lambda_cycle"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("lambda_identity", "lambda_disc"):
+        for key in ("lambda_identity", "lambda_disc", "cycle_noise"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("beta1", "beta2", "dropout"):

@@ -123,9 +123,9 @@ def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.T
     opt_g.zero_grad(set_to_none=True)
     with autocast():
         fake_t2 = m.g_t1_t2(real_t1)
-        rec_t1 = m.g_t2_t1(fake_t2)
+        rec_t1 = m.g_t2_t1(_jitter(fake_t2, cfg.cycle_noise))
         fake_t1 = m.g_t2_t1(real_t2)
-        rec_t2 = m.g_t1_t2(fake_t1)
+        rec_t2 = m.g_t1_t2(_jitter(fake_t1, cfg.cycle_noise))
         loss_g = gan_loss(m.d_t2(fake_t2), True, cfg.gan_loss) + gan_loss(m.d_t1(fake_t1), True, cfg.gan_loss)
         loss_cycle = (l1(rec_t1, real_t1) + l1(rec_t2, real_t2)) * cfg.lambda_cycle
         if cfg.lambda_identity > 0:
@@ -138,6 +138,11 @@ def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.T
     set_requires_grad([m.d_t1, m.d_t2], True)
     losses = {"loss_cycle": loss_cycle.detach(), "loss_identity": loss_identity.detach(), "loss_G": loss_g.detach()}
     return losses, fake_t1.detach(), fake_t2.detach()
+
+
+def _jitter(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    # Drawn from the default generator, so a captured CUDA graph replays a fresh draw each step.
+    return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
 
 def discriminator_update(m: CycleGAN, opt_d: torch.optim.Optimizer, real_t1: torch.Tensor, real_t2: torch.Tensor,

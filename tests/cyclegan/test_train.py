@@ -133,3 +133,25 @@ def test_damaged_checkpoints_are_named(tmp_path, tiny_cfg):
                                                   "g_t2_t1": checkpoint.state_dict(other.g_t2_t1)})
     with pytest.raises(checkpoint.CheckpointError, match="does not match its own config"):
         checkpoint.load_generators(tmp_path / "x")
+
+
+def test_cycle_noise_perturbs_only_what_the_cycle_reconstructs(tiny_cfg):
+    """With cycle_noise the cycle loss sees noisy translations; the translations themselves are unchanged."""
+    x1, x2 = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
+    out = {}
+    for sigma in (0.0, 0.5):
+        cfg = tiny_cfg.replace(cycle_noise=sigma, dropout=0.0)
+        torch.manual_seed(0)
+        m = CycleGAN.build(cfg)
+        losses, fake_t1, fake_t2 = generator_update(m, _optimizers(m)[0], x1, x2, cfg)
+        out[sigma] = (losses, fake_t1, fake_t2)
+    assert torch.equal(out[0.0][1], out[0.5][1]) and torch.equal(out[0.0][2], out[0.5][2])
+    assert out[0.0][0]["loss_G"].item() == out[0.5][0]["loss_G"].item()
+    assert out[0.0][0]["loss_cycle"].item() != out[0.5][0]["loss_cycle"].item()
+
+
+def test_cycle_noise_must_not_be_negative(tiny_cfg):
+    from cyclegan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cycle_noise must be >= 0"):
+        tiny_cfg.replace(cycle_noise=-0.1)
