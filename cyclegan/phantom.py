@@ -8,11 +8,13 @@ copies; intensities come from the spin-echo signal equation, then partial volume
 field and Rician noise are added.
 
 Look at it:  python -m cyclegan.phantom --out DIR   (writes t1_XX.png / t2_XX.png for a few slices)
+Real anatomy: python -m cyclegan.phantom --from DATA_DIR --out OUT [--seed S]   (see cyclegan.anatomy)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ TISSUES = ("air", "fat", "bone", "csf", "gm", "wm")
 # 1.5 T measurements (~900-1400 ms): with 920 ms the 0.8-vs-0.69 PD makes GM brighter than WM at TR 500,
 # the opposite of real T1w images (which also owe WM/GM contrast to magnetisation transfer).
 # Compact bone's T2 is under 1 ms, so a spin echo sees almost nothing: only its low PD matters here.
-_TISSUE_PROPS = np.array(
+TISSUE_PROPS = np.array(
     [
         [1.0, 1.0, 0.0],  # air
         [260.0, 85.0, 0.9],  # fat
@@ -58,7 +60,7 @@ class Phantom:
 
 def spin_echo(tr: float, te: float) -> np.ndarray:
     """Noiseless signal per tissue code, S = PD (1 - exp(-TR/T1)) exp(-TE/T2), brightest tissue at BRIGHTEST."""
-    t1, t2, pd = _TISSUE_PROPS.T
+    t1, t2, pd = TISSUE_PROPS.T
     s = pd * (1.0 - np.exp(-tr / t1)) * np.exp(-te / t2)
     return s * (BRIGHTEST / s.max())
 
@@ -77,9 +79,9 @@ def make_phantom(n_slices: int, size: int, seed: int = 0) -> Phantom:
     y, x = np.meshgrid(c, c, indexing="ij")  # y grows down the image: front of the head at the top
     labels = _tissue_labels(levels, x, y, anatomy_rng)
     # One receive field for both contrasts: a paired acquisition is one session with one coil.
-    bias = _bias_field(levels, x, y, bias_rng)
-    t1 = _acquire(labels, spin_echo(T1W_TR, T1W_TE), bias, noise_rng)
-    t2 = _acquire(labels, spin_echo(T2W_TR, T2W_TE), bias, noise_rng)
+    bias = bias_field(levels, x, y, bias_rng)
+    t1 = acquire(_partial_volume(labels, spin_echo(T1W_TR, T1W_TE)), bias, noise_rng)
+    t2 = acquire(_partial_volume(labels, spin_echo(T2W_TR, T2W_TE)), bias, noise_rng)
     return Phantom(t1=t1, t2=t2, head=labels != AIR, levels=levels, labels=labels)
 
 
@@ -146,42 +148,65 @@ def _tissue_labels(levels: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.ran
     return labels
 
 
-def _bias_field(levels: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Smooth multiplicative field within 1 +- BIAS_AMPLITUDE: a low-order polynomial in x, y, z."""
+def bias_field(levels: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative field within 1 +- BIAS_AMPLITUDE: a low-order polynomial in x, y, z.
+
+    `x`, `y` are in-plane coordinates in [-1, 1] (any [H, W] shape); the field is [len(levels), H, W].
+    """
     cxy = rng.normal(size=5).astype(np.float32)
     f = cxy[0] * x + cxy[1] * y + cxy[2] * x * y + cxy[3] * (x * x - y * y) + cxy[4] * (x * x + y * y - 0.5)
     f = f + np.float32(rng.normal()) * (levels[:, None, None].astype(np.float32) - 0.5)
     return 1.0 + (BIAS_AMPLITUDE / np.abs(f).max()) * f
 
 
-def _acquire(labels: np.ndarray, signal: np.ndarray, bias: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _partial_volume(labels: np.ndarray, signal: np.ndarray) -> np.ndarray:
     # Blurring the signal equals blurring each tissue fraction and mixing, since the mix is linear.
     sigma = (0.0, PARTIAL_VOLUME_SIGMA, PARTIAL_VOLUME_SIGMA)  # in-plane only: slices are separate acquisitions
-    img = ndimage.gaussian_filter(signal.astype(np.float32)[labels], sigma=sigma)
-    img *= bias
+    return ndimage.gaussian_filter(signal.astype(np.float32)[labels], sigma=sigma)
+
+
+def acquire(clean: np.ndarray, bias: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The noiseless signal times the receive field, as the magnitude of a noisy complex signal, in [0, 1]."""
+    img = clean * bias
     # Magnitude of a complex signal with Gaussian noise in both channels: Rician, Rayleigh in the air.
     re = img + NOISE_SIGMA * rng.standard_normal(img.shape, dtype=np.float32)
     im = NOISE_SIGMA * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(np.hypot(re, im), 0.0, 1.0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from PIL import Image  # only the viewer needs it
-
-    parser = argparse.ArgumentParser(description="Write a few slices of the paired T1/T2 phantom as PNGs.")
-    parser.add_argument("--out", type=Path, required=True, help="directory for t1_XX.png / t2_XX.png")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a few slices of the paired T1/T2 phantom as PNGs, or, with "
+                                     "--from, a paired benchmark simulated from the anatomy of real slices.")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="directory for t1_XX.png / t2_XX.png (with --from: for T1/, T2/ and phantom.json)")
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="data folder of T1/ and/or T2/ PNG slices whose anatomy both contrasts are simulated from")
     parser.add_argument("--n-slices", type=int, default=16)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=4, help="how many evenly spaced slices to write")
     args = parser.parse_args(argv)
+    if args.source is not None:
+        from cyclegan.anatomy import write_benchmark  # it imports cyclegan.data, which imports this module
+        from cyclegan.data import DataError
+
+        try:
+            record = write_benchmark(args.source, args.out, args.seed)
+        except (DataError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(record['anatomies'])} paired anatomies to {args.out}")
+        return 0
+    from PIL import Image  # only the viewer needs it
+
     ph = make_phantom(args.n_slices, args.size, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for i in np.unique(np.linspace(0, args.n_slices - 1, max(args.count, 1)).round().astype(int)):
         for name, vol in (("t1", ph.t1), ("t2", ph.t2)):
             Image.fromarray(np.round(vol[i] * 255).astype(np.uint8)).save(args.out / f"{name}_{i:02d}.png")
     print(f"wrote slices to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
