@@ -36,6 +36,7 @@ BRAIN_ORDER = {"T1": (CSF, GM, WM), "T2": (WM, GM, CSF)}
 # the ring that separates the scalp from the brain in both contrasts.
 DARK_SHARE = 0.5
 MIN_HEAD_PIXELS = 64
+OUTER_QUANTILES = (0.05, 0.95)  # of the scalp-and-skull region's intensities: skull's and fat's centres
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,18 @@ def tissue_fractions(image: np.ndarray, contrast: str) -> Anatomy:
         for region, order in ((brain, BRAIN_ORDER[contrast]), (outer, (BONE, FAT))):
             if not region.any():
                 continue
-            c = _class_centres(image[region], len(order))
+            # Outside the brain, skin and muscle sit between the dark skull and bright fat: the ends are the centres.
+            c = (_class_centres(image[region], len(order)) if region is brain else
+                 np.quantile(image[region], OUTER_QUANTILES) + np.array([0.0, 1e-4]))
             for tissue, hat in zip(order, np.eye(len(order))):
                 # Piecewise-linear "hat" of each class: 1 at its centre, 0 at its neighbours', flat beyond the ends.
                 fractions[tissue][region] = np.interp(image[region], c, hat)
             centres.update({TISSUES[t]: round(float(v), 4) for t, v in zip(order, c)})
+        # Bone never meets the air on an axial slice: the head's outermost layer is skin and fat. Kept bright,
+        # it closes the scalp ring in both contrasts, so the simulated heads are whole where the source's was.
+        edge = head & ~ndimage.binary_erosion(head, disk(max(1, round(0.025 * np.sqrt(head.sum())))))
+        fractions[FAT][edge] += fractions[BONE][edge]
+        fractions[BONE][edge] = 0.0
     labels = np.argmax(fractions, axis=0).astype(np.uint8)
     return Anatomy(fractions, labels, centres)
 
