@@ -5,9 +5,12 @@
 
 A local run keeps its study in `RUN_DIR/optuna.db` (SQLite), named after the run; `--optuna-storage URL`
 puts it in any database Optuna's `RDBStorage` takes (e.g. `postgresql://user@host/db` on a cluster).
-OptunaSearch creates the study and tells it each trial as Tune finishes it: the knobs, the values (each
-objective as last reported: the value at a stop by ASHA, or at the end) and, with one objective, every
-epoch's value as an intermediate value. `--resume` opens the same study: OptunaSearch calls
+OptunaSearch (`search.space.FidelityOptunaSearch`) creates the study and tells it each trial as Tune finishes
+it, with the fidelity it reached: a trial that ran all its epochs is COMPLETE with its final values; one that
+ASHA or the time budget stopped is PRUNED (with one objective its value is the one it stopped on; with several,
+Optuna keeps no values for a pruned trial, so they are in its user attribute `values_at_stop`); one that
+failed, or never reported anything, is FAIL. With one objective every epoch's value is an intermediate value
+at that epoch; every told trial has `epochs_run`. `--resume` opens the same study: OptunaSearch calls
 `optuna.create_study(load_if_exists=True)`, and its restored state points at the same database, so
 the sampler sees every trial told before the interruption, even those after Ray's last checkpoint of
 the searcher. A run on remote storage (s3://) without `--optuna-storage` keeps the study in memory,
@@ -84,8 +87,7 @@ def close_study(store: StudyStore) -> int:
     """Marks trials that the study still holds as running as failed, once Tune has finished every trial.
 
     They are trials the driver asked for and never told about: asked after the searcher's last checkpoint
-    before a kill, or told a NaN objective (Optuna refuses it, and OptunaSearch only logs that). Returns how
-    many there were.
+    before a kill. Returns how many there were.
     """
     study = optuna.load_study(study_name=store.name, storage=store.storage)
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
