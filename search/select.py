@@ -27,7 +27,8 @@ from cyclegan.bench import tf32
 from cyclegan.config import FIELD_NAMES, TrainConfig
 from cyclegan.data import load_data
 from cyclegan.evaluate import evaluate
-from search.space import POINT_NAME, stopped_early
+from search.space import POINT_NAME
+from search.study import stopped_early
 from search.trainable import RESOURCES
 
 
