@@ -45,9 +45,11 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
     each = sorted({k for o in outcomes for k in (*o.last, *o.best) if re.fullmatch(r"objective_\d+", k)},
                   key=lambda k: int(k.rsplit("_", 1)[1]))
     metrics = ["epoch", "objective", *each, "loss_cycle", "loss_identity", "loss_G", "loss_D", *IMAGE_METRICS]
-    tests = ["objective", *IMAGE_METRICS, *(f"{m}_sd" for m in SLICE_METRICS)]  # _sd: spread over test slices
+    tests = ["objective", *IMAGE_METRICS, *(f"{m}_sd" for m in SLICE_METRICS)]  # _sd: spread over the slices
+    # rescore_val_*: the finalists' val re-score at full precision, what the winner was chosen by.
     header = ["trial_id", "status", "gpu_share", *knobs, *(f"last_{m}" for m in metrics),
-              *(f"best_{m}" for m in metrics), *(f"test_{m}" for m in tests), "error", "path"]
+              *(f"best_{m}" for m in metrics), *(f"rescore_val_{m}" for m in tests), *(f"test_{m}" for m in tests),
+              "error", "path"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -55,7 +57,8 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
             w.writerow([o.trial_id, o.status, "" if o.gpu_share is None else o.gpu_share,
                         *(o.config.get(k, "") for k in knobs),
                         *(o.last.get(m, "") for m in metrics), *(o.best.get(m, "") for m in metrics),
-                        *(o.test.get(m, "") for m in tests), o.error, o.path])
+                        *(o.val_rescore.get(m, "") for m in tests), *(o.test.get(m, "") for m in tests),
+                        o.error, o.path])
 
 
 def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list[str]:
@@ -97,6 +100,7 @@ def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list
 
 
 CURVES = "curves.png"
+SPLIT = "split.json"  # what every trial writes beside its metrics (search/trainable.py)
 CURVE_LOSSES = ("loss_G", "loss_D", "loss_cycle", "loss_identity")
 CURVE_SCORES = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
 
@@ -226,13 +230,59 @@ def _pareto_lines(outcomes: list[TrialOutcome], winner: TrialOutcome | None, spa
         where = "on the front" if winner.trial_id in on_front else "not on the front (a trial of the front is " \
             "better in some objective and no worse in the others)"
         lines += [f"Exported: trial `{winner.trial_id}`, {where}. The export is chosen by the first objective "
-                  f"(`{keys[0]}`): the top {space.top_k} trials by it on val are re-scored on the test split, and the "
-                  "best there is exported. Another trial of the front is one command away: "
+                  f"(`{keys[0]}`): the top {space.top_k} trials by it on val are re-scored on val at full precision, "
+                  "and the best there is exported (test is only reported). Another trial of the front is one "
+                  "command away: "
                   f"`python -m search.export {run_dir} --out DIR --trial ID`.", ""]
     plot = pareto_plot(outcomes, keys, modes, plain, out_dir)
     if plot:
         lines += [f"![Pareto front on val]({plot})", ""]
     return lines
+
+
+def selection_line(finalists: int) -> str:
+    """How the winner was chosen, in one line: the val re-score decides, test is only reported."""
+    return (f"Chosen on val: the top {finalists} trials by the val objective they reported while training were "
+            "re-scored from their best checkpoints at full precision (fp32, no autocast, every val slice), and the "
+            "best by that re-score won (ties broken by the matching PSNRs). Test was scored only after the winner "
+            "was fixed: its figures are reported, never ranked on.")
+
+
+def evaluation_line(paired: bool | None, eval_size: int | None) -> str:
+    """Whether the figures are paired (against the true other contrast) or not, and at what resolution."""
+    what = ("paired: cross-contrast rows against the true other contrast" if paired else
+            "unpaired: cross-contrast rows against the input slice (the data has no pairs)" if paired is not None
+            else "paired or not: not recorded")
+    size = (f"at {eval_size} x {eval_size} px for every trial" if eval_size else
+            "at each trial's own `resize` (the split records no common evaluation size)")
+    return f"Evaluation: {what}; {size}."
+
+
+def evaluation(o: TrialOutcome) -> tuple[bool | None, int | None]:
+    """(paired, evaluation size) of a trial: from its reported metrics and its `split.json`, where recorded."""
+    split = read_split(o.path)
+    recorded = split.get("evaluation")
+    details = recorded if isinstance(recorded, dict) else {}
+    paired = o.best.get("paired", o.last.get("paired"))
+    if paired is None:
+        paired = split.get("paired_eval", details.get("paired"))
+    if paired is None and isinstance(recorded, str):
+        paired = recorded.lower().startswith("paired")
+    size = split.get("eval_size", details.get("eval_size"))
+    return (None if paired is None else bool(paired)), (int(size) if isinstance(size, (int, float)) else None)
+
+
+def read_split(trial_path: str) -> dict[str, Any]:
+    """A trial's `split.json`, from a local folder or a storage URI; {} if missing or unreadable."""
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(trial_path if "://" in trial_path else Path(trial_path).resolve())
+        with fs.open_input_stream(f"{path}/{SPLIT}") as f:
+            split = json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return {}
+    return split if isinstance(split, dict) else {}
 
 
 def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome | None, finalists: list[TrialOutcome],
@@ -249,11 +299,10 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
     if study is not None:
         lines += [f"Optuna study `{study.name}` in `{study.url}`; open it with `{study.dashboard}`.", ""]
     if winner is not None:
-        paired = winner.best.get("paired", winner.last.get("paired"))
+        paired, eval_size = evaluation(winner)
         lines += [f"## Winner: trial `{winner.trial_id}`", "",
-                  f"Chosen among the top {len(finalists)} trials by val objective, re-scored from their best "
-                  "checkpoints on the test split (no search decision saw it), by the objective's SSIM, "
-                  "ties broken by PSNR. Exported to `best/`.", "",
+                  selection_line(len(finalists)) + " Exported to `best/`.", "",
+                  evaluation_line(paired, eval_size), "",
                   "Knobs: " + ", ".join(f"`{k}={winner.config[k]}`" for k in sorted(winner.config)), "",
                   "| row | test SSIM | test PSNR (dB) | test SSIM, head | test PSNR, head | study V4 SSIM "
                   "| study V4 PSNR |",
@@ -265,7 +314,8 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                          f"{STUDY_TABLE3[d][1]:.2f} |")
         lines += ["", "Same-contrast rows are cycle reconstructions. Cross-contrast rows compare with the "
                   + ("true other contrast (paired data)." if paired else
-                     "input slice, as the study did: a weak yardstick (the data has no pairs)."),
+                     "input slice, as the study did: a weak yardstick (the data has no pairs)."
+                     if paired is not None else "true other contrast where the data has pairs."),
                   "SSIM: 7x7 uniform window, data_range 1 on [0, 1]; 'head' averages inside the head mask. "
                   "Mean ± sample standard deviation over the test slices. The study's figures are on its own "
                   "test slices, not these.", ""]
@@ -296,11 +346,13 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                          + " | ".join(losses + tests) + " |")
         lines.append("")
     lines += _repeat_lines(outcomes)
-    lines += ["## Finalists on the test split", "", "| trial | val objective | test objective | "
-              + " | ".join(f"test ssim_{d}" for d in DIRECTIONS) + " |", "|---" * (3 + len(DIRECTIONS)) + "|"]
+    lines += ["## Finalists, ranked by the val re-score (test reported, not ranked on)", "",
+              "| trial | val objective (training) | val objective (re-scored, fp32) | test objective | "
+              + " | ".join(f"test ssim_{d}" for d in DIRECTIONS) + " |", "|---" * (4 + len(DIRECTIONS)) + "|"]
     for o in finalists:
-        lines.append(f"| `{o.trial_id}` | {o.val_objective:.4f} | {o.test['objective']:.4f} | "
-                     + " | ".join(f"{o.test[f'ssim_{d}']:.3f}" for d in DIRECTIONS) + " |")
+        tests = [_fmt(o.test.get("objective"), 4), *(_fmt(o.test.get(f"ssim_{d}")) for d in DIRECTIONS)]
+        lines.append(f"| `{o.trial_id}` | {o.val_objective:.4f} | {_fmt(o.val_rescore.get('objective'), 4)} | "
+                     + " | ".join(tests) + " |")
     lines += ["", "## All trials, best val objective first", "",
               "| trial | status | epochs | " + " | ".join(knobs) + " | best val objective | last loss_G | "
               "last loss_cycle |", "|---" * (6 + len(knobs)) + "|"]
@@ -372,5 +424,5 @@ def _pm(metrics: dict[str, float], key: str, digits: int) -> str:
     return f"{metrics[key]:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+def _fmt(v: Any, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"

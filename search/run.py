@@ -3,10 +3,10 @@
 The space file says what to vary and how to select; Ray Tune runs the trials (several per GPU where the
 space's `gpus_per_trial` is a fraction, or `auto`: each trial's share from its estimated memory, see
 `search/packing.py`), Optuna picks what to try next, ASHA stops weak trials early, and at the end the best
-trials on val are re-scored on the test split and the winner is exported. A run leaves, under STORAGE/NAME:
-one folder per trial (config, split, metrics, checkpoints, TensorBoard events, `resources.json`),
-`summary/trials.csv`, `summary/report.md`, `best/` and, for a sampled space, the Optuna study in
-`optuna.db` (or in the database given by `--optuna-storage`; see `search/study.py`).
+trials on val are re-scored on val at full precision, the best there is exported, and test is only reported.
+A run leaves, under STORAGE/NAME: one folder per trial (config, split, metrics, checkpoints, TensorBoard
+events, `resources.json`), `summary/trials.csv`, `summary/report.md`, `best/` and, for a sampled space, the
+Optuna study in `optuna.db` (or in the database given by `--optuna-storage`; see `search/study.py`).
 """
 
 from __future__ import annotations
@@ -178,7 +178,9 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path)
     (summary / SELECTION).write_text(json.dumps({
         "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
-        "trials": [{"trial_id": o.trial_id, "path": o.path, "status": o.status, "test": o.test} for o in outcomes],
+        "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported
+        "trials": [{"trial_id": o.trial_id, "path": o.path, "status": o.status, "rescore_val": o.val_rescore,
+                    "test": o.test} for o in outcomes],
     }, indent=1) + "\n")
     if not local:
         import pyarrow.fs
@@ -186,8 +188,9 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         pyarrow.fs.copy_files(str(run_dir), run_path)
     print(f"\n{len(outcomes)} trials: {status_counts(outcomes)}")
     if winner is not None:
-        print(f"winner {winner.trial_id}: test objective {winner.test['objective']:.4f} "
-              f"(val {winner.val_objective:.4f}); exported to {run_path}/best")
+        print(f"winner {winner.trial_id}: val objective re-scored at full precision "
+              f"{winner.val_rescore['objective']:.4f} (in training {winner.val_objective:.4f}); test objective "
+              f"{winner.test['objective']:.4f}, reported only; exported to {run_path}/best")
     print(f"report: {run_path}/summary/report.md")
     if study is not None:
         print(f"Optuna study {study.name!r}: {study.dashboard}")

@@ -1,10 +1,12 @@
-"""Choosing the winner: the top trials on val are re-scored on the held-out test split.
+"""Choosing the winner on val, then reporting it on the held-out test split.
 
-Training loss says little about image quality (the study picked V4 by it), and the val split steered
-the search (ASHA's stops, Optuna's draws), so its figures are optimistic. The `top_k` trials by their
-best val objective are therefore re-scored from their best checkpoints on the test split, which no
-decision has seen, and the winner is the best there by the objective's SSIMs, ties broken by the
-matching PSNRs.
+Training loss says little about image quality (the study picked V4 by it). The `top_k` trials by the val
+objective they reported while training (in bf16 on a GPU) are the finalists; each is re-scored on val
+from its best checkpoint at full precision (fp32, autocast and TF32 off, every val slice), and the winner
+is the best by that re-score, ties broken by the matching PSNRs. Only then is test scored, for the winner
+and the other finalists: the test split makes no decision, so its figures are one honest draw, not the
+best of k noisy ones. The val figures, which steered the search (ASHA's stops, Optuna's draws), stay
+optimistic; the test figures are what to quote.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,12 @@ import torch
 from ray import tune
 
 from cyclegan import checkpoint
-from cyclegan.config import FIELD_NAMES
+from cyclegan.bench import tf32
+from cyclegan.config import FIELD_NAMES, TrainConfig
 from cyclegan.data import load_data
 from cyclegan.evaluate import evaluate
 from search.space import POINT_NAME
+from search.study import stopped_early
 from search.trainable import RESOURCES
 
 
@@ -39,7 +44,8 @@ class TrialOutcome:
     best: dict[str, Any]
     checkpoint: str | None  # the best checkpoint's folder (a path or URI)
     error: str = ""
-    test: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)  # reported only: no decision reads it
+    val_rescore: dict[str, float] = field(default_factory=dict)  # what the finalists are ranked on (`choose`)
     name: str = ""  # a points space's label for the trial, e.g. V4
     gpu_share: float | None = None  # the share of a GPU Ray gave it, from its resources.json
 
@@ -67,7 +73,7 @@ def outcome(result: tune.Result, mode: str) -> TrialOutcome:
         status = "error"
     elif not last.get("epoch"):
         status = "not started"
-    elif last.get("epoch", 0) < config.get("epochs", math.inf):
+    elif stopped_early(last["epoch"], config.get("epochs", TrainConfig().epochs)):  # as Optuna was told
         status = "stopped early"
     else:
         status = "finished"
@@ -99,40 +105,57 @@ def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
     return sorted(usable, key=lambda o: o.val_objective, reverse=mode == "max")
 
 
-def rescore(o: TrialOutcome, data: str, device: str | None = None) -> dict[str, float]:
-    """The trial's best checkpoint scored on the test split of its own data and size, with the spread over slices."""
+def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = "test") -> dict[str, float]:
+    """The trial's best checkpoint scored on a split ("val" or "test") of its own data and size, every slice of it,
+    at full precision (fp32, no autocast, no TF32), with the spread over slices."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         cfg, g_t1_t2, g_t2_t1 = checkpoint.load_generators(Path(d), dev)
-    test = load_data(data, cfg.resize, cfg.seed).test.to(dev)
-    return evaluate(g_t1_t2, g_t2_t1, test, spread=True)
+    dataset = load_data(data, resize=cfg.resize, seed=cfg.seed)
+    with tf32(False):  # training scored val in bf16 on a GPU; a decision made here should not hang on rounding
+        return evaluate(g_t1_t2, g_t2_t1, {"val": dataset.val, "test": dataset.test}[split].to(dev), spread=True)
 
 
-def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None
-           ) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
-    """Re-scores the top_k trials by val on test; returns (winner, the re-scored trials best first)."""
+Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split
+
+
+def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None,
+           score: Scorer | None = None) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
+    """Picks the winner on val and only then scores test; returns (winner, the finalists best first).
+
+    The finalists are the top_k trials by the val objective they reported while training; each is re-scored
+    on val from its best checkpoint (`score(o, "val")`, by default `rescore`: fp32, all val slices) into
+    `o.val_rescore`, and ranked by that objective, ties broken by the matching PSNRs. The winner is fixed
+    before any test slice is scored; then every finalist is scored on test (`o.test`) for the report.
+    """
+    score = score or (lambda o, split: rescore(o, data, device, split))
     mode = objective.mode
     finalists = []
     for o in rank_by_val(outcomes, mode):
         if len(finalists) == top_k:
             break
         try:
-            o.test = rescore(o, data, device)
+            o.val_rescore = _scored(score(o, "val"), objective)
         except checkpoint.CheckpointError as e:
             # A damaged best checkpoint costs that trial its place among the finalists, not the whole search.
             print(f"warning: trial {o.trial_id} left out of the final choice: {e}", file=sys.stderr)
             continue
-        o.test["objective"] = objective.value(o.test)
         finalists.append(o)
     psnr_twin = {k.replace("ssim_", "psnr_", 1): w for k, w in objective.weights.items()}
 
     def key(o: TrialOutcome) -> tuple[float, float]:
-        tie = sum(w * o.test.get(k, 0.0) for k, w in psnr_twin.items())
+        tie = sum(w * o.val_rescore.get(k, 0.0) for k, w in psnr_twin.items())
         sign = 1 if mode == "max" else -1
-        return (sign * o.test["objective"], sign * tie)
+        return (sign * _number(o.val_rescore["objective"], mode), sign * tie)
 
     ranked = sorted(finalists, key=key, reverse=True)
+    for o in ranked:  # the order is fixed: test is reported, never ranked on
+        o.test = _scored(score(o, "test"), objective)
     return (ranked[0] if ranked else None), ranked
+
+
+def _scored(metrics: dict[str, float], objective) -> dict[str, float]:
+    return {**metrics, "objective": objective.value(metrics)}
 
 
 def _number(value: Any, mode: str) -> float:

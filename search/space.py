@@ -50,11 +50,11 @@ import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, ConfigError, TrainConfig
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.metrics import REPORTED_METRICS as TRAINER_METRICS
+from search.study import FidelityOptunaSearch
 
 if TYPE_CHECKING:
     from search.packing import AutoResources
@@ -323,21 +323,8 @@ class PointsSearcher(Searcher):
         self.set_state(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
-class StoredOptunaSearch(OptunaSearch):
-    """OptunaSearch whose study outlives the driver, in a database (`search/study.py`).
-
-    A resumed run restores the searcher and the trials from Ray's last experiment checkpoint, but the study
-    was told everything up to the moment the driver stopped. A trial that finished after that checkpoint is
-    run again by Tune from its own last checkpoint; the study keeps the result it was told first. Optuna
-    refuses to update a finished trial, and OptunaSearch would let that refusal end the whole run, so the
-    replayed epochs are not sent (its `on_trial_complete` already only logs the refusal).
-    """
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+# Ray's pickles (a run's searcher state) name the class they hold; runs begun before it moved to study.py resume.
+StoredOptunaSearch = FidelityOptunaSearch
 
 
 @dataclass(frozen=True)
@@ -464,6 +451,7 @@ class Space:
         tells it every trial, so optuna-dashboard and `optuna.load_study` see the search as it runs. Points and
         grid spaces have no sampler and no study; they ignore both. Several objectives go to OptunaSearch as
         lists of metrics and modes (Optuna's multi-objective study; it then records no intermediate values).
+        Either way the study is told each trial's fidelity: stopped early is PRUNED (`FidelityOptunaSearch`).
 
         Not wrapped in a ConcurrencyLimiter: `tune_config()` passes `max_concurrent_trials`, which does that.
         """
@@ -475,9 +463,8 @@ class Space:
             mode: str | list[str] = [o.mode for o in self.objectives]
         else:
             metric, mode = OBJECTIVE, self.objective.mode
-        search = OptunaSearch if storage is None else StoredOptunaSearch
-        return search(space=self.define_by_run(), metric=metric, mode=mode, sampler=self._optuna_sampler(),
-                      storage=storage, study_name=study_name)
+        return FidelityOptunaSearch(space=self.define_by_run(), metric=metric, mode=mode,
+                                    sampler=self._optuna_sampler(), storage=storage, study_name=study_name)
 
     def _optuna_sampler(self) -> optuna.samplers.BaseSampler:
         if self.sampler == "random":

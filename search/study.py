@@ -5,9 +5,12 @@
 
 A local run keeps its study in `RUN_DIR/optuna.db` (SQLite), named after the run; `--optuna-storage URL`
 puts it in any database Optuna's `RDBStorage` takes (e.g. `postgresql://user@host/db` on a cluster).
-OptunaSearch creates the study and tells it each trial as Tune finishes it: the knobs, the values (each
-objective as last reported: the value at a stop by ASHA, or at the end) and, with one objective, every
-epoch's value as an intermediate value. `--resume` opens the same study: OptunaSearch calls
+OptunaSearch (`FidelityOptunaSearch`, below) creates the study and tells it each trial as Tune finishes
+it, with the fidelity it reached: a trial that ran all its epochs is COMPLETE with its final values; one that
+ASHA or the time budget stopped is PRUNED (with one objective its value is the one it stopped on; with several,
+Optuna keeps no values for a pruned trial, so they are in its user attribute `values_at_stop`); one that
+failed, or never reported anything, is FAIL. With one objective every epoch's value is an intermediate value
+at that epoch; every told trial has `epochs_run`. `--resume` opens the same study: OptunaSearch calls
 `optuna.create_study(load_if_exists=True)`, and its restored state points at the same database, so
 the sampler sees every trial told before the interruption, even those after Ray's last checkpoint of
 the searcher. A run on remote storage (s3://) without `--optuna-storage` keeps the study in memory,
@@ -16,13 +19,20 @@ saved with Ray's searcher state, as before. Points and grid spaces have no sampl
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
 
+from cyclegan.config import TrainConfig
 from cyclegan.data import DataError
 
 STUDY_FILE = "optuna.db"
@@ -84,14 +94,103 @@ def close_study(store: StudyStore) -> int:
     """Marks trials that the study still holds as running as failed, once Tune has finished every trial.
 
     They are trials the driver asked for and never told about: asked after the searcher's last checkpoint
-    before a kill, or told a NaN objective (Optuna refuses it, and OptunaSearch only logs that). Returns how
-    many there were.
+    before a kill. Returns how many there were.
     """
     study = optuna.load_study(study_name=store.name, storage=store.storage)
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(stale)
+
+
+class FidelityOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells the study how far each trial ran, and whose study may outlive the driver.
+
+    OptunaSearch tells every trial that reported a value as COMPLETE, so a trial ASHA (or the time budget)
+    stopped after a few epochs would teach the sampler its low-fidelity value as if it had run to the end.
+    Here a trial whose last result is before its config's `epochs` is told PRUNED, as Optuna's own pruners
+    would: with one objective its per-epoch values are its intermediate values (keyed by `epoch`, the last one
+    included: Tune sends the result ASHA stops on to `on_trial_complete` only), and Optuna records the last one
+    as its value; TPE ranks pruned trials below complete ones, deeper first. Optuna refuses values with a PRUNED
+    tell and intermediate values in a study of several objectives, so there the values at the stop go to the
+    trial's user attribute `values_at_stop` instead, and TPE sees a pruned trial without values (NSGA-II skips
+    it). A trial that ran all its epochs is COMPLETE with its final values; one that errored, never reported
+    anything, or ended on a value Optuna refuses (NaN) is FAIL. Every told trial gets the user attribute
+    `epochs_run`.
+
+    Its study may live in a database (`search/study.py`). A resumed run restores the searcher and the trials
+    from Ray's last experiment checkpoint, but the study was told everything up to the moment the driver
+    stopped. A trial that finished after that checkpoint is run again by Tune from its own last checkpoint;
+    the study keeps what it was told first, and the replayed epochs and end are not sent (Optuna refuses to
+    update a finished trial, and OptunaSearch would let that refusal end the whole run).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epochs: dict[str, int] = {}  # each suggested trial's planned epochs
+        self._reported: dict[str, int] = {}  # each trial's last epoch given to the study
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A searcher pickled before these records existed (a run begun then and resumed now).
+        self.__dict__.update({"_epochs": {}, "_reported": {}, **state})
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._epochs[trial_id] = int(config.get("epochs", TrainConfig().epochs))
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if "epoch" in result:  # the epoch, not Tune's count of reports, is what metrics.jsonl and ASHA count by
+            result = {**result, TRAINING_ITERATION: result["epoch"]}
+            self._reported[trial_id] = max(self._reported.get(trial_id, 0), int(result["epoch"]))
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)  # OptunaSearch warns of a repeat
+        trial = self._ot_trials[trial_id]
+        result = result or {}
+        state, values = self.fidelity(trial_id, result, error)
+        try:
+            if state != TrialState.FAIL and result.get("epoch", 0) > self._reported.get(trial_id, 0):
+                # Tune gives the result it stops a trial on (ASHA's, or at max_t) to on_trial_complete only.
+                self.on_trial_result(trial_id, result)
+            if "epoch" in result:
+                trial.set_user_attr("epochs_run", int(result["epoch"]))
+            if state == TrialState.PRUNED:
+                if self.multi_objective:
+                    trial.set_user_attr("values_at_stop", values)
+                values = None  # Optuna takes a pruned trial's value from its last intermediate value
+            self._ot_study.tell(trial, values, state=state, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a trial replayed after a resume, told before the interruption
+        self._completed_trials.add(trial_id)
+
+    @property
+    def multi_objective(self) -> bool:
+        return isinstance(self.metric, list)
+
+    def fidelity(self, trial_id: str, result: Mapping[str, Any], error: bool) -> tuple[TrialState, list | None]:
+        """(the state to tell, the values at the trial's last epoch) of a trial Tune has ended."""
+        metrics = self.metric if self.multi_objective else [self.metric]
+        values = [result.get(m) for m in metrics]
+        if error or not result:  # a failure, or a trial stopped before it reported anything (the time budget)
+            return TrialState.FAIL, None
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return TrialState.FAIL, None  # Optuna refuses NaN; OptunaSearch would leave the trial RUNNING
+        planned = self._epochs.get(trial_id) or result.get("config/epochs") or TrainConfig().epochs
+        if "epoch" in result and stopped_early(result["epoch"], planned):
+            return TrialState.PRUNED, [float(v) for v in values]
+        return TrialState.COMPLETE, [float(v) for v in values]
+
+
+def stopped_early(epoch: int, epochs: int) -> bool:
+    """Whether a trial whose last result is `epoch` stopped before its planned `epochs` (ASHA, a time budget)."""
+    return epoch < epochs
 
 
 def _hide_password(url: str) -> str:

@@ -160,3 +160,50 @@ def test_pareto_front_is_the_trials_no_other_beats_in_every_objective():
               trial("e", 0.5, 0.5), TrialOutcome("f", "", {}, "error", {}, {}, None)]
     front = pareto_front(trials, ("objective_0", "objective_1"), ["max", "min"])
     assert [o.trial_id for o in front] == ["a", "b", "e"]
+
+
+def test_a_trial_stopped_early_is_told_pruned_and_a_finished_one_complete(tmp_path):
+    # Tune gives the result it stops a trial on to on_trial_complete only, so the searcher reports that epoch.
+    space = load_space(write(tmp_path, "fixed: {epochs: 3}\n" + LR))
+    store = open_study_store(f"sqlite:///{tmp_path / 'f.db'}", str(tmp_path), "f", resume=False, sampled=True)
+    searcher = space.make_searcher(store.storage, store.name)
+    for t in "abcd":
+        searcher.suggest(t)
+    searcher.on_trial_result("a", {"objective": 0.1, "epoch": 1, "training_iteration": 1})
+    searcher.on_trial_complete("a", result={"objective": 0.15, "epoch": 2})  # ASHA stopped it at epoch 2
+    for epoch in (1, 2, 3):
+        searcher.on_trial_result("b", {"objective": 0.1 * epoch, "epoch": epoch, "training_iteration": epoch})
+    searcher.on_trial_complete("b", result={"objective": 0.3, "epoch": 3})
+    searcher.on_trial_complete("c", error=True)
+    searcher.on_trial_complete("d")  # the time budget ran out before it began
+    a, b, c, d = optuna.load_study(study_name="f", storage=store.storage).trials
+    assert (a.state.name, a.value, a.intermediate_values, a.user_attrs) == ("PRUNED", 0.15, {1: 0.1, 2: 0.15},
+                                                                            {"epochs_run": 2})
+    assert (b.state.name, b.value, b.user_attrs) == ("COMPLETE", 0.3, {"epochs_run": 3})
+    assert b.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
+    assert (c.state.name, d.state.name) == ("FAIL", "FAIL")
+
+    # A resume replays "a" from Ray's checkpoint taken before it was told: the study keeps what it was told.
+    searcher.save(str(tmp_path / "s.pkl"))
+    resumed = space.make_searcher(store.storage, store.name)
+    resumed.restore(str(tmp_path / "s.pkl"))
+    resumed._completed_trials.discard("a")  # as Ray's checkpoint from before the tell would hold it
+    resumed.on_trial_result("a", {"objective": 0.2, "epoch": 2, "training_iteration": 2})
+    resumed.on_trial_complete("a", result={"objective": 0.3, "epoch": 3})
+    again = optuna.load_study(study_name="f", storage=store.storage).trials[0]
+    assert (again.state.name, again.value, again.intermediate_values) == ("PRUNED", 0.15, {1: 0.1, 2: 0.15})
+    assert resumed.suggest("e")["epochs"] == 3  # and the sampler goes on
+
+
+def test_several_objectives_stopped_early_are_pruned_with_their_values_kept_aside(tmp_path):
+    # Optuna takes no values with PRUNED, nor intermediate values with several objectives.
+    space = load_space(write(tmp_path, "fixed: {epochs: 3}\n" + TWO))
+    searcher = space.make_searcher()
+    for t in "ab":
+        searcher.suggest(t)
+    searcher.on_trial_complete("a", result={"objective_0": 0.4, "objective_1": 2.0, "epoch": 1})
+    searcher.on_trial_complete("b", result={"objective_0": 0.5, "objective_1": 1.0, "epoch": 3})
+    a, b = searcher._ot_study.trials
+    assert (a.state.name, a.values, a.user_attrs) == ("PRUNED", None, {"epochs_run": 1, "values_at_stop": [0.4, 2.0]})
+    assert (b.state.name, b.values) == ("COMPLETE", [0.5, 1.0])
+    assert set(searcher.suggest("c")) == {"lr", "epochs"}
