@@ -1,4 +1,5 @@
-"""Scores a pair of generators on a split: the study's Table 3 rows, on the whole image and in the head.
+"""Scores a pair of generators on a split: the study's Table 3 rows, on the whole image and in the head,
+and the metrics that need no pairs (cyclegan/unpaired.py): contrast, realism, anatomy kept, noisy cycle.
 
 Same-contrast rows are cycle reconstructions (T1 -> T2 -> T1 against the T1 input). Cross-contrast rows
 compare the translation with the true other contrast when the split is paired (the phantom), and with
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from cyclegan.data import SliceSet
-from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim_from_map, ssim_map
+from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim, ssim_from_map, ssim_map
+from cyclegan.unpaired import anatomy, cycle_noise, swd
 
 EVAL_BATCH = 16
 
@@ -31,7 +33,11 @@ def translate_all(g: nn.Module, x: torch.Tensor, autocast=nullcontext) -> torch.
 
 @torch.no_grad()
 def translations(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext) -> dict[str, torch.Tensor]:
-    """G(T1), F(G(T1)), F(T2) and G(F(T2)) of a split, in eval mode, as fp32 in [-1, 1]."""
+    """G(T1), F(G(T1)), F(T2) and G(F(T2)) of a split, in eval mode, as fp32 in [-1, 1].
+
+    Also the noisy cycles F(G(T1) + n) and G(F(T2) + n) (`rec_t1_noisy`, `rec_t2_noisy`), n a fixed Gaussian
+    noise (`unpaired.cycle_noise`) and the sum clamped to [-1, 1], the range F and G were trained on.
+    """
     modes = [(g, g.training) for g in (g_t1_t2, g_t2_t1)]
     for g, _ in modes:
         g.eval()
@@ -39,17 +45,22 @@ def translations(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=n
     rec_t1 = translate_all(g_t2_t1, fake_t2, autocast)
     fake_t1 = translate_all(g_t2_t1, s.t2, autocast)
     rec_t2 = translate_all(g_t1_t2, fake_t1, autocast)
+    noisy = lambda x: (x + cycle_noise(tuple(x.shape), x.device)).clamp(-1, 1)  # noqa: E731
+    rec_t1_noisy = translate_all(g_t2_t1, noisy(fake_t2), autocast)
+    rec_t2_noisy = translate_all(g_t1_t2, noisy(fake_t1), autocast)
     for g, was_training in modes:
         g.train(was_training)
-    return {"fake_t2": fake_t2, "rec_t1": rec_t1, "fake_t1": fake_t1, "rec_t2": rec_t2}
+    return {"fake_t2": fake_t2, "rec_t1": rec_t1, "fake_t1": fake_t1, "rec_t2": rec_t2,
+            "rec_t1_noisy": rec_t1_noisy, "rec_t2_noisy": rec_t2_noisy}
 
 
 @torch.no_grad()
 def per_slice(outs: dict[str, torch.Tensor], s: SliceSet) -> dict[str, torch.Tensor]:
-    """SSIM and PSNR, whole image and head, of every slice: {"ssim_t1_t1": [N], ...} for each direction.
+    """The per-slice metrics (`SLICE_METRICS`) of every slice: {"ssim_t1_t1": [N], ...}.
 
-    The four rows are scored in one batched pass: one SSIM map and one error map serve both the whole
-    image and the head mask.
+    SSIM and PSNR, whole image and head, of the four rows are scored in one batched pass: one SSIM map and
+    one error map serve both the whole image and the head mask. Then anatomy kept and the noisy cycles' head
+    SSIM, each inside the input's head.
     """
     rows = {  # direction: (output, reference, head mask of the reference)
         "t1_t1": (outs["rec_t1"], s.t1, s.t1_head),
@@ -65,18 +76,26 @@ def per_slice(outs: dict[str, torch.Tensor], s: SliceSet) -> dict[str, torch.Ten
     per_image = {("ssim", ""): ssim_from_map(smap), ("psnr", ""): psnr_from_error(err),
                  ("ssim", "_head"): ssim_from_map(smap, head), ("psnr", "_head"): psnr_from_error(err, head)}
     # Named as IMAGE_METRICS names them: metric, direction, then the suffix.
-    return {f"{metric}_{d}{suffix}": v for (metric, suffix), values in per_image.items()
-            for d, v in zip(DIRECTIONS, values.split(sizes))}
+    out = {f"{metric}_{d}{suffix}": v for (metric, suffix), values in per_image.items()
+           for d, v in zip(DIRECTIONS, values.split(sizes))}
+    to01 = lambda x: (x + 1) / 2  # noqa: E731
+    out["anatomy_t1_t2"] = anatomy(s.t1, outs["fake_t2"], s.t1_head)
+    out["anatomy_t2_t1"] = anatomy(s.t2, outs["fake_t1"], s.t2_head)
+    out["ssim_t1_t1_noisy"] = ssim(to01(outs["rec_t1_noisy"]), to01(s.t1), s.t1_head)
+    out["ssim_t2_t2_noisy"] = ssim(to01(outs["rec_t2_noisy"]), to01(s.t2), s.t2_head)
+    return out
 
 
 @torch.no_grad()
 def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
     """The image metrics of `translations(...)` as one tensor in `IMAGE_METRICS` order, without a host sync."""
     slices = per_slice(outs, s)
+    fake_t2, fake_t1, t1, t2 = ((x + 1) / 2 for x in (outs["fake_t2"], outs["fake_t1"], s.t1, s.t2))
     # Translations keep the input's anatomy, so the input's head mask is theirs.
-    contrasts = {"contrast_t1_t2": contrast((outs["fake_t2"] + 1) / 2, s.t1_head, (s.t2 + 1) / 2, s.t2_head),
-                 "contrast_t2_t1": contrast((outs["fake_t1"] + 1) / 2, s.t2_head, (s.t1 + 1) / 2, s.t1_head)}
-    return torch.stack([contrasts[k] if k in contrasts else slices[k].mean() for k in IMAGE_METRICS])
+    pooled = {"contrast_t1_t2": contrast(fake_t2, s.t1_head, t2, s.t2_head),
+              "contrast_t2_t1": contrast(fake_t1, s.t2_head, t1, s.t1_head),
+              "swd_t1_t2": swd(fake_t2, t2), "swd_t2_t1": swd(fake_t1, t1)}
+    return torch.stack([pooled[k] if k in pooled else slices[k].mean() for k in IMAGE_METRICS])
 
 
 @torch.no_grad()
@@ -89,7 +108,8 @@ def validation_pass(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet,
 
 def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext,
              spread: bool = False) -> dict[str, float]:
-    """SSIM/PSNR of the four rows, whole image and head mask, as plain floats (one host sync).
+    """`IMAGE_METRICS` as plain floats (one host sync): SSIM/PSNR of the four rows, whole image and head mask,
+    and the unpaired metrics.
 
     With `spread`, each per-slice metric also gets `<metric>_sd`: its sample standard deviation over the
     split's slices (0 for a single slice), so that a figure can be read against the slice-to-slice spread.
