@@ -467,7 +467,7 @@ class _TensorBoard:
 
     def epoch(self, metrics: dict[str, Any], data: Dataset, outs: dict[str, torch.Tensor], epoch: int) -> None:
         values = [(f"train/{k}" if k.startswith("loss_") else f"val/{k}", v) for k, v in metrics.items()
-                  if self.scalars and k.startswith(("loss_", "ssim_", "psnr_"))]
+                  if self.scalars and (k.startswith("loss_") or k in IMAGE_METRICS)]
         image = ready = None
         if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
             # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation

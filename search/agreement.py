@@ -30,7 +30,7 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
-from cyclegan.metrics import IMAGE_METRICS, LOSSES
+from cyclegan.metrics import IMAGE_METRICS, LOSSES, LOWER_IS_BETTER
 
 TRUTH = ("ssim_t1_t2_head", "ssim_t2_t1_head")
 # Scored against the true other contrast on paired data: the truth itself, never a candidate.
@@ -66,7 +66,7 @@ def truth(metrics: Mapping[str, float]) -> float:
 
 def sign(metric: str) -> float:
     """+1 where a higher value is better, -1 for the losses and the distances (`swd_*`)."""
-    return -1.0 if metric in LOSSES or metric.startswith("swd") else 1.0
+    return -1.0 if metric in LOSSES or metric in LOWER_IS_BETTER else 1.0
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ def _run(root: Path, rows: list[dict], paired: bool = True) -> Path:
 
 
 def _rows(n: int = 8) -> list[dict]:
-    # truth rises with i; contrast_t1_t2 tracks it, ssim_t1_t1_head runs against it, loss_G (lower is better) tracks it
-    return [{"ssim_t1_t2_head": 0.1 * i, "ssim_t2_t1_head": 0.1 * i + 0.01, "contrast_t1_t2": i ** 2,
+    # truth rises with i; anatomy_t1_t2 tracks it, ssim_t1_t1_head runs against it, loss_G (lower is better) tracks it
+    return [{"ssim_t1_t2_head": 0.1 * i, "ssim_t2_t1_head": 0.1 * i + 0.01, "anatomy_t1_t2": i ** 2,
              "ssim_t1_t1_head": -i, "loss_G": 10 - i, "objective": (i * 7) % 5} for i in range(n)]
 
 
 def test_a_metric_that_tracks_the_truth_agrees_fully_and_picks_the_best(tmp_path):
     run = read_run(_run(tmp_path / "r", _rows()))
     assert len(run.trials) == 8  # the last line of each trial is used, not the first
-    tracks = agreement(run, lambda m: m["contrast_t1_t2"])
+    tracks = agreement(run, lambda m: m["anatomy_t1_t2"])
     assert tracks.rho == pytest.approx(1.0) and tracks.rank == 1 and tracks.n == 8
     against = agreement(run, lambda m: m["ssim_t1_t1_head"])
     assert against.rho == pytest.approx(-1.0) and against.rank == 8
@@ -47,9 +47,9 @@ def test_unpaired_runs_are_left_out_and_the_table_is_written(tmp_path, capsys):
     unpaired = _run(tmp_path / "unpaired", _rows(), paired=False)
     assert read_run(unpaired) is None
     out = tmp_path / "agreement.md"
-    assert main([str(paired), str(unpaired), "--markdown", str(out), "--combine", "contrast_t1_t2", "loss_G"]) == 0
+    assert main([str(paired), str(unpaired), "--markdown", str(out), "--combine", "anatomy_t1_t2", "loss_G"]) == 0
     text = out.read_text()
-    assert "| `contrast_t1_t2` | +1.00 / 1 of 8 | +1.00 |" in text
+    assert "| `anatomy_t1_t2` | +1.00 / 1 of 8 | +1.00 |" in text
     assert "left out" in capsys.readouterr().err
     assert main([str(unpaired)]) == 2
     assert main([str(tmp_path / "missing")]) == 2
@@ -57,4 +57,4 @@ def test_unpaired_runs_are_left_out_and_the_table_is_written(tmp_path, capsys):
 
 def test_too_few_trials_give_no_rho(tmp_path):
     run = read_run(_run(tmp_path / "r", _rows(2)))
-    assert math.isnan(agreement(run, lambda m: m["contrast_t1_t2"]).rho)
+    assert math.isnan(agreement(run, lambda m: m["anatomy_t1_t2"]).rho)
