@@ -3,9 +3,18 @@
 A data folder holds `T1/` and `T2/` of PNG slices (8- or 16-bit, grey or RGB, any size) and/or NIfTI
 volumes (`.nii`, `.nii.gz`; `cyclegan.nifti` says how a volume becomes axial slices in [0, 1], which
 slices are dropped as empty, and how intensities are scaled). Each slice is padded to a square with
-black (so anatomy keeps its proportions), resized to `resize`, and scaled to [-1, 1]. The whole set is
-a handful of megabytes, so it lives as one tensor per split on the training device and batches are
-gathered by index: no DataLoader.
+black (so anatomy keeps its proportions) and scaled to [-1, 1]; training slices are resized to `resize`,
+val and test slices to the dataset's `eval_size`, one size for every trial whatever its `resize`, so that
+trials of different sizes are scored alike (`cyclegan.evaluate` brings a split to the model's size and
+the translations back). `eval_size` is the folder's own square side when all its slices share one size
+(217 for 181x217 slices), else EVAL_SIZE. The whole set is a handful of megabytes, so it lives as one
+tensor per split on the training device and batches are gathered by index: no DataLoader.
+
+A folder is paired when the two contrasts show the same anatomy slice for slice: T1/ and T2/ hold the
+same PNG file names (of the same sizes), and every subject has one T1 and one T2 volume of one shape and
+affine (co-registered, as IXI and BraTS ship them). Then val and test are paired (t1[i] and t2[i] the same
+slice, so translations are scored against the truth) while training stays unpaired: the T1 and the T2
+training slices come from disjoint anatomy (`unpair_train`). Any other folder is unpaired.
 
 The split keeps subjects apart. A domain's PNG slices are taken as one head (sorted by their number);
 each volume is one subject, named by its file: `sub-01_T1w.nii.gz` and `sub-01_T2w.nii.gz` are both
@@ -20,10 +29,12 @@ left out of training (a "gap"), so no val or test slice has a neighbour in train
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +42,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from cyclegan.phantom import make_phantom
+from cyclegan.phantom import Phantom, make_phantom
 
 DOMAINS = ("T1", "T2")
+PARTS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png",)
 MIN_SLICES = 10
 # Held-out share of each domain for val and for test, spread over at least this many segments.
@@ -43,6 +55,10 @@ MIN_SEGMENTS = 3
 HEAD_THRESHOLD = 0.05
 SYNTHETIC = "synthetic"
 SYNTHETIC_SLICES = 60
+# The side val and test are held at when a folder's slices differ in size, and the phantom's.
+EVAL_SIZE = 256
+# A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
+PAIRED_CHUNK = 5
 
 
 class DataError(ValueError):
@@ -54,6 +70,8 @@ class SliceSet:
     """Slices of both contrasts in [-1, 1], [N, 1, S, S], with their head masks and names.
 
     When `paired`, t1[i] and t2[i] show the same anatomy, so translations can be scored against the truth.
+    `resize` is the side the models take; a split held at another size (val and test, at the dataset's
+    `eval_size`) is brought to it before a generator sees it (`cyclegan.evaluate.translations`).
     """
 
     t1: torch.Tensor
@@ -63,25 +81,43 @@ class SliceSet:
     t1_names: tuple[str, ...]
     t2_names: tuple[str, ...]
     paired: bool
+    resize: int
+
+    @property
+    def size(self) -> int:
+        return self.t1.shape[-1]
 
     def to(self, device: torch.device | str) -> SliceSet:
-        move = {k: getattr(self, k).to(device) for k in ("t1", "t2", "t1_head", "t2_head")}
-        return SliceSet(**move, t1_names=self.t1_names, t2_names=self.t2_names, paired=self.paired)
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("t1", "t2", "t1_head", "t2_head")})
 
 
 @dataclass(frozen=True)
 class Dataset:
+    """train at `resize`, val and test at `eval_size` (the same for every `resize`), and where they came from."""
+
     train: SliceSet
     val: SliceSet
     test: SliceSet
     source: str
+    eval_size: int
+    subjects: dict[str, dict[str, list[str]]] | None = None  # part -> domain -> the heads its slices show
+
+    @property
+    def resize(self) -> int:
+        return self.train.resize
+
+    @property
+    def paired(self) -> bool:
+        return self.val.paired
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device), self.source)
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     def split(self) -> dict:
         """Which slice went where; written next to every run so results can be traced to slices."""
-        return {"source": self.source, "paired_eval": self.val.paired,
+        return {"source": self.source, "evaluation": "paired" if self.paired else "unpaired",
+                "paired_eval": self.paired, "resize": self.resize, "eval_size": self.eval_size,
+                **({"subjects": self.subjects} if self.subjects else {}),
                 **{name: {"T1": list(s.t1_names), "T2": list(s.t2_names)}
                    for name, s in (("train", self.train), ("val", self.val), ("test", self.test))}}
 
@@ -90,46 +126,75 @@ class Dataset:
 
 
 def load_data(source: str | Path, resize: int, seed: int = 0) -> Dataset:
-    """Loads `source` (a folder with T1/ and T2/, or "synthetic") at `resize` x `resize`."""
+    """Loads `source` (a folder with T1/ and T2/, or "synthetic"): train at `resize`, val and test at eval size."""
     if str(source) == SYNTHETIC:
         return synthetic_data(resize, seed)
     root = Path(source)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder; expected a folder holding T1/ and T2/, or 'synthetic'")
-    stacks = {domain: read_domain(root / domain, resize) for domain in DOMAINS}
-    labels = split_stacks(stacks)
-    per_domain = {}
-    for domain, domain_stacks in stacks.items():
-        names = [n for s in domain_stacks for n in s.names]
-        images = torch.from_numpy(np.concatenate([s.images for s in domain_stacks])[:, None] * 2 - 1)
-        per_domain[domain] = {part: ([n for n, lab in zip(names, labels[domain]) if lab == part],
-                                     images[[i for i, lab in enumerate(labels[domain]) if lab == part]])
-                              for part in ("train", "val", "test")}
+    read = {domain: read_domain(root / domain) for domain in DOMAINS}
+    stacks = pair_stacks(read)
+    paired = stacks is not None
+    if paired:
+        labels = split_paired(stacks)
+    else:
+        stacks = {d: [s.take(s.head) for s in ss] for d, ss in read.items()}
+        labels = split_stacks(stacks)
+    eval_size = evaluation_size(stacks)
+    slices = {d: [(s.subject, name, img) for s in ss for name, img in zip(s.names, s.images)]
+              for d, ss in stacks.items()}
+    parts, subjects = {}, {}
+    for part in PARTS:
+        size = resize if part == "train" else eval_size
+        picked = {d: [one for one, lab in zip(slices[d], labels[d]) if lab == part] for d in DOMAINS}
+        if paired and not all(picked.values()):
+            raise DataError(f"{root}: too few {part} slices to give each contrast its own; a paired folder needs "
+                            f"more than {MIN_SLICES} slices")
+        arrays = [np.stack([to_square(img, size) for _, _, img in picked[d]]) if picked[d]
+                  else np.zeros((0, size, size), np.float32) for d in DOMAINS]
+        names = [[name for _, name, _ in picked[d]] for d in DOMAINS]
+        parts[part] = _slice_set(*arrays, *names, paired=paired and part != "train", resize=resize)
+        subjects[part] = {d: sorted({subject for subject, _, _ in picked[d]}) for d in DOMAINS}
+    return Dataset(parts["train"], parts["val"], parts["test"], source=str(root), eval_size=eval_size,
+                   subjects=subjects)
 
-    def part(name: str) -> SliceSet:
-        (n1, x1), (n2, x2) = per_domain["T1"][name], per_domain["T2"][name]
-        return _slice_set(x1, x2, n1, n2, paired=False)
 
-    return Dataset(part("train"), part("val"), part("test"), source=str(root))
-
-
-def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES) -> Dataset:
+def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES, eval_size: int = EVAL_SIZE
+                   ) -> Dataset:
     """The built-in phantom: unpaired training (T1 and T2 of different subjects), paired val and test.
 
-    Three subjects are drawn from `seed`: one gives the training T1 slices, one the training T2 slices,
-    and the third both contrasts of the val and test slices, at levels split as a real folder would be.
+    Three subjects are drawn from `seed`: one gives the training T1 slices at `resize`, one the training T2
+    slices, and the third both contrasts of the val and test slices at `eval_size`, at levels split as a
+    real folder would be.
     """
     labels = split_labels(n_slices)
-    subjects = [make_phantom(n_slices, resize, seed=3 * seed + k) for k in range(3)]
+    subjects = [make_phantom(n_slices, resize, seed=3 * seed + k) for k in range(2)]
+    held_out = _phantom(n_slices, eval_size, 3 * seed + 2)
     pick = lambda part: [i for i, lab in enumerate(labels) if lab == part]  # noqa: E731
     names = lambda subject, idx: [f"phantom{3 * seed + subject}_level{i:03d}" for i in idx]  # noqa: E731
     train = pick("train")
     parts = {"train": _slice_set(subjects[0].t1[train], subjects[1].t2[train], names(0, train), names(1, train),
-                                 paired=False)}
+                                 paired=False, resize=resize)}
     for part in ("val", "test"):
         idx = pick(part)
-        parts[part] = _slice_set(subjects[2].t1[idx], subjects[2].t2[idx], names(2, idx), names(2, idx), paired=True)
-    return Dataset(parts["train"], parts["val"], parts["test"], source=SYNTHETIC)
+        parts[part] = _slice_set(held_out.t1[idx], held_out.t2[idx], names(2, idx), names(2, idx), paired=True,
+                                 resize=resize)
+    heads = {"train": {"T1": [f"phantom{3 * seed}"], "T2": [f"phantom{3 * seed + 1}"]},
+             **{part: {d: [f"phantom{3 * seed + 2}"] for d in DOMAINS} for part in ("val", "test")}}
+    return Dataset(parts["train"], parts["val"], parts["test"], source=SYNTHETIC, eval_size=eval_size,
+                   subjects=heads)
+
+
+@functools.lru_cache(maxsize=2)
+def _phantom(n_slices: int, size: int, seed: int) -> Phantom:
+    # The held-out head at eval size takes about a second to draw, and every load of the phantom needs it.
+    return make_phantom(n_slices, size, seed=seed)
+
+
+def evaluation_size(stacks: dict[str, list[Stack]]) -> int:
+    """The side val and test are held at: the folder's own square side when all slices share one size."""
+    shapes = {img.shape for ss in stacks.values() for s in ss for img in s.images}
+    return max(shapes.pop()) if len(shapes) == 1 else EVAL_SIZE
 
 
 def split_labels(n: int) -> list[str]:
@@ -173,8 +238,71 @@ def split_subjects(subjects: list[str]) -> dict[str, str] | None:
     if len(subjects) < 3:
         return None
     held = max(1, round(len(subjects) * HELD_OUT_FRACTION))
-    order = sorted(subjects, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    order = sorted(subjects, key=_name_hash)
     return {s: "test" if i < held else "val" if i < 2 * held else "train" for i, s in enumerate(order)}
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def pair_stacks(stacks: dict[str, list[Stack]]) -> dict[str, list[Stack]] | None:
+    """Both domains' stacks aligned slice for slice when the folder is paired, else None.
+
+    Paired: T1/ and T2/ hold the same PNG names, each of one size in both, and every subject has exactly one
+    volume in each, of the same shape and affine (np.allclose). A pair keeps the slices that show the head in
+    both contrasts; the PNG slices of a paired folder are one head, "PNG slices", in both.
+    """
+    partners = {}
+    for domain, ss in stacks.items():
+        volumes = [s.subject for s in ss if s.geometry is not None]
+        if len(set(volumes)) != len(volumes):
+            return None  # two volumes of one subject in a contrast: which is whose pair is unknown
+        partners[domain] = {s.subject if s.geometry is not None else None: s for s in ss}
+    if partners["T1"].keys() != partners["T2"].keys():
+        return None
+    out: dict[str, list[Stack]] = {d: [] for d in DOMAINS}
+    for key, a in partners["T1"].items():
+        b = partners["T2"][key]
+        if key is None:  # the PNG slices
+            if a.names != b.names or any(x.shape != y.shape for x, y in zip(a.images, b.images)):
+                return None
+            a, b = replace(a, subject="PNG slices"), replace(b, subject="PNG slices")
+        elif a.geometry[0] != b.geometry[0] or not np.allclose(a.geometry[1], b.geometry[1]):
+            return None
+        both = a.head & b.head
+        if not both.any():
+            return None
+        out["T1"].append(a.take(both))
+        out["T2"].append(b.take(both))
+    return out
+
+
+def split_paired(stacks: dict[str, list[Stack]]) -> dict[str, list[str]]:
+    """Labels a paired folder's slices: val and test the same in both domains, training unpaired (`unpair_train`)."""
+    labels = split_stacks({"T1": stacks["T1"]})["T1"]  # T2 has the same subjects and slices
+    return unpair_train(labels, [s.subject for s in stacks["T1"] for _ in s.names])
+
+
+def unpair_train(labels: list[str], subjects: list[str]) -> dict[str, list[str]]:
+    """Gives each training slice of a paired folder to T1 or to T2, so that the two never share anatomy.
+
+    `labels` (the split) and `subjects` (each slice's head) run over the slices of both domains alike. With
+    two or more training heads, whole heads go to T1 or to T2, halves by a hash of the name as in
+    `split_subjects`. With one, its training slices go to T1 and T2 in turns of PAIRED_CHUNK, the slice
+    between two turns left out ("unused"), since neighbours are near copies and so near pairs.
+    """
+    train = [i for i, lab in enumerate(labels) if lab == "train"]
+    heads = sorted({subjects[i] for i in train}, key=_name_hash)
+    if len(heads) >= 2:
+        t1_heads = set(heads[:(len(heads) + 1) // 2])
+        owner = {i: "T1" if subjects[i] in t1_heads else "T2" for i in train}
+    else:
+        chunk = max(1, min(PAIRED_CHUNK, (len(train) - 1) // 2))  # a short stack still gives both a turn
+        turn = lambda k: "unused" if k % (chunk + 1) == chunk else DOMAINS[k // (chunk + 1) % 2]  # noqa: E731
+        owner = {i: turn(k) for k, i in enumerate(train)}
+    return {d: [("train" if owner[i] == d else "unused") if lab == "train" else lab for i, lab in enumerate(labels)]
+            for d in DOMAINS}
 
 
 @dataclass(frozen=True)
@@ -183,10 +311,17 @@ class Stack:
 
     subject: str
     names: list[str]
-    images: np.ndarray  # float32 [n, resize, resize] in [0, 1], ordered from bottom to top
+    images: Sequence[np.ndarray]  # float32 [H, W] in [0, 1] at their own size, ordered from bottom to top
+    head: np.ndarray  # bool [n]: the slice shows the head (a volume's empty slices are dropped)
+    geometry: tuple[tuple[int, ...], np.ndarray] | None = None  # a volume's shape and affine, None for PNGs
+
+    def take(self, keep: np.ndarray) -> Stack:
+        idx = np.flatnonzero(keep)
+        return replace(self, names=[self.names[i] for i in idx], images=[self.images[i] for i in idx],
+                       head=self.head[idx])
 
 
-def read_domain(folder: Path, resize: int) -> list[Stack]:
+def read_domain(folder: Path) -> list[Stack]:
     """Reads one domain's PNG slices (sorted by slice number, as one stack) and volumes (one stack each)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
@@ -198,13 +333,12 @@ def read_domain(folder: Path, resize: int) -> list[Stack]:
         raise DataError(f"{folder}: no slices; expected {'/'.join(IMAGE_SUFFIXES + nifti.NIFTI_SUFFIXES)} files")
     stacks = []
     if pngs:
-        stacks.append(Stack(f"{folder.name} PNG slices", [p.name for p in pngs],
-                            np.stack([to_square(read_image(p), resize) for p in pngs])))
+        stacks.append(Stack(f"{folder.name} PNG slices", [p.name for p in pngs], [read_image(p) for p in pngs],
+                            np.ones(len(pngs), dtype=bool)))
     for path in volumes:
         vol = nifti.read_volume(path)
-        keep = np.flatnonzero(vol.head)
-        stacks.append(Stack(subject_of(path.name), [vol.names[i] for i in keep],
-                            np.stack([to_square(vol.slices[i], resize) for i in keep])))
+        stacks.append(Stack(subject_of(path.name), vol.names, vol.slices, vol.head,
+                            (vol.data.shape, np.asarray(vol.image.affine))))
     return stacks
 
 
@@ -261,19 +395,12 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == largest)
 
 
-def _slice_set(t1, t2, t1_names, t2_names, *, paired: bool) -> SliceSet:
-    t1 = _as_tensor(t1)
-    t2 = _as_tensor(t2)
-    masks = [torch.from_numpy(np.stack([head_mask(s[0]) for s in ((x.numpy() + 1) / 2)]))[:, None]
-             if len(x) else torch.zeros(x.shape, dtype=torch.bool) for x in (t1, t2)]
-    return SliceSet(t1, t2, masks[0], masks[1], tuple(t1_names), tuple(t2_names), paired)
-
-
-def _as_tensor(x) -> torch.Tensor:
-    # Phantom arrays come in [0, 1] without a channel axis; folder tensors already in [-1, 1].
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None] * 2 - 1)
-    return x.float().contiguous()
+def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int) -> SliceSet:
+    """A SliceSet from [N, S, S] arrays in [0, 1]."""
+    images = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None] * 2 - 1) for x in (t1, t2)]
+    masks = [torch.from_numpy(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape)[:, None])
+             for x in (t1, t2)]
+    return SliceSet(*images, *masks, tuple(t1_names), tuple(t2_names), paired, resize)
 
 
 def _slice_order(path: Path) -> tuple:

@@ -4,7 +4,9 @@ and the metrics that need no pairs (cyclegan/unpaired.py): contrast, realism, an
 Same-contrast rows are cycle reconstructions (T1 -> T2 -> T1 against the T1 input). Cross-contrast rows
 compare the translation with the true other contrast when the split is paired (the phantom), and with
 the input slice otherwise, as the study did; `paired` says which. All figures are on the [0, 1] scale
-with data_range=1 and averaged over slices.
+with data_range=1 and averaged over slices, at the split's own size (val and test are held at the
+dataset's `eval_size`, one size for models of any `resize`): a generator sees its input brought to the
+model's size, and its output is brought back, as `cyclegan.translate` does for a user's slice.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.data import SliceSet
@@ -19,6 +22,13 @@ from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_erro
 from cyclegan.unpaired import anatomy, cycle_noise, swd
 
 EVAL_BATCH = 16
+
+
+def resample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, 1, S, S] brought to size x size: bilinear, antialiased when shrinking; no copy when already there."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
 
 
 @torch.no_grad()
@@ -32,26 +42,32 @@ def translate_all(g: nn.Module, x: torch.Tensor, autocast=nullcontext) -> torch.
 
 
 @torch.no_grad()
-def translations(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext) -> dict[str, torch.Tensor]:
-    """G(T1), F(G(T1)), F(T2) and G(F(T2)) of a split, in eval mode, as fp32 in [-1, 1].
+def translations(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext,
+                 resize: int | None = None) -> dict[str, torch.Tensor]:
+    """G(T1), F(G(T1)), F(T2) and G(F(T2)) of a split, in eval mode, as fp32 in [-1, 1] at the split's size.
 
+    The generators run at `resize` (default: the split's `resize`, the size its models were trained at): each
+    input is brought to it, the cycle's second generator takes the first's output as it is, and every output
+    is brought back to the split's size. Interpolation keeps this sync-free, so it can be a CUDA graph.
     Also the noisy cycles F(G(T1) + n) and G(F(T2) + n) (`rec_t1_noisy`, `rec_t2_noisy`), n a fixed Gaussian
     noise (`unpaired.cycle_noise`) and the sum clamped to [-1, 1], the range F and G were trained on.
     """
+    size = resize or s.resize
     modes = [(g, g.training) for g in (g_t1_t2, g_t2_t1)]
     for g, _ in modes:
         g.eval()
-    fake_t2 = translate_all(g_t1_t2, s.t1, autocast)
+    fake_t2 = translate_all(g_t1_t2, resample(s.t1, size), autocast)
     rec_t1 = translate_all(g_t2_t1, fake_t2, autocast)
-    fake_t1 = translate_all(g_t2_t1, s.t2, autocast)
+    fake_t1 = translate_all(g_t2_t1, resample(s.t2, size), autocast)
     rec_t2 = translate_all(g_t1_t2, fake_t1, autocast)
     noisy = lambda x: (x + cycle_noise(tuple(x.shape), x.device)).clamp(-1, 1)  # noqa: E731
     rec_t1_noisy = translate_all(g_t2_t1, noisy(fake_t2), autocast)
     rec_t2_noisy = translate_all(g_t1_t2, noisy(fake_t1), autocast)
     for g, was_training in modes:
         g.train(was_training)
-    return {"fake_t2": fake_t2, "rec_t1": rec_t1, "fake_t1": fake_t1, "rec_t2": rec_t2,
+    outs = {"fake_t2": fake_t2, "rec_t1": rec_t1, "fake_t1": fake_t1, "rec_t2": rec_t2,
             "rec_t1_noisy": rec_t1_noisy, "rec_t2_noisy": rec_t2_noisy}
+    return {k: resample(v, s.size) for k, v in outs.items()}
 
 
 @torch.no_grad()
@@ -99,22 +115,23 @@ def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validation_pass(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet,
-                    autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def validation_pass(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext,
+                    resize: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(scores, translations) of a split on its device, with no host sync; `fit` replays it as a CUDA graph."""
-    outs = translations(g_t1_t2, g_t2_t1, s, autocast)
+    outs = translations(g_t1_t2, g_t2_t1, s, autocast, resize)
     return scores(outs, s), outs
 
 
 def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullcontext,
-             spread: bool = False) -> dict[str, float]:
+             spread: bool = False, resize: int | None = None) -> dict[str, float]:
     """`IMAGE_METRICS` as plain floats (one host sync): SSIM/PSNR of the four rows, whole image and head mask,
     and the unpaired metrics.
 
-    With `spread`, each per-slice metric also gets `<metric>_sd`: its sample standard deviation over the
-    split's slices (0 for a single slice), so that a figure can be read against the slice-to-slice spread.
+    `resize` is the models' input size (default: the split's `resize`). With `spread`, each per-slice metric
+    also gets `<metric>_sd`: its sample standard deviation over the split's slices (0 for a single slice), so
+    that a figure can be read against the slice-to-slice spread.
     """
-    values, outs = validation_pass(g_t1_t2, g_t2_t1, s, autocast)
+    values, outs = validation_pass(g_t1_t2, g_t2_t1, s, autocast, resize)
     result = dict(zip(IMAGE_METRICS, values.tolist()))
     if spread:
         for k, v in per_slice(outs, s).items():

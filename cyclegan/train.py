@@ -309,7 +309,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
                                "t2": train.t2.contiguous(memory_format=torch.channels_last)})
     steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))
     runner = t.runner(train.t1, train.t2, steps)
-    validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast),
+    # val is held at the dataset's eval size; the generators see it at cfg.resize and their outputs come back.
+    validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast, cfg.resize),
                       enabled=t.graphs, name="validation", warmup=1)
     tb = _TensorBoard(_writer(log_dir, cfg, log_scalars), cfg, log_scalars) if log_dir is not None else None
     result = FitResult(models)
@@ -471,8 +472,9 @@ class _TensorBoard:
         image = ready = None
         if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
             # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation
-            # pass. Tiled on the device (a copy, so the next replay of the validation graph cannot overwrite it)
-            # and copied to pinned host memory without waiting: the thread waits for the copy, not the loop.
+            # pass, all at the eval size the translations are scored at. Tiled on the device (a copy, so the next
+            # replay of the validation graph cannot overwrite it) and copied to pinned host memory without
+            # waiting: the thread waits for the copy, not the loop.
             n = 4
             pixels = to_uint8(tile([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
                                     data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]]))

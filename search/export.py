@@ -15,14 +15,15 @@ import logging
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from ray import tune
 
 from cyclegan import checkpoint
-from cyclegan.data import DataError, load_data
-from cyclegan.evaluate import translate_all
+from cyclegan.data import DataError, SliceSet, load_data
+from cyclegan.evaluate import translations
 from cyclegan.images import grid, save_png
 from search.select import TrialOutcome, outcome, rescore
 
@@ -35,8 +36,9 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
         state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
     cfg, g_t1_t2, g_t2_t1 = checkpoint.generators(state)
     dataset = load_data(data, cfg.resize, cfg.seed)
+    # Whether the cross-contrast figures compare with the true other contrast (paired) or the input slice.
     metrics = {"trial_id": o.trial_id, "epoch": state["epoch"], "val": state["metrics"], "test": o.test,
-               "data": data}
+               "data": data, "evaluation": dataset.split()["evaluation"], "eval_size": dataset.eval_size}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     checkpoint.save(tmp / checkpoint.MODEL, {"config": state["config"], "metrics": metrics, "split": state["split"],
                                              "g_t1_t2": state["models"]["g_t1_t2"],
@@ -44,8 +46,7 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "split.json").write_text(json.dumps(state["split"], indent=1) + "\n")
-    save_png(sample_grid(g_t1_t2, g_t2_t1, dataset.test.t1[:4], dataset.test.t2[:4])[0].numpy(),
-             tmp / "samples.png")
+    save_png(sample_grid(g_t1_t2, g_t2_t1, dataset.test)[0].numpy(), tmp / "samples.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
@@ -53,9 +54,11 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     return out
 
 
-def sample_grid(g_t1_t2, g_t2_t1, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
-    fake_t2, fake_t1 = translate_all(g_t1_t2, t1), translate_all(g_t2_t1, t2)
-    return grid([t1, fake_t2, translate_all(g_t2_t1, fake_t2), t2, fake_t1, translate_all(g_t1_t2, fake_t1)])
+def sample_grid(g_t1_t2, g_t2_t1, s: SliceSet, n: int = 4) -> torch.Tensor:
+    """The first n slices of a split and their translations, at the split's size (the models run at theirs)."""
+    first = replace(s, **{k: getattr(s, k)[:n] for k in ("t1", "t2", "t1_head", "t2_head")})
+    outs = translations(g_t1_t2, g_t2_t1, first)
+    return grid([first.t1, outs["fake_t2"], outs["rec_t1"], first.t2, outs["fake_t1"], outs["rec_t2"]])
 
 
 def main(argv: list[str] | None = None) -> int:

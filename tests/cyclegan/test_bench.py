@@ -210,7 +210,8 @@ def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     samples = events.Images("val/samples")
-    assert [e.step for e in samples] == [1, 2, 3] and (samples[0].height, samples[0].width) == (6 * 32, 4 * 32)
+    side = data.eval_size  # val is held at the eval size (256 for the phantom), whatever the resize (32)
+    assert [e.step for e in samples] == [1, 2, 3] and (samples[0].height, samples[0].width) == (6 * side, 4 * side)
     # The last picture is the final model's validation pass: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)).
     m = result.models
     val = data.val.to(next(m.g_t1_t2.parameters()).device)

@@ -36,10 +36,13 @@ def test_reads_8_and_16_bit_grey_and_rgb_of_any_size(folder, tmp_path):
         x = read_image(path)
         assert x.ndim == 2 and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1 and x.max() > 0.25
     d = load_data(folder, 32)
-    for s in (d.train, d.val, d.test):
+    # Train at resize; val and test at one eval size for every resize: 256, as T1's and T2's sizes differ.
+    assert d.eval_size == 256
+    for s, size in ((d.train, 32), (d.val, 256), (d.test, 256)):
         for x in (s.t1, s.t2):
-            assert x.shape[1:] == (1, 32, 32) and x.min() >= -1 and x.max() <= 1
+            assert x.shape[1:] == (1, size, size) and x.min() >= -1 and x.max() <= 1
     assert len(d.train.t1) + len(d.val.t1) + len(d.test.t1) <= 14 and not d.val.paired
+    assert d.split()["evaluation"] == "unpaired" and not d.split()["paired_eval"]
 
 
 def test_sixteen_bit_keeps_its_precision(tmp_path):
@@ -83,7 +86,9 @@ def test_slices_sort_by_number_not_text(tmp_path):
 
 def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():
     a, b = load_data("synthetic", 32, seed=0), load_data("synthetic", 32, seed=0)
-    assert a.val.paired and a.test.paired and not a.train.paired
+    assert a.val.paired and a.test.paired and not a.train.paired and a.split()["evaluation"] == "paired"
+    # val and test are drawn at the eval size whatever the resize; training at the resize.
+    assert a.train.t1.shape[-1] == 32 and a.val.t1.shape[-1] == a.test.t2.shape[-1] == a.eval_size == 256
     assert torch.equal(a.train.t1, b.train.t1) and torch.equal(a.test.t2, b.test.t2)
     assert not torch.equal(a.train.t1, load_data("synthetic", 32, seed=1).train.t1)
     assert a.val.t1_names == a.val.t2_names
@@ -157,11 +162,13 @@ def test_a_domain_of_mixed_sizes_bit_depths_and_colour_modes_loads(tmp_path):
                 img = Image.fromarray((grey * 65535).astype(np.uint16))
             else:
                 img = Image.fromarray((grey * 255).astype(np.uint8)).convert(mode)
-            img.save(tmp_path / domain / f"slice_{i:03d}.png")
+            # Other names in T2/ than in T1/: unrelated slices, so an unpaired folder.
+            img.save(tmp_path / domain / f"slice_{i + 100 * (domain == 'T2'):03d}.png")
     d = load_data(tmp_path, 32)
-    for part in (d.train, d.val, d.test):
+    assert not d.paired
+    for part, size in ((d.train, 32), (d.val, 256), (d.test, 256)):
         for x in (part.t1, part.t2):
-            assert x.shape[1:] == (1, 32, 32) and torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1
+            assert x.shape[1:] == (1, size, size) and torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1
     n = sum(len(s.t1) for s in (d.train, d.val, d.test))
     assert n == sum(lab != "gap" for lab in split_labels(14))
     for path in (tmp_path / "T1").iterdir():  # every mode carries its picture, not a blank

@@ -80,7 +80,8 @@ def test_contrast_tells_a_copied_input_from_a_translation(source, gap, request):
 
     d = load_data("synthetic" if source == "synthetic" else request.getfixturevalue("study_data"), 64)
     t1, t2 = (d.val.t1 + 1) / 2, (d.val.t2 + 1) / 2
-    real_t2, head = (d.train.t2 + 1) / 2, d.train.t2_head
+    # Other real T2 slices at val's size: the test split's (train is at resize, val and test at the eval size).
+    real_t2, head = (d.test.t2 + 1) / 2, d.test.t2_head
     copied = contrast(t1, d.val.t1_head, real_t2, head)
     translated = contrast(t2, d.val.t2_head, real_t2, head)
     assert translated > 0.98 and translated - copied > gap
