@@ -386,13 +386,17 @@ def pad_square(image: np.ndarray) -> np.ndarray:
 
 
 def head_mask(image: np.ndarray) -> np.ndarray:
-    """The head in a [0, 1] slice: the largest bright component, holes (dark CSF, bone) filled."""
-    fg = image > HEAD_THRESHOLD
+    """The head in a [0, 1] slice: the largest bright component, holes (dark CSF, bone) filled.
+
+    Holes are filled before the largest component is taken: near the crown a dark skull can cut the thin scalp
+    ring off the brain, and the brain alone would then pass for the head.
+    """
+    fg = ndimage.binary_fill_holes(image > HEAD_THRESHOLD)
     labels, count = ndimage.label(fg)
     if count == 0:
         return fg
     largest = 1 + int(np.argmax(ndimage.sum(fg, labels, range(1, count + 1))))
-    return ndimage.binary_fill_holes(labels == largest)
+    return labels == largest
 
 
 def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int) -> SliceSet:

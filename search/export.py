@@ -37,7 +37,8 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     cfg, g_t1_t2, g_t2_t1 = checkpoint.generators(state)
     dataset = load_data(data, cfg.resize, cfg.seed)
     # Whether the cross-contrast figures compare with the true other contrast (paired) or the input slice.
-    metrics = {"trial_id": o.trial_id, "epoch": state["epoch"], "val": state["metrics"], "test": o.test,
+    metrics = {"trial_id": o.trial_id, "epoch": state["epoch"], "val": state["metrics"],
+               "rescore_val": o.val_rescore, "test": o.test,
                "data": data, "evaluation": dataset.split()["evaluation"], "eval_size": dataset.eval_size}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     checkpoint.save(tmp / checkpoint.MODEL, {"config": state["config"], "metrics": metrics, "split": state["split"],
