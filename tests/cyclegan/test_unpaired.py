@@ -14,7 +14,7 @@ from torch import nn
 
 from cyclegan import unpaired as U
 from cyclegan.data import load_data
-from cyclegan.evaluate import evaluate, per_slice, scores, translations, validation_pass
+from cyclegan.evaluate import evaluate, per_slice, resample, scores, translations, validation_pass
 from cyclegan.metrics import IMAGE_METRICS, LOWER_IS_BETTER, POOLED_METRICS, SLICE_METRICS, SWD_METRICS, ssim
 from cyclegan.train import Trainer
 
@@ -161,17 +161,19 @@ def test_noisy_cycle_is_the_head_ssim_of_the_perturbed_path(tiny_cfg):
     with torch.no_grad():
         for x, head, fwd, back, name in ((data.val.t1, data.val.t1_head, g, f, "ssim_t1_t1_noisy"),
                                          (data.val.t2, data.val.t2_head, f, g, "ssim_t2_t2_noisy")):
-            fake = fwd(x)
+            # The generators run at the model's size; val is held at the dataset's evaluation size.
+            fake = fwd(resample(x, tiny_cfg.resize))
             noise = torch.randn(fake.shape, generator=torch.Generator().manual_seed(U.SEED + 1)) * 0.05
-            rec = back((fake + noise).clamp(-1, 1))
+            rec = resample(back((fake + noise).clamp(-1, 1)), data.val.size)
             assert got[name] == pytest.approx(ssim(_01(rec), _01(x), head).mean().item(), abs=1e-6)
 
 
 def test_noisy_cycle_exposes_a_generator_pair_that_hides_its_input(phantom):
-    honest = evaluate(_Affine(1, 0), _Affine(1, 0), phantom.val)  # identity: noise alone lowers the score
+    # Scored at the split's own size, so no resampling blurs the exact copies. Identity: noise alone lowers the score.
+    honest = evaluate(_Affine(1, 0), _Affine(1, 0), phantom.val, resize=phantom.val.size)
     # G writes T1 as a faint copy onto a constant grey image; F amplifies it back, exactly. (Only the T1 cycle
     # hides anything: F saturates on real T2 slices.)
-    hiding = evaluate(_Affine(0.02, -0.5), _Affine(50, 25), phantom.val)
+    hiding = evaluate(_Affine(0.02, -0.5), _Affine(50, 25), phantom.val, resize=phantom.val.size)
     assert honest["ssim_t1_t1_head"] == pytest.approx(1.0) and hiding["ssim_t1_t1_head"] > 0.999
     assert honest["ssim_t1_t1_noisy"] > 0.8 and hiding["ssim_t1_t1_noisy"] < 0.1, (honest, hiding)
     # MIND is blind to the copy's faintness (anatomy kept); the grey image is far from real T2 slices, further
