@@ -19,7 +19,7 @@ from torch import nn
 
 from cyclegan.data import SliceSet
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim, ssim_from_map, ssim_map
-from cyclegan.unpaired import anatomy, cycle_noise, swd
+from cyclegan.unpaired import anatomy, anatomy_coarse, cycle_noise, swd
 
 EVAL_BATCH = 16
 
@@ -97,6 +97,8 @@ def per_slice(outs: dict[str, torch.Tensor], s: SliceSet) -> dict[str, torch.Ten
     to01 = lambda x: (x + 1) / 2  # noqa: E731
     out["anatomy_t1_t2"] = anatomy(s.t1, outs["fake_t2"], s.t1_head)
     out["anatomy_t2_t1"] = anatomy(s.t2, outs["fake_t1"], s.t2_head)
+    out["anatomy_coarse_t1_t2"] = anatomy_coarse(s.t1, outs["fake_t2"], s.t1_head)
+    out["anatomy_coarse_t2_t1"] = anatomy_coarse(s.t2, outs["fake_t1"], s.t2_head)
     out["ssim_t1_t1_noisy"] = ssim(to01(outs["rec_t1_noisy"]), to01(s.t1), s.t1_head)
     out["ssim_t2_t2_noisy"] = ssim(to01(outs["rec_t2_noisy"]), to01(s.t2), s.t2_head)
     return out

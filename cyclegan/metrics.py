@@ -26,8 +26,9 @@ CONTRAST_METRICS = ("contrast_t1_t2", "contrast_t2_t1")
 # More unpaired metrics (cyclegan/unpaired.py). Realism at several scales: the sliced Wasserstein distance between
 # Laplacian-pyramid patches of the translations and of real slices of that contrast (G(T1) against real T2 first).
 SWD_METRICS = ("swd_t1_t2", "swd_t2_t1")
-# Anatomy kept: 1 - the mean |MIND(x) - MIND(G(x))| over the input's head, comparable across contrasts.
-ANATOMY_METRICS = ("anatomy_t1_t2", "anatomy_t2_t1")
+# Anatomy kept: 1 - the mean |MIND(x) - MIND(G(x))| over the input's head, comparable across contrasts; also one
+# pyramid level down (`coarse`), where the pixel noise weighs less.
+ANATOMY_METRICS = ("anatomy_t1_t2", "anatomy_t2_t1", "anatomy_coarse_t1_t2", "anatomy_coarse_t2_t1")
 # Information hidden in the cycle: head SSIM of F(G(x) + n) against x, n a fixed small noise.
 NOISY_CYCLE_METRICS = ("ssim_t1_t1_noisy", "ssim_t2_t2_noisy")
 IMAGE_METRICS = (*(f"{m}_{d}{s}" for s in ("", "_head") for m in ("ssim", "psnr") for d in DIRECTIONS),

@@ -218,6 +218,16 @@ def anatomy(x: torch.Tensor, gx: torch.Tensor, head: torch.Tensor) -> torch.Tens
     return 1 - (diff * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1)
 
 
+def anatomy_coarse(x: torch.Tensor, gx: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """`anatomy` one pyramid level down (binomial blur, half the size): [N]; 1 is best.
+
+    At full size MIND also compares the pixel noise: a generator that smooths its output (as a good translation
+    of a noisy slice does) loses to one that copies its input's noise. Half the size keeps the anatomy's edges
+    and averages most of the noise away.
+    """
+    return anatomy(pyr_down(x), pyr_down(gx), head[..., ::2, ::2])
+
+
 # --- hidden information: the noisy cycle's perturbation ----------------------------------------------------------
 
 @lru_cache(maxsize=8)

@@ -138,6 +138,17 @@ def test_anatomy_ignores_the_contrast_and_sees_a_moved_anatomy(phantom):
     assert truth > max(wrong.values()) + 0.02, (truth, wrong)
 
 
+
+def test_coarse_anatomy_is_mind_one_level_down_and_weighs_the_noise_less(phantom):
+    x, t2, head = _01(phantom.val.t1), _01(phantom.val.t2), phantom.val.t1_head
+    reference = U.anatomy(U.pyr_down(x), U.pyr_down(t2), head[..., ::2, ::2])
+    assert torch.equal(U.anatomy_coarse(x, t2, head), reference)
+    # The true T2 (other noise) scores nearer to a perfect 1 one level down; a moved anatomy still scores lower.
+    fine, coarse = U.anatomy(x, t2, head).mean().item(), U.anatomy_coarse(x, t2, head).mean().item()
+    moved = U.anatomy_coarse(x, torch.roll(t2, 4, dims=-1), head).mean().item()
+    assert 1 - coarse < 0.9 * (1 - fine) and moved < coarse - 0.02, (fine, coarse, moved)
+
+
 # --- the noisy cycle -----------------------------------------------------------------------------------------------
 
 class _Affine(nn.Module):
