@@ -101,7 +101,9 @@ def status_counts(outcomes: list[TrialOutcome]) -> str:
 
 
 def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
-    usable = [o for o in outcomes if o.checkpoint and not math.isnan(o.val_objective)]
+    """The candidates for the final choice, best val objective first: trials with a checkpoint that did not fail
+    (a trial whose retries all crashed never finished the training its config asked for)."""
+    usable = [o for o in outcomes if o.checkpoint and o.status != "error" and not math.isnan(o.val_objective)]
     return sorted(usable, key=lambda o: o.val_objective, reverse=mode == "max")
 
 
