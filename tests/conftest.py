@@ -8,7 +8,8 @@ import pytest
 
 from cyclegan.config import TrainConfig
 
-STUDY_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri-t1t2"
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_DATA = ROOT.parent / "shared" / "data" / "mri-t1t2"
 
 
 @pytest.fixture
@@ -31,3 +32,21 @@ def _one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def local_ray():  # noqa: ANN201
+    """One in-process Ray instance (2 CPUs, no dashboard) for every test that runs Tune in this process.
+
+    Started once a session, since a start costs seconds; a test that must see Ray stopped (a refusal before Ray
+    starts) takes no part, and one that needs a cluster of its own (nodes to kill, declared GPUs) starts real
+    nodes with tests/raynodes.py. Workers import the test modules and the project by name, so the project need
+    not be pip-installed.
+    """
+    import ray
+
+    path = ":".join(str(p) for p in (ROOT, ROOT / "tests" / "search", ROOT / "tests" / "cyclegan"))
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.paths import pythonpath
@@ -72,12 +71,30 @@ def kill_node(node: subprocess.Popen, temp_dir: Path) -> None:
     node.wait(timeout=30)
 
 
+# One driver connects once and polls the node table: a fresh `python -c "import ray; ray.init(...)"` per look
+# costs seconds of start-up on a busy machine, more than the nodes take to join.
+WAIT_FOR_NODES = """
+import sys, time
+import ray
+address, count, deadline = sys.argv[1], int(sys.argv[2]), time.time() + float(sys.argv[3])
+while True:
+    try:
+        ray.init(address=address, log_to_driver=False)
+        break
+    except Exception:  # the head is not up yet
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+while sum(n["Alive"] for n in ray.nodes()) != count:
+    if time.time() > deadline:
+        sys.exit(f"{sum(n['Alive'] for n in ray.nodes())} nodes alive")
+    time.sleep(0.1)
+"""
+
+
 def wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 120) -> None:
-    check = f"import ray; ray.init(address='{address}', log_to_driver=False); print(len(ray.nodes()))"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        p = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
-        if p.returncode == 0 and p.stdout.strip().splitlines()[-1] == str(count):
-            return
-        time.sleep(1)
-    raise AssertionError(f"the cluster at {address} did not reach {count} nodes")
+    """Returns once `count` nodes of the cluster at `address` are alive (polled, not slept on)."""
+    p = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address, str(count), str(timeout)], env=env,
+                       capture_output=True, text=True, timeout=timeout + 60)
+    if p.returncode != 0:
+        raise AssertionError(f"the cluster at {address} did not reach {count} nodes: {p.stderr.strip()[-500:]}")

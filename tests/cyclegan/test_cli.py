@@ -29,6 +29,7 @@ def _one_line_error(p: subprocess.CompletedProcess, match: str) -> None:
     assert match in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.slow  # trains three times in subprocesses
 @pytest.mark.parametrize("data", ["synthetic", "study"])
 def test_train_leaves_config_metrics_checkpoint_and_events_then_resumes(tmp_path, data, request):
     source = "synthetic" if data == "synthetic" else str(request.getfixturevalue("study_data"))
@@ -51,6 +52,7 @@ def test_train_leaves_config_metrics_checkpoint_and_events_then_resumes(tmp_path
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.slow  # trains and translates in subprocesses
 def test_translate_writes_each_slice_at_its_own_size_and_bit_depth(tmp_path):
     out = tmp_path / "run"
     assert cli("cyclegan.train", *TINY, "--set", "epochs=1", "--out", str(out), cwd=tmp_path).returncode == 0
@@ -82,6 +84,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, args, match):
     _one_line_error(cli(*args, cwd=tmp_path), match)
 
 
+@pytest.mark.slow  # trains and translates in subprocesses
 def test_train_on_nifti_volumes_then_translate_one_back_to_a_volume(tmp_path):
     import nibabel as nib
 

@@ -76,6 +76,7 @@ def test_other_names_or_sizes_on_each_side_leave_a_folder_unpaired_as_before(tmp
     assert not load_data(root, 32).paired
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_paired_volumes_train_end_to_end_with_disjoint_training_subjects(tmp_path):
     root = paired_volumes(tmp_path / "data")
     out = tmp_path / "run"

@@ -19,6 +19,8 @@ import pytest
 
 from tests.paths import pythonpath
 
+pytestmark = pytest.mark.slow  # real Ray Tune searches with injected faults
+
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = """
 objective: {metric: ssim_t1_t1, mode: max}

@@ -14,6 +14,8 @@ import pytest
 from search.report import read_metrics
 from tests.search.test_run import TINY, run
 
+pytestmark = pytest.mark.slow  # a real search (ASHA) in a subprocess
+
 SPACE = """# one knob, TPE, ASHA stopping after the first epoch
 objective: {weights: {ssim_t1_t1_head: 0.5, ssim_t2_t2_head: 0.5}, mode: max}
 search: {sampler: tpe, num_samples: 5, max_concurrent: 1, seed: 0}

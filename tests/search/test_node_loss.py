@@ -30,6 +30,8 @@ import pytest
 
 from tests.raynodes import free_port, kill_node, node_processes, ray_node, token_env, wait_for_nodes
 
+pytestmark = pytest.mark.slow  # a two-node Ray cluster and a search on it
+
 SPACE = """
 objective: {metric: ssim_t1_t1, mode: max}
 search: {max_concurrent: 2}

@@ -86,6 +86,7 @@ def test_bad_arguments_are_refused() -> None:
             gpu_share(TINY, GiB, most_per_gpu=most)
 
 
+@pytest.mark.slow  # a real search in a subprocess
 def test_auto_on_a_machine_without_a_gpu_runs_the_trials_on_the_cpu(tmp_path: Path) -> None:
     # A real local Ray Tune search: Ray finds no GPU here, so auto falls back to CPU trials, with a note.
     space = tmp_path / "auto.yaml"

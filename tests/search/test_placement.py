@@ -29,6 +29,8 @@ from cyclegan.memory import GiB
 from search.packing import RAY_UNITS, gpu_share, ray_units
 from tests.raynodes import free_port, kill_node, ray_node, token_env, wait_for_nodes
 
+pytestmark = pytest.mark.slow  # a Ray cluster of declared GPUs and searches on it
+
 TINY = "resize: 32, unet_depth: 5, disc_layers: 2, ngf: 8, ndf: 8, pool_size: 4"
 SPACE = f"""
 objective: {{metric: ssim_t1_t1, mode: max}}

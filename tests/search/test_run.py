@@ -15,6 +15,8 @@ import pytest
 
 from tests.paths import pythonpath
 
+pytestmark = pytest.mark.slow  # real searches in subprocesses, each starting Ray
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2", "--set", "ngf=8", "--set", "ndf=8",
         "--gpus-per-trial", "0", "--cpus-per-trial", "1"]

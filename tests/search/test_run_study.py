@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 
 import optuna
+import pytest
 
 from tests.search.test_run import TINY, run
+
+pytestmark = pytest.mark.slow  # a real two-objective search in a subprocess
 
 TWO = """# two objectives: reconstruction SSIM in the head against the cycle loss
 objective: {metrics: [ssim_t1_t1_head, loss_cycle], modes: [max, min]}

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray
 from ray import tune
 
 from cyclegan.config import TrainConfig
+
+pytestmark = pytest.mark.slow  # Tune runs in a Ray instance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,16 +21,6 @@ def fake_trainable(config: dict) -> None:
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k != "name"})  # refuses nested or unknown keys
     for epoch in (1, 2):
         tune.report({"epoch": epoch, "objective": cfg.unet_depth + epoch / 10, "resize_seen": cfg.resize})
-
-
-@pytest.fixture(scope="module")
-def local_ray():  # noqa: ANN201
-    # Workers import this module and the project by name; the project need not be pip-installed.
-    path = f"{ROOT}:{Path(__file__).parent}"
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("name", ["full.yaml", "study_v1_v4.yaml"])  # OptunaSearch, PointsSearcher
