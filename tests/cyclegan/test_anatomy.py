@@ -58,6 +58,7 @@ def test_both_contrasts_share_the_source_anatomy_in_literature_order(subset: Pat
         assert np.allclose(pair.anatomy.fractions.sum(axis=0), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # builds a folder from the study's slices in a subprocess
 def test_cli_writes_a_paired_folder_deterministically(subset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = run("--from", str(subset), "--out", str(out), "--seed", "3")

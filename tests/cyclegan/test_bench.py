@@ -28,6 +28,7 @@ def _params(t: Trainer) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for net in t.models.named().values() for p in net.parameters()])
 
 
+@pytest.mark.slow  # the benchmark on the CPU, the longest test of the fast tier before
 def test_bench_runs_on_the_cpu_and_writes_every_section(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--device", "cpu", "--size", "32", "--depth", "5", "--batches", "2", "--steps", "2",
@@ -199,6 +200,7 @@ def test_graphed_fit_equals_eager_fit_on_the_gpu(tmp_path):
     assert not res["check"]["warnings"]
 
 
+@pytest.mark.slow  # trains 3 epochs
 def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -60,6 +60,7 @@ def test_image_pool_fills_then_swaps_half_the_time():
     assert ImagePool(0).query(later) is later
 
 
+@pytest.mark.slow  # trains 3 epochs
 def test_fit_reports_every_epoch_with_all_metrics_and_learns(tiny_cfg):
     data = load_data("synthetic", 32)
     seen = []
@@ -87,6 +88,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_cfg, tmp_path):
     assert cfg == tiny_cfg.replace(epochs=1) and not saved
 
 
+@pytest.mark.slow  # trains 3 epochs, twice
 def test_resume_continues_exactly(tiny_cfg, tmp_path):
     # Bit-exact on the CPU. On a GPU (measured on an H100) a resumed run drifts from the straight one by about
     # the size of a few Adam steps: cuDNN's backward kernels are not deterministic, so this checks the CPU.

@@ -21,6 +21,8 @@ from search.report import evaluation, evaluation_line, selection_line
 from search.select import TrialOutcome, choose, rescore
 from search.space import Objective
 
+pytestmark = pytest.mark.slow  # trains two models, then re-scores them on val and test
+
 DATA = "synthetic"
 OBJECTIVE = Objective({"ssim_t1_t1_head": 0.5, "ssim_t2_t2_head": 0.5}, "max")
 
