@@ -23,8 +23,9 @@ has one in train, one in val and one in test, whole subjects go to a split (`spl
 in both domains, so no head is seen in training and scored in test. Otherwise (one volume per domain,
 or the PNG slices of one head) the split is by blocks of neighbouring slices, because neighbours are
 near copies: a domain's slices, its heads one after the other, get a val block and a test block in each
-of several segments spread from the bottom to the top, and the slice on either side of a held-out run is
-left out of training (a "gap"), so no val or test slice has a neighbour in train (`split_labels`).
+of several segments spread from the bottom to the top, and the slice on either side of a held-out run, and
+the one between a val block and its test block, is left out (a "gap"), so no val or test slice has a
+neighbour in train and no test slice one in val (`split_labels`).
 """
 
 from __future__ import annotations
@@ -206,9 +207,12 @@ def split_labels(n: int) -> list[str]:
     run = max(1, round(n * HELD_OUT_FRACTION / segments))  # slices per val (and per test) block
     labels = ["train"] * n
     for k in range(segments):
-        start = int(k * n / segments + (n / segments - 2 * run) / 2)  # val then test, mid-segment
+        # Mid-segment: val, one slice left out, then test. A test slice beside a val slice would be scored on
+        # nearly the image that chose the checkpoints and the winner.
+        start = int(k * n / segments + (n / segments - 2 * run - 1) / 2)
         labels[start:start + run] = ["val"] * run
-        labels[start + run:start + 2 * run] = ["test"] * run
+        labels[start + run] = "gap"
+        labels[start + run + 1:start + 2 * run + 1] = ["test"] * run
     held = [lab in ("val", "test") for lab in labels]
     for i in range(n):
         if labels[i] == "train" and ((i > 0 and held[i - 1]) or (i < n - 1 and held[i + 1])):

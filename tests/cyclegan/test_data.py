@@ -65,6 +65,17 @@ def test_split_has_no_test_or_val_slice_next_to_a_train_slice_and_spans_the_head
             assert {3 * i // n for i in test} == {0, 1, 2}
 
 
+def test_a_gap_parts_each_val_block_from_its_test_block():
+    # Neighbouring slices are near copies: a test slice beside a val slice is scored on what chose the winner.
+    for n in (10, 12, 23, 43, 46, 60, 200):
+        labels = split_labels(n)
+        for i in range(n - 1):
+            assert {labels[i], labels[i + 1]} != {"val", "test"}, (n, i, labels)
+        # The gap costs one training slice a segment, not held-out slices: the study's 43 keep 6 val and 6 test.
+        if n == 43:
+            assert (labels.count("val"), labels.count("test"), labels.count("train")) == (6, 6, 22)
+
+
 def test_split_is_written_with_slice_names(folder, tmp_path):
     d = load_data(folder, 32)
     d.save_split(tmp_path / "split.json")
