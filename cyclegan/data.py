@@ -16,13 +16,15 @@ affine (co-registered, as IXI and BraTS ship them). Then val and test are paired
 slice, so translations are scored against the truth) while training stays unpaired: the T1 and the T2
 training slices come from disjoint anatomy (`unpair_train`). Any other folder is unpaired.
 
-The split keeps subjects apart. A domain's PNG slices are taken as one head (sorted by their number);
-each volume is one subject, named by its file: `sub-01_T1w.nii.gz` and `sub-01_T2w.nii.gz` are both
-subject `sub-01` (BIDS), `a_t1.nii` is `a`. When there are at least three subjects and each domain then
-has one in train, one in val and one in test, whole subjects go to a split (`split_subjects`), the same
-in both domains, so no head is seen in training and scored in test. Otherwise (one volume per domain,
-or the PNG slices of one head) the split is by blocks of neighbouring slices, because neighbours are
-near copies: a domain's slices, its heads one after the other, get a val block and a test block in each
+The split keeps subjects apart. Each volume is one subject, named by its file: `sub-01_T1w.nii.gz` and
+`sub-01_T2w.nii.gz` are both subject `sub-01` (BIDS), `a_t1.nii` is `a`. PNG slices are grouped by the
+subject their names carry (`sub-01_slice_012.png` is `sub-01`, `IXI002_slice_050.png` is `IXI002`:
+`png_subject`), each subject's sorted by slice number; slices whose names carry none (`slice_012.png`)
+are one head. When there are at least three subjects and each domain then has one in train, one in val
+and one in test, whole subjects go to a split (`split_subjects`), the same in both domains, so no head is
+seen in training and scored in test. Otherwise (one volume per domain, or the PNG slices of one or two
+heads) the split is by blocks of neighbouring slices, because neighbours are near copies: a domain's
+slices, its heads one after the other (never interleaved), get a val block and a test block in each
 of several segments spread from the bottom to the top, and the slice on either side of a held-out run, and
 the one between a val block and its test block, is left out (a "gap"), so no val or test slice has a
 neighbour in train and no test slice one in val (`split_labels`).
@@ -255,23 +257,25 @@ def pair_stacks(stacks: dict[str, list[Stack]]) -> dict[str, list[Stack]] | None
 
     Paired: T1/ and T2/ hold the same PNG names, each of one size in both, and every subject has exactly one
     volume in each, of the same shape and affine (np.allclose). A pair keeps the slices that show the head in
-    both contrasts; the PNG slices of a paired folder are one head, "PNG slices", in both.
+    both contrasts; PNG slices whose names carry no subject are one head, "PNG slices", in both.
     """
     partners = {}
     for domain, ss in stacks.items():
-        volumes = [s.subject for s in ss if s.geometry is not None]
-        if len(set(volumes)) != len(volumes):
+        # A volume by its subject; PNG slices by the subject their names carry (None: the domain's unnamed head).
+        keys = [("volume", s.subject) if s.geometry is not None else ("png", png_subject(s.names[0])) for s in ss]
+        if len(set(keys)) != len(keys):
             return None  # two volumes of one subject in a contrast: which is whose pair is unknown
-        partners[domain] = {s.subject if s.geometry is not None else None: s for s in ss}
+        partners[domain] = dict(zip(keys, ss))
     if partners["T1"].keys() != partners["T2"].keys():
         return None
     out: dict[str, list[Stack]] = {d: [] for d in DOMAINS}
     for key, a in partners["T1"].items():
         b = partners["T2"][key]
-        if key is None:  # the PNG slices
+        if key[0] == "png":
             if a.names != b.names or any(x.shape != y.shape for x, y in zip(a.images, b.images)):
                 return None
-            a, b = replace(a, subject="PNG slices"), replace(b, subject="PNG slices")
+            if key[1] is None:  # "T1 PNG slices" and "T2 PNG slices" are one head
+                a, b = replace(a, subject="PNG slices"), replace(b, subject="PNG slices")
         elif a.geometry[0] != b.geometry[0] or not np.allclose(a.geometry[1], b.geometry[1]):
             return None
         both = a.head & b.head
@@ -311,7 +315,7 @@ def unpair_train(labels: list[str], subjects: list[str]) -> dict[str, list[str]]
 
 @dataclass(frozen=True)
 class Stack:
-    """Slices of one head, kept together by the split: one NIfTI volume, or a domain's PNG slices."""
+    """Slices of one head, kept together by the split: one NIfTI volume, or the PNG slices of one subject."""
 
     subject: str
     names: list[str]
@@ -326,7 +330,10 @@ class Stack:
 
 
 def read_domain(folder: Path) -> list[Stack]:
-    """Reads one domain's PNG slices (sorted by slice number, as one stack) and volumes (one stack each)."""
+    """Reads one domain's PNG slices (a stack a subject, sorted by slice number) and volumes (one stack each).
+
+    PNG slices whose names carry no subject (`png_subject`) are one head, "<domain> PNG slices".
+    """
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
     from cyclegan import nifti  # nibabel only where there are volumes; nifti imports this module
@@ -335,10 +342,11 @@ def read_domain(folder: Path) -> list[Stack]:
     volumes = sorted(p for p in folder.iterdir() if nifti.is_nifti(p) and p.is_file())
     if not pngs and not volumes:
         raise DataError(f"{folder}: no slices; expected {'/'.join(IMAGE_SUFFIXES + nifti.NIFTI_SUFFIXES)} files")
-    stacks = []
-    if pngs:
-        stacks.append(Stack(f"{folder.name} PNG slices", [p.name for p in pngs], [read_image(p) for p in pngs],
-                            np.ones(len(pngs), dtype=bool)))
+    heads: dict[str | None, list[Path]] = {}
+    for path in pngs:
+        heads.setdefault(png_subject(path.name), []).append(path)
+    stacks = [_png_stack(subject or f"{folder.name} PNG slices", paths)
+              for subject, paths in sorted(heads.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
     for path in volumes:
         vol = nifti.read_volume(path)
         stacks.append(Stack(subject_of(path.name), vol.names, vol.slices, vol.head,
@@ -353,7 +361,29 @@ def subject_of(name: str) -> str:
     bids = re.match(r"sub-[A-Za-z0-9]+", name)
     if bids:
         return bids.group(0)
-    return re.sub(r"[_.-]+t[12]w?$", "", stem(name), flags=re.IGNORECASE) or stem(name)
+    return _less_contrast(stem(name)) or stem(name)
+
+
+def png_subject(name: str) -> str | None:
+    """The subject a PNG slice shows when its name says: BIDS `sub-<label>`, or `<subject>_slice_NNN`.
+
+    `sub-01_T1w_slice_012.png` is `sub-01`; `IXI002-T1_slice_050.png` and `IXI002_slice50.png` are `IXI002` (a
+    contrast suffix is dropped, as for volumes). `slice_050.png`, `T1_slice_050.png` and `050.png` name none.
+    """
+    bids = re.match(r"sub-[A-Za-z0-9]+", name)
+    if bids:
+        return bids.group(0)
+    found = re.match(r"(.+?)[_-]+slice[_-]?\d+", Path(name).stem, flags=re.IGNORECASE)
+    subject = _less_contrast(found.group(1)) if found else ""
+    return None if not subject or re.fullmatch(r"t[12]w?", subject, flags=re.IGNORECASE) else subject
+
+
+def _less_contrast(name: str) -> str:
+    return re.sub(r"[_.-]+t[12]w?$", "", name, flags=re.IGNORECASE)
+
+
+def _png_stack(subject: str, paths: list[Path]) -> Stack:
+    return Stack(subject, [p.name for p in paths], [read_image(p) for p in paths], np.ones(len(paths), dtype=bool))
 
 
 def read_image(path: Path) -> np.ndarray:
