@@ -2,8 +2,10 @@
 
 A data folder holds `T1/` and `T2/` of PNG slices (8- or 16-bit, grey or RGB, any size) and/or NIfTI
 volumes (`.nii`, `.nii.gz`; `cyclegan.nifti` says how a volume becomes axial slices in [0, 1], which
-slices are dropped as empty, and how intensities are scaled). Each slice is padded to a square with
-black (so anatomy keeps its proportions) and scaled to [-1, 1]; training slices are resized to `resize`,
+slices are dropped as empty, and how intensities are scaled). 8-bit slices are divided by 255; a head's
+16-bit slices are scaled together as a volume is (their 0.5th percentile to 0, their 99.5th to 1), since
+16 bits often hold 12-bit scanner values that over 65535 would be nearly black. Each slice is padded to a
+square with black (so anatomy keeps its proportions) and scaled to [-1, 1]; training slices are resized to `resize`,
 val and test slices to the dataset's `eval_size`, one size for every trial whatever its `resize`, so that
 trials of different sizes are scored alike (`cyclegan.evaluate` brings a split to the model's size and
 the translations back). `eval_size` is the folder's own square side when all its slices share one size
@@ -56,6 +58,10 @@ HELD_OUT_FRACTION = 0.12
 MIN_SEGMENTS = 3
 # Intensity above which a pixel of a [0, 1] slice belongs to the head, not the black background.
 HEAD_THRESHOLD = 0.05
+# Of all values of a NIfTI volume, or of a head's 16-bit PNG slices: mapped to 0 and 1 (`robust_scale`).
+PERCENTILES = (0.5, 99.5)
+# Pillow's modes of 16- (and 32-) bit grey images, whose range is the scanner's, not the file format's.
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
 SYNTHETIC = "synthetic"
 SYNTHETIC_SLICES = 60
 # The side val and test are held at when a folder's slices differ in size, and the phantom's.
@@ -383,16 +389,50 @@ def _less_contrast(name: str) -> str:
 
 
 def _png_stack(subject: str, paths: list[Path]) -> Stack:
-    return Stack(subject, [p.name for p in paths], [read_image(p) for p in paths], np.ones(len(paths), dtype=bool))
+    """One subject's PNG slices in [0, 1]: 8-bit ones over 255, 16-bit ones scaled together by percentiles.
+
+    The 16-bit slices are scaled per head (all of them at once), as a volume is, not each by its own: a slice's
+    own percentiles would stretch the few head pixels of a slice at the crown or the base (and their noise) to
+    the full range, and lose how bright one level is beside the next; the head's together keep that, and a
+    16-bit PNG export of a volume trains as the volume does. 12-bit data stored in 16 bits is no longer
+    nearly black (over 65535), with a head mask of nearly nothing.
+    """
+    read = [_read_pixels(p) for p in paths]
+    deep = [array for array, is_deep in read if is_deep]
+    low, high = robust_range(np.concatenate([a.ravel() for a in deep])) if deep else (0.0, 1.0)
+    images = [robust_scale(array, low, high) if is_deep else array for array, is_deep in read]
+    return Stack(subject, [p.name for p in paths], images, np.ones(len(paths), dtype=bool))
+
+
+def robust_range(values: np.ndarray) -> tuple[float, float]:
+    """The PERCENTILES of `values`: the intensities mapped to 0 and 1, so a few hot pixels do not squash the rest."""
+    low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+    return low, high
+
+
+def robust_scale(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`array` mapped from [low, high] to [0, 1], clipped; a flat range (a blank slice) spans one unit."""
+    return np.clip((array - low) / (high - low if high > low else 1.0), 0.0, 1.0).astype(np.float32)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Reads an 8- or 16-bit, grey or colour image as a float32 [H, W] array in [0, 1]."""
+    """Reads an 8- or 16-bit, grey or colour image as a float32 [H, W] array in [0, 1].
+
+    An 8-bit image is divided by 255; a 16-bit one, read alone (`cyclegan.translate`), is scaled by its own
+    PERCENTILES, as a head's 16-bit slices are scaled together when a data folder is read (`_png_stack`).
+    """
+    array, deep = _read_pixels(path)
+    return robust_scale(array, *robust_range(array)) if deep else array
+
+
+def _read_pixels(path: Path) -> tuple[np.ndarray, bool]:
+    """An image's grey values: 8-bit (and colour) ones in [0, 1], and whether it is 16-bit (its raw values)."""
+    deep = False
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float32) / 65535.0
+            if img.mode in DEEP_MODES:
+                array, deep = np.asarray(img, dtype=np.float32), True
             elif img.mode == "F":
                 array = np.asarray(img, dtype=np.float32)
             else:
@@ -402,7 +442,7 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({e})") from None
     if array.ndim != 2 or min(array.shape) < 2:
         raise DataError(f"{path}: a {array.shape} image is too small; expected at least 2x2 pixels")
-    return np.clip(array, 0.0, 1.0)
+    return (array, True) if deep else (np.clip(array, 0.0, 1.0), False)
 
 
 def to_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import DataError, load_data, read_image, split_labels
+from cyclegan.data import DataError, load_data, read_domain, read_image, split_labels
+from cyclegan.nifti import read_volume
 from tests.badfiles import png_header_only, truncated_png
+from tests.cyclegan.test_nifti import phantom_volume
 
 
 def _write(folder: Path, n: int, *, size=(30, 20), mode="L", start=0) -> None:
@@ -49,6 +51,25 @@ def test_sixteen_bit_keeps_its_precision(tmp_path):
     ramp = (np.linspace(0, 1, 64 * 64).reshape(64, 64) * 65535).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "r.png")
     assert len(np.unique(read_image(tmp_path / "r.png"))) > 1000
+
+
+def test_a_heads_16_bit_slices_of_12_bit_values_are_scaled_as_its_volume_is(tmp_path):
+    # Scanner integers under 4096 stored in 16 bits: over 65535 they would be nearly black, their masks empty.
+    data = phantom_volume(tmp_path / "a.nii.gz")  # data[k] is display slice k (see tests/cyclegan/test_nifti.py)
+    assert 0 < data.max() < 4096
+    for domain, start in (("T1", 0), ("T2", 100)):  # other names in T2/: unpaired, each split the same way
+        (tmp_path / domain).mkdir()
+        for k, img in enumerate(data):
+            png = img.astype(np.uint16) if domain == "T1" else np.round(img / data.max() * 255).astype(np.uint8)
+            Image.fromarray(png).save(tmp_path / domain / f"slice_{start + k:03d}.png")
+    [stack] = read_domain(tmp_path / "T1")  # scaled together, per head, not each slice by its own percentiles
+    np.testing.assert_allclose(np.stack(stack.images), read_volume(tmp_path / "a.nii.gz").slices, atol=1e-6)
+    # The head masks of the 16-bit T1 slices cover what those of the same head in 8 bits (T2/) cover.
+    d = load_data(tmp_path, 32)
+    t1, t2 = d.train.t1_head, d.train.t2_head
+    assert t2.sum() > 0 and (t1 & t2).sum() / (t1 | t2).sum() > 0.9
+    # A 16-bit slice read alone (as `cyclegan.translate` reads one) is scaled by its own percentiles.
+    assert read_image(tmp_path / "T1" / f"slice_{len(data) // 2:03d}.png").max() == 1.0
 
 
 def test_split_has_no_test_or_val_slice_next_to_a_train_slice_and_spans_the_head():
