@@ -83,7 +83,7 @@ def test_two_subjects_are_split_by_blocks_of_each_ones_own_neighbours(tmp_path):
             assert "train" not in {by_level.get((subject, i - 1)), by_level.get((subject, i + 1))}, (subject, i)
         # The two heads one after the other: the labels of 30 slices, sub-01's then sub-02's.
         order = sorted(level, key=level.get)
-        assert [part_of.get(name, "gap") for name in order] == [
+        assert [part_of[name] for name in order] == [
             lab for lab in split_labels(30) if lab != "gap"]
 
 
