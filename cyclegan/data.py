@@ -42,6 +42,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from cyclegan.common import HEAD_THRESHOLD, DataError  # defined below nifti, which needs them too
 from cyclegan.phantom import Phantom, make_phantom
 
 DOMAINS = ("T1", "T2")
@@ -51,18 +52,12 @@ MIN_SLICES = 10
 # Held-out share of each domain for val and for test, spread over at least this many segments.
 HELD_OUT_FRACTION = 0.12
 MIN_SEGMENTS = 3
-# Intensity above which a pixel of a [0, 1] slice belongs to the head, not the black background.
-HEAD_THRESHOLD = 0.05
 SYNTHETIC = "synthetic"
 SYNTHETIC_SLICES = 60
 # The side val and test are held at when a folder's slices differ in size, and the phantom's.
 EVAL_SIZE = 256
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file or folder and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +320,7 @@ def read_domain(folder: Path) -> list[Stack]:
     """Reads one domain's PNG slices (sorted by slice number, as one stack) and volumes (one stack each)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
-    from cyclegan import nifti  # nibabel only where there are volumes; nifti imports this module
+    from cyclegan import nifti  # nibabel only where there are volumes
 
     pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
     volumes = sorted(p for p in folder.iterdir() if nifti.is_nifti(p) and p.is_file())

@@ -28,7 +28,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from cyclegan.data import HEAD_THRESHOLD, DataError
+from cyclegan.common import HEAD_THRESHOLD, DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PERCENTILES = (0.5, 99.5)  # of all voxels of a volume: mapped to 0 and 1
