@@ -47,6 +47,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from cyclegan.common import HEAD_THRESHOLD, DataError, robust_range, robust_scale
+
+# Defined below nifti, which needs them too; PERCENTILES is re-exported for callers of this module.
+from cyclegan.common import PERCENTILES as PERCENTILES
 from cyclegan.phantom import Phantom, make_phantom
 
 DOMAINS = ("T1", "T2")
@@ -56,10 +60,6 @@ MIN_SLICES = 10
 # Held-out share of each domain for val and for test, spread over at least this many segments.
 HELD_OUT_FRACTION = 0.12
 MIN_SEGMENTS = 3
-# Intensity above which a pixel of a [0, 1] slice belongs to the head, not the black background.
-HEAD_THRESHOLD = 0.05
-# Of all values of a NIfTI volume, or of a head's 16-bit PNG slices: mapped to 0 and 1 (`robust_scale`).
-PERCENTILES = (0.5, 99.5)
 # Pillow's modes of 16- (and 32-) bit grey images, whose range is the scanner's, not the file format's.
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
 SYNTHETIC = "synthetic"
@@ -68,10 +68,6 @@ SYNTHETIC_SLICES = 60
 EVAL_SIZE = 256
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file or folder and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -342,7 +338,7 @@ def read_domain(folder: Path) -> list[Stack]:
     """
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
-    from cyclegan import nifti  # nibabel only where there are volumes; nifti imports this module
+    from cyclegan import nifti  # nibabel only where there are volumes
 
     pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
     volumes = sorted(p for p in folder.iterdir() if nifti.is_nifti(p) and p.is_file())
@@ -402,17 +398,6 @@ def _png_stack(subject: str, paths: list[Path]) -> Stack:
     low, high = robust_range(np.concatenate([a.ravel() for a in deep])) if deep else (0.0, 1.0)
     images = [robust_scale(array, low, high) if is_deep else array for array, is_deep in read]
     return Stack(subject, [p.name for p in paths], images, np.ones(len(paths), dtype=bool))
-
-
-def robust_range(values: np.ndarray) -> tuple[float, float]:
-    """The PERCENTILES of `values`: the intensities mapped to 0 and 1, so a few hot pixels do not squash the rest."""
-    low, high = (float(v) for v in np.percentile(values, PERCENTILES))
-    return low, high
-
-
-def robust_scale(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """`array` mapped from [low, high] to [0, 1], clipped; a flat range (a blank slice) spans one unit."""
-    return np.clip((array - low) / (high - low if high > low else 1.0), 0.0, 1.0).astype(np.float32)
 
 
 def read_image(path: Path) -> np.ndarray:

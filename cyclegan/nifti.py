@@ -29,7 +29,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from cyclegan.data import HEAD_THRESHOLD, PERCENTILES, DataError, robust_range, robust_scale
+from cyclegan.common import HEAD_THRESHOLD, PERCENTILES, DataError, robust_range, robust_scale
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 EMPTY_SLICE_FRACTION = 0.01  # a slice with fewer head voxels than this share of its voxels shows no head
