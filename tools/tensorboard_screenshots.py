@@ -51,6 +51,12 @@ def get_json(url: str) -> object:
         return json.loads(r.read())
 
 
+def post_json(url: str, body: object) -> object:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
 @contextmanager
 def tensorboard(logdir: Path, runs: int, timeout: float = 120) -> Iterator[str]:
     """TensorBoard serving `logdir` on 127.0.0.1; yields its URL once it lists `runs` runs."""
