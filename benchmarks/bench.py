@@ -438,7 +438,7 @@ def section_epoch(args: argparse.Namespace, dev: torch.device, res: dict[str, An
                 saves[metrics["epoch"]] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        result = fit(cfg, data, device=dev, report=report, log_dir=trial / "tb", log_scalars=False)
+        result = fit(cfg, data, device=dev, report=report, log_dir=trial / "tb")
         total = time.perf_counter() - t0
     parts = [{**t, "checkpoint": saves.get(e, 0.0), "report": t["report"] - saves.get(e, 0.0)}
              for e, t in enumerate(result.timings, start=1)]

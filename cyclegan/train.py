@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,10 +28,10 @@ from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass
 from cyclegan.graphed import Replay, StepRunner
-from cyclegan.images import png_bytes, tile, to_uint8
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
+from cyclegan.tensorboard import HParams, TensorBoard
 
 Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
 
@@ -286,14 +286,15 @@ class FitResult:
 
 
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
-        resume: dict[str, Any] | None = None, log_dir: Path | None = None, log_scalars: bool = True,
-        progress: bool = False) -> FitResult:
+        resume: dict[str, Any] | None = None, log_dir: Path | None = None, hparams: HParams | None = None,
+        derived: Callable[[dict[str, Any]], Mapping[str, float]] | None = None, progress: bool = False) -> FitResult:
     """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
-    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. With `log_dir`, TensorBoard
-    events go there: sample translations, and unless `log_scalars` is off (Ray Tune logs its own), the
-    losses, the metrics and the HParams session.
+    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. `derived` adds metrics computed
+    from each epoch's (the search's objective) before they are logged and reported. With `log_dir`, TensorBoard
+    events go there (`cyclegan.tensorboard`): the losses, the metrics, sample translations and the HParams
+    session of `hparams` (default: every knob of `cfg`).
     """
     t = Trainer.build(cfg, device)
     dev, models = t.device, t.models
@@ -312,7 +313,9 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     # val is held at the dataset's eval size; the generators see it at cfg.resize and their outputs come back.
     validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast, cfg.resize),
                       enabled=t.graphs, name="validation", warmup=1)
-    tb = _TensorBoard(_writer(log_dir, cfg, log_scalars), cfg, log_scalars) if log_dir is not None else None
+    tb = None
+    if log_dir is not None:
+        tb = TensorBoard(log_dir, cfg, hparams if hparams is not None else HParams.of_config(cfg), start)
     result = FitResult(models)
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
@@ -328,6 +331,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": data.val.paired,
                    "train_seconds": train_s, "pairs_per_second": steps * cfg.batch_size / train_s,
                    "val_seconds": time.perf_counter() - clock[1]}
+        if derived is not None:
+            metrics.update(derived(metrics))
         result.history.append(metrics)
         clock.append(time.perf_counter())
         if tb is not None:
@@ -434,85 +439,6 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
             s = opt.state.get(p)
             if s and "step" in s:
                 s["step"] = s["step"].to(dtype=torch.float32, device=p.device if on_device else "cpu")
-
-
-def _writer(log_dir: Path, cfg: TrainConfig, hparams_session: bool):
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    writer = SummaryWriter(str(log_dir))
-    if not hparams_session:
-        return writer
-    # The HParams session is written first, so trials stopped early by a scheduler still show in the
-    # HParams view; its metric columns are the scalar tags logged every epoch.
-    exp, ssi, sei = hparams(cfg.to_dict(), {f"val/{m}": 0.0 for m in IMAGE_METRICS})
-    for summary in (exp, ssi, sei):
-        writer.file_writer.add_summary(summary)
-    return writer
-
-
-class _TensorBoard:
-    """fit's TensorBoard events, written by one background thread.
-
-    Encoding the sample image (a PNG of six rows of slices) took longer than a whole epoch of training
-    steps at the study's size (docs/benchmarks.md), so the loop only copies what is to be written to the
-    host and goes on; `close` waits for the writes and raises any error they met.
-    """
-
-    def __init__(self, writer, cfg: TrainConfig, scalars: bool) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.writer, self.cfg, self.scalars = writer, cfg, scalars
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
-        self.pending: list = []
-
-    def epoch(self, metrics: dict[str, Any], data: Dataset, outs: dict[str, torch.Tensor], epoch: int) -> None:
-        values = [(f"train/{k}" if k.startswith("loss_") else f"val/{k}", v) for k, v in metrics.items()
-                  if self.scalars and (k.startswith("loss_") or k in IMAGE_METRICS)]
-        image = ready = None
-        if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
-            # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation
-            # pass, all at the eval size the translations are scored at. Tiled on the device (a copy, so the next
-            # replay of the validation graph cannot overwrite it) and copied to pinned host memory without
-            # waiting: the thread waits for the copy, not the loop.
-            n = 4
-            pixels = to_uint8(tile([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
-                                    data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]]))
-            if pixels.is_cuda:
-                image = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
-                image.copy_(pixels, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record()
-            else:
-                image = pixels
-        self._raise_failed()
-        self.pending.append(self.pool.submit(self._write, values, image, ready, epoch))
-
-    def _write(self, values: list[tuple[str, float]], image: torch.Tensor | None, ready, epoch: int) -> None:
-        for tag, v in values:
-            self.writer.add_scalar(tag, v, epoch)
-        if image is not None:
-            if ready is not None:
-                ready.synchronize()
-            # A grey PNG of our own: TensorBoard's add_image makes it RGB and compresses it at PIL's default
-            # level, several times slower for the same picture.
-            from tensorboard.compat.proto.summary_pb2 import Summary
-
-            h, w = image.shape[-2:]
-            png = Summary.Image(height=h, width=w, colorspace=1, encoded_image_string=png_bytes(image[0].numpy()))
-            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="val/samples", image=png)]), epoch)
-        self.writer.flush()
-
-    def _raise_failed(self) -> None:
-        done = [f for f in self.pending if f.done()]
-        self.pending = [f for f in self.pending if not f.done()]
-        for f in done:
-            f.result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self._raise_failed()
-        self.writer.close()
 
 
 def _progress(epochs: range):

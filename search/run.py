@@ -14,17 +14,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
+from cyclegan.tensorboard import TABLE3
 from search.packing import driver_gpu_bytes
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store
 
+if TYPE_CHECKING:
+    from search.trainable import TensorBoardView
+
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # Ray Tune's switch for its CSV, JSON and TensorBoard loggers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.trainable import train_trial
 
@@ -132,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
-                             checkpoint_every=space.checkpoint_every, resources=resources),
+                             checkpoint_every=space.checkpoint_every, resources=resources,
+                             view=tensorboard_view(space)),
         resources)
+    # Each trial writes its own TensorBoard run (search/trainable.py). Ray's logger would add a second one per
+    # trial, its tags `ray/tune/...` mixed with its own bookkeeping (`done`, `should_checkpoint`, ...) and an
+    # HParams session whose metric columns are those. Switching Ray's automatic loggers off drops it; the CSV and
+    # JSON loggers, which the results and `search.throughput` read, are then given explicitly.
+    os.environ[NO_AUTO_LOGGERS] = "1"
     run_path = f"{storage.rstrip('/')}/{name}"
     if args.resume:
         tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -145,12 +158,29 @@ def main(argv: list[str] | None = None) -> int:
         # artifacts brings them to the run's storage (a local folder or s3://) beside Ray's own files.
         run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),
                                     failure_config=space.failure_config(),
-                                    sync_config=tune.SyncConfig(sync_artifacts=True))
+                                    sync_config=tune.SyncConfig(sync_artifacts=True),
+                                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
     if study is not None:
         close_study(study)
     return summarise(results, space, args.data, run_path, study)
+
+
+def tensorboard_view(space: Space) -> TensorBoardView:
+    """The knobs the trials of `space` differ in, and the metrics HParams compares them by: the objective(s), the
+    metrics the objective weighs, then the study's SSIM/PSNR (`cyclegan.tensorboard.TABLE3`)."""
+    from search.trainable import TensorBoardView  # imports Ray, which the checks before it starts do not need
+
+    points = space.trial_points()
+    if points is None:
+        varied = tuple(space.params)
+    else:
+        keys = sorted({k for p in points for k in p})
+        varied = tuple(k for k in keys if len({json.dumps(p.get(k)) for p in points}) > 1)
+    reported = space.reported_objectives()
+    weighed = [m for o in space.objectives for m in o.weights]
+    return TensorBoardView(varied, tuple(dict.fromkeys([*reported.keys, *weighed, *TABLE3])))
 
 
 def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None) -> int:
