@@ -140,7 +140,7 @@ def _number(value: Any) -> float | None:
 def deepest_allowed(knob: str, resize: int) -> int:
     """The deepest value of a depth knob that the config accepts at this resize (0: none).
 
-    Asked of TrainConfig itself (2**unet_depth <= resize, 4 * 2**disc_layers <= resize today), so the search
+    Asked of TrainConfig itself (resize a multiple of 2**unet_depth, 4 * 2**disc_layers <= resize today), so the search
     follows the config's rule as it is, not a copy of it.
     """
     depth = 0
