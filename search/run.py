@@ -14,23 +14,33 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ray import tune
 
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
 from cyclegan.tensorboard import TABLE3
 from search.packing import driver_gpu_bytes
 from search.space import AUTO, Space, SpaceError, load_space
-from search.study import StudyStore, close_study, open_study_store
+from search.study import StudyStore, close_study, open_study_store, reconcile_study
 
 if TYPE_CHECKING:
     from search.trainable import TensorBoardView
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # Ray Tune's switch for its CSV, JSON and TensorBoard loggers
+INTERRUPTED = 130  # the shell's exit status for a command ended by Ctrl-C (128 + SIGINT)
+# Set when the search is stopped by Ctrl-C (or SIGUSR1, Ray's other stop signal); a module global because the
+# callback that sets it is pickled with the run's config for --resume, and an Event is not picklable.
+_interrupted = threading.Event()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop starting and running trials after this long; what finished is still selected from")
     p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
+    p.add_argument("--export-on-interrupt", action="store_true",
+                   help="when interrupted (Ctrl-C), still write summary/ and export the best trial so far to best/")
     p.add_argument("--optuna-storage", metavar="URL",
                    help="an Optuna storage URL for the study, e.g. postgresql://user@host/db "
                         "(default: sqlite:///STORAGE/NAME/optuna.db); the study is named NAME")
@@ -119,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import ray
-    from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.trainable import train_trial
@@ -159,11 +170,22 @@ def main(argv: list[str] | None = None) -> int:
         run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),
                                     failure_config=space.failure_config(),
                                     sync_config=tune.SyncConfig(sync_artifacts=True),
-                                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback()])
+                                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), WatchInterrupt()])
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-    results = tuner.fit()
+    quiet = _DropRayResumeHint()
+    logging.getLogger("ray.tune.tune").addFilter(quiet)
+    try:
+        results = tuner.fit()
+    finally:
+        logging.getLogger("ray.tune.tune").removeFilter(quiet)
+    if _interrupted.is_set():
+        # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
+        # study is left as it is: the trials it holds as running continue on --resume, and are told then.
+        ray.shutdown()
+        return interrupted(results, space, args, run_path, study, argv)
     if study is not None:
         close_study(study)
+        reconcile_study(study, results)
     return summarise(results, space, args.data, run_path, study)
 
 
@@ -183,7 +205,63 @@ def tensorboard_view(space: Space) -> TensorBoardView:
     return TensorBoardView(varied, tuple(dict.fromkeys([*reported.keys, *weighed, *TABLE3])))
 
 
-def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None) -> int:
+class WatchInterrupt(tune.Callback):
+    """Notes a Ctrl-C of the search, then lets Ray Tune stop as it does (a last save of the run's state).
+
+    Tune installs its own SIGINT handler when `fit` starts and calls `setup` after it, so the handler found here
+    is Tune's: this one wraps it. Tune's restores the handler from before `fit`, so a second Ctrl-C stops at once.
+    """
+
+    def setup(self, **info: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGUSR1):
+            tune_handler = signal.getsignal(sig)
+            if callable(tune_handler):
+                signal.signal(sig, _noting(tune_handler))
+
+
+def _noting(tune_handler: Any) -> Any:
+    def handler(sig: int, frame: Any) -> None:
+        if not _interrupted.is_set():
+            print("\ninterrupted: saving the run's state so that --resume continues it (Ctrl-C again to skip)",
+                  file=sys.stderr, flush=True)
+        _interrupted.set()
+        tune_handler(sig, frame)
+    return handler
+
+
+class _DropRayResumeHint(logging.Filter):
+    """Drops Tune's own lines about an interruption: its `Tuner.restore(...)` hint, its stop notice and its list
+    of the trials it did not complete. `search.run` says what to type instead (the same command with --resume)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(x in text for x in ("Tuner.restore(", "Stop signal received", "Trials did not complete"))
+
+
+def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: str, study: StudyStore | None,
+                argv: list[str] | None) -> int:
+    """Says how far an interrupted search got and how to continue it; summarises and exports only if asked."""
+    from search.select import outcome
+
+    outcomes = [outcome(r, space.objective.mode) for r in results]
+    running = [o for o in outcomes if o.status != "error" and not o.last.get("done")]
+    for o in running:
+        o.status = "interrupted"  # neither finished nor stopped by the scheduler: --resume continues it
+    done = len(outcomes) - len(running)
+    code = INTERRUPTED
+    if args.export_on_interrupt:
+        summarise(results, space, args.data, run_path, study, outcomes=outcomes)
+    command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
+    again = shlex.join(["python", "-m", "search.run", *command, *([] if args.resume else ["--resume"])])
+    print(f"interrupted: {done} of {len(outcomes)} trials ended, {len(running)} interrupted"
+          + ("" if args.export_on_interrupt else "; nothing exported") + f". Continue with: {again}", file=sys.stderr)
+    return code
+
+
+def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None,
+              outcomes: list | None = None) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code."""
     import tempfile
 
@@ -195,7 +273,8 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
     summary = run_dir / "summary"
     summary.mkdir(parents=True, exist_ok=True)
-    outcomes = [outcome(r, space.objective.mode) for r in results]
+    if outcomes is None:
+        outcomes = [outcome(r, space.objective.mode) for r in results]
     winner, finalists = choose(outcomes, space.objective, data, space.top_k)
     samples = None
     if winner is not None:
@@ -233,4 +312,8 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `search.run`, not `__main__`, so that the callback pickled with the run's state for --resume is
+    # found by its module's name whichever way the run is continued.
+    from search.run import main as run_main
+
+    sys.exit(run_main())

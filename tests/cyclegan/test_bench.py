@@ -23,7 +23,8 @@ from cyclegan.graphed import Replay
 from cyclegan.images import tile, to_uint8
 from cyclegan.memory import estimate_memory, footprint
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr, ssim
-from cyclegan.train import Trainer, _load_optimizer, epoch_order, train_step
+from cyclegan.train import Trainer, epoch_order, train_step
+from cyclegan.training_state import load_optimizer as _load_optimizer
 from tests.paths import ROOT, pythonpath
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA graph capture and replay")
