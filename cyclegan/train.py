@@ -369,6 +369,14 @@ def _progress(epochs: range):
     return tqdm(epochs, desc="epochs", unit="epoch", file=sys.stderr)
 
 
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """One epoch in one line, for output that is not a terminal (a log, a pipe), where a progress bar says nothing
+    until the end."""
+    shown = ", ".join(f"{k} {metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2") if k in metrics)
+    seconds = metrics.get("train_seconds", 0.0) + metrics.get("val_seconds", 0.0)
+    return f"epoch {metrics['epoch']}/{epochs}: {shown} ({seconds:.1f} s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyclegan.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")

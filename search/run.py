@@ -12,14 +12,18 @@ Optuna study in `optuna.db` (or in the database given by `--optuna-storage`; see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +124,69 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     return space, storage, name
 
 
+# Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
+# folders); Ray Train's note of every checkpoint a trial saves says nothing the run's folder does not.
+NOISE = re.compile(r"^To visualize your results with TensorBoard, run: |^\(\S+ pid=\d+[^)]*\) Checkpoint successfully "
+                   r"created at: ")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def quiet_console() -> None:
+    """Leaves out Optuna's info lines, which a user cannot act on ("A new study created in memory ...", each trial's
+    value, which Tune's table shows), keeping its warnings and errors."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not sys.stderr.isatty():
+        # Ray's prefixes of the trials' lines, for any that arrive after `tidy_output` has ended.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+class _Tidy(io.TextIOBase):
+    """A text stream that passes whole lines on, less Ray's `NOISE`, and without colour codes unless the
+    stream it writes to is a terminal (Ray colours the trials' prefixes and its "[repeated Nx across cluster]" notes
+    whatever the output). Ray's log thread and Tune's loop both write to it."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.pending, self.lock = stream, "", threading.Lock()
+        self.keep_colour = stream.isatty()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            *lines, self.pending = (self.pending + text).split("\n")
+            for line in lines:
+                if not NOISE.match(ANSI.sub("", line)):
+                    self.stream.write((line if self.keep_colour else ANSI.sub("", line)) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.keep_colour
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def close_out(self) -> None:
+        if self.pending:
+            self.stream.write(self.pending if self.keep_colour else ANSI.sub("", self.pending))
+            self.pending = ""
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def tidy_output() -> Iterator[None]:
+    """Ray Tune's console output (its table, the trials' lines) through `_Tidy`."""
+    out, err = _Tidy(sys.stdout), _Tidy(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        out.close_out()
+        err.close_out()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -135,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.trainable import train_trial
 
+    quiet_console()
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)
     if args.address is None and space.wants_gpus and not ray.cluster_resources().get("GPU"):
@@ -174,19 +242,22 @@ def main(argv: list[str] | None = None) -> int:
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
     quiet = _DropRayResumeHint()
     logging.getLogger("ray.tune.tune").addFilter(quiet)
-    try:
-        results = tuner.fit()
-    finally:
-        logging.getLogger("ray.tune.tune").removeFilter(quiet)
-    if _interrupted.is_set():
-        # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
-        # study is left as it is: the trials it holds as running continue on --resume, and are told then.
-        ray.shutdown()
-        return interrupted(results, space, args, run_path, study, argv)
-    if study is not None:
-        close_study(study)
-        reconcile_study(study, results)
-    return summarise(results, space, args.data, run_path, study)
+    with tidy_output():  # to the end: Ray's log thread brings the trials' last lines while the summary is made
+        try:
+            results = tuner.fit()
+        finally:
+            logging.getLogger("ray.tune.tune").removeFilter(quiet)
+        if _interrupted.is_set():
+            # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
+            # study is left as it is: the trials it holds as running continue on --resume, and are told then.
+            ray.shutdown()
+            return interrupted(results, space, args, run_path, study, argv)
+        if study is not None:
+            close_study(study)
+            reconcile_study(study, results)
+        code = summarise(results, space, args.data, run_path, study)
+        ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
+    return code
 
 
 def tensorboard_view(space: Space) -> TensorBoardView:
@@ -282,9 +353,10 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"
         curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)
-    plots = optuna_plots(outcomes, space.objective.mode, summary)
+    plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
-    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path)
+    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path,
+                 plots_source)
     (summary / SELECTION).write_text(json.dumps({
         "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
         "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported
