@@ -460,14 +460,6 @@ def _slices(split: dict[str, Any]) -> dict[str, Any]:
     return {k: split.get(k) for k in ("train", "val", "test")}
 
 
-def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
-    """One epoch in one line, for a log: its losses, its cycle and cross-contrast SSIMs and its time."""
-    shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t1", "ssim_t1_t2")
-                     if isinstance(metrics.get(k), (int, float)))
-    seconds = metrics.get("train_seconds", 0.0) + metrics.get("val_seconds", 0.0)
-    return f"epoch {metrics['epoch']}/{epochs}: {shown} ({seconds:.1f} s)"
-
-
 def _epochs_done(metrics_file: Path) -> int:
     try:
         return int(json.loads(metrics_file.read_text().splitlines()[-1])["epoch"])
