@@ -39,7 +39,7 @@ class TrainConfig:
     # The study's knobs.
     resize: int = 256  # slices are resized to resize x resize
     batch_size: int = 2
-    unet_depth: int = 8  # down-sampling blocks, each halving the image: needs 2**unet_depth <= resize
+    unet_depth: int = 8  # down-sampling blocks, each halving the image: resize a multiple of 2**unet_depth
     disc_layers: int = 3  # stride-2 blocks of the PatchGAN (3 gives the reference 70x70 receptive field)
     epochs: int = 100
     # The optimiser, as in the reference code.
@@ -97,6 +97,16 @@ class TrainConfig:
                 f"unet_depth={_show(self.unet_depth)} needs resize >= 2**{_show(self.unet_depth)}"
                 f"{_power(self.unet_depth)}, got resize={_show(self.resize)}; the deepest depth for "
                 f"resize={_show(self.resize)} is {self.resize.bit_length() - 1}")
+        if self.resize % (1 << self.unet_depth):
+            # Each U-Net level halves the image and its skip joins the doubled-up level above: an odd size on
+            # the way down leaves the two a pixel apart.
+            step = 1 << self.unet_depth
+            near = [r for r in (self.resize // step * step, self.resize // step * step + step) if r > 0]
+            deepest = (self.resize & -self.resize).bit_length() - 1  # the power of 2 that divides resize
+            raise ConfigError(
+                f"unet_depth={_show(self.unet_depth)} needs resize divisible by 2**{_show(self.unet_depth)}"
+                f"{_power(self.unet_depth)}, got resize={_show(self.resize)}; use resize="
+                f"{' or '.join(map(str, near))}" + (f", or unet_depth <= {deepest}" if deepest else ""))
         if self.disc_layers + 2 > self.resize.bit_length() - 1:
             # The PatchGAN's two last 4x4 convs need at least a 4x4 map after its stride-2 blocks.
             raise ConfigError(f"disc_layers={_show(self.disc_layers)} needs resize >= 4 * 2**{_show(self.disc_layers)}"

@@ -2,8 +2,10 @@
 
 A data folder holds `T1/` and `T2/` of PNG slices (8- or 16-bit, grey or RGB, any size) and/or NIfTI
 volumes (`.nii`, `.nii.gz`; `cyclegan.nifti` says how a volume becomes axial slices in [0, 1], which
-slices are dropped as empty, and how intensities are scaled). Each slice is padded to a square with
-black (so anatomy keeps its proportions) and scaled to [-1, 1]; training slices are resized to `resize`,
+slices are dropped as empty, and how intensities are scaled). 8-bit slices are divided by 255; a head's
+16-bit slices are scaled together as a volume is (their 0.5th percentile to 0, their 99.5th to 1), since
+16 bits often hold 12-bit scanner values that over 65535 would be nearly black. Each slice is padded to a
+square with black (so anatomy keeps its proportions) and scaled to [-1, 1]; training slices are resized to `resize`,
 val and test slices to the dataset's `eval_size`, one size for every trial whatever its `resize`, so that
 trials of different sizes are scored alike (`cyclegan.evaluate` brings a split to the model's size and
 the translations back). `eval_size` is the folder's own square side when all its slices share one size
@@ -16,15 +18,18 @@ affine (co-registered, as IXI and BraTS ship them). Then val and test are paired
 slice, so translations are scored against the truth) while training stays unpaired: the T1 and the T2
 training slices come from disjoint anatomy (`unpair_train`). Any other folder is unpaired.
 
-The split keeps subjects apart. A domain's PNG slices are taken as one head (sorted by their number);
-each volume is one subject, named by its file: `sub-01_T1w.nii.gz` and `sub-01_T2w.nii.gz` are both
-subject `sub-01` (BIDS), `a_t1.nii` is `a`. When there are at least three subjects and each domain then
-has one in train, one in val and one in test, whole subjects go to a split (`split_subjects`), the same
-in both domains, so no head is seen in training and scored in test. Otherwise (one volume per domain,
-or the PNG slices of one head) the split is by blocks of neighbouring slices, because neighbours are
-near copies: a domain's slices, its heads one after the other, get a val block and a test block in each
-of several segments spread from the bottom to the top, and the slice on either side of a held-out run is
-left out of training (a "gap"), so no val or test slice has a neighbour in train (`split_labels`).
+The split keeps subjects apart. Each volume is one subject, named by its file: `sub-01_T1w.nii.gz` and
+`sub-01_T2w.nii.gz` are both subject `sub-01` (BIDS), `a_t1.nii` is `a`. PNG slices are grouped by the
+subject their names carry (`sub-01_slice_012.png` is `sub-01`, `IXI002_slice_050.png` is `IXI002`:
+`png_subject`), each subject's sorted by slice number; slices whose names carry none (`slice_012.png`)
+are one head. When there are at least three subjects and each domain then has one in train, one in val
+and one in test, whole subjects go to a split (`split_subjects`), the same in both domains, so no head is
+seen in training and scored in test. Otherwise (one volume per domain, or the PNG slices of one or two
+heads) the split is by blocks of neighbouring slices, because neighbours are near copies: a domain's
+slices, its heads one after the other (never interleaved), get a val block and a test block in each
+of several segments spread from the bottom to the top, and the slice on either side of a held-out run, and
+the one between a val block and its test block, is left out (a "gap"), so no val or test slice has a
+neighbour in train and no test slice one in val (`split_labels`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from cyclegan.common import HEAD_THRESHOLD, DataError, robust_range, robust_scale
+
+# Defined below nifti, which needs them too; PERCENTILES is re-exported for callers of this module.
+from cyclegan.common import PERCENTILES as PERCENTILES
 from cyclegan.phantom import Phantom, make_phantom
 
 DOMAINS = ("T1", "T2")
@@ -51,18 +60,14 @@ MIN_SLICES = 10
 # Held-out share of each domain for val and for test, spread over at least this many segments.
 HELD_OUT_FRACTION = 0.12
 MIN_SEGMENTS = 3
-# Intensity above which a pixel of a [0, 1] slice belongs to the head, not the black background.
-HEAD_THRESHOLD = 0.05
+# Pillow's modes of 16- (and 32-) bit grey images, whose range is the scanner's, not the file format's.
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
 SYNTHETIC = "synthetic"
 SYNTHETIC_SLICES = 60
 # The side val and test are held at when a folder's slices differ in size, and the phantom's.
 EVAL_SIZE = 256
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file or folder and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -206,9 +211,12 @@ def split_labels(n: int) -> list[str]:
     run = max(1, round(n * HELD_OUT_FRACTION / segments))  # slices per val (and per test) block
     labels = ["train"] * n
     for k in range(segments):
-        start = int(k * n / segments + (n / segments - 2 * run) / 2)  # val then test, mid-segment
+        # Mid-segment: val, one slice left out, then test. A test slice beside a val slice would be scored on
+        # nearly the image that chose the checkpoints and the winner.
+        start = int(k * n / segments + (n / segments - 2 * run - 1) / 2)
         labels[start:start + run] = ["val"] * run
-        labels[start + run:start + 2 * run] = ["test"] * run
+        labels[start + run] = "gap"
+        labels[start + run + 1:start + 2 * run + 1] = ["test"] * run
     held = [lab in ("val", "test") for lab in labels]
     for i in range(n):
         if labels[i] == "train" and ((i > 0 and held[i - 1]) or (i < n - 1 and held[i + 1])):
@@ -251,23 +259,25 @@ def pair_stacks(stacks: dict[str, list[Stack]]) -> dict[str, list[Stack]] | None
 
     Paired: T1/ and T2/ hold the same PNG names, each of one size in both, and every subject has exactly one
     volume in each, of the same shape and affine (np.allclose). A pair keeps the slices that show the head in
-    both contrasts; the PNG slices of a paired folder are one head, "PNG slices", in both.
+    both contrasts; PNG slices whose names carry no subject are one head, "PNG slices", in both.
     """
     partners = {}
     for domain, ss in stacks.items():
-        volumes = [s.subject for s in ss if s.geometry is not None]
-        if len(set(volumes)) != len(volumes):
+        # A volume by its subject; PNG slices by the subject their names carry (None: the domain's unnamed head).
+        keys = [("volume", s.subject) if s.geometry is not None else ("png", png_subject(s.names[0])) for s in ss]
+        if len(set(keys)) != len(keys):
             return None  # two volumes of one subject in a contrast: which is whose pair is unknown
-        partners[domain] = {s.subject if s.geometry is not None else None: s for s in ss}
+        partners[domain] = dict(zip(keys, ss))
     if partners["T1"].keys() != partners["T2"].keys():
         return None
     out: dict[str, list[Stack]] = {d: [] for d in DOMAINS}
     for key, a in partners["T1"].items():
         b = partners["T2"][key]
-        if key is None:  # the PNG slices
+        if key[0] == "png":
             if a.names != b.names or any(x.shape != y.shape for x, y in zip(a.images, b.images)):
                 return None
-            a, b = replace(a, subject="PNG slices"), replace(b, subject="PNG slices")
+            if key[1] is None:  # "T1 PNG slices" and "T2 PNG slices" are one head
+                a, b = replace(a, subject="PNG slices"), replace(b, subject="PNG slices")
         elif a.geometry[0] != b.geometry[0] or not np.allclose(a.geometry[1], b.geometry[1]):
             return None
         both = a.head & b.head
@@ -307,7 +317,7 @@ def unpair_train(labels: list[str], subjects: list[str]) -> dict[str, list[str]]
 
 @dataclass(frozen=True)
 class Stack:
-    """Slices of one head, kept together by the split: one NIfTI volume, or a domain's PNG slices."""
+    """Slices of one head, kept together by the split: one NIfTI volume, or the PNG slices of one subject."""
 
     subject: str
     names: list[str]
@@ -322,19 +332,23 @@ class Stack:
 
 
 def read_domain(folder: Path) -> list[Stack]:
-    """Reads one domain's PNG slices (sorted by slice number, as one stack) and volumes (one stack each)."""
+    """Reads one domain's PNG slices (a stack a subject, sorted by slice number) and volumes (one stack each).
+
+    PNG slices whose names carry no subject (`png_subject`) are one head, "<domain> PNG slices".
+    """
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
-    from cyclegan import nifti  # nibabel only where there are volumes; nifti imports this module
+    from cyclegan import nifti  # nibabel only where there are volumes
 
     pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
     volumes = sorted(p for p in folder.iterdir() if nifti.is_nifti(p) and p.is_file())
     if not pngs and not volumes:
         raise DataError(f"{folder}: no slices; expected {'/'.join(IMAGE_SUFFIXES + nifti.NIFTI_SUFFIXES)} files")
-    stacks = []
-    if pngs:
-        stacks.append(Stack(f"{folder.name} PNG slices", [p.name for p in pngs], [read_image(p) for p in pngs],
-                            np.ones(len(pngs), dtype=bool)))
+    heads: dict[str | None, list[Path]] = {}
+    for path in pngs:
+        heads.setdefault(png_subject(path.name), []).append(path)
+    stacks = [_png_stack(subject or f"{folder.name} PNG slices", paths)
+              for subject, paths in sorted(heads.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
     for path in volumes:
         vol = nifti.read_volume(path)
         stacks.append(Stack(subject_of(path.name), vol.names, vol.slices, vol.head,
@@ -349,16 +363,61 @@ def subject_of(name: str) -> str:
     bids = re.match(r"sub-[A-Za-z0-9]+", name)
     if bids:
         return bids.group(0)
-    return re.sub(r"[_.-]+t[12]w?$", "", stem(name), flags=re.IGNORECASE) or stem(name)
+    return _less_contrast(stem(name)) or stem(name)
+
+
+def png_subject(name: str) -> str | None:
+    """The subject a PNG slice shows when its name says: BIDS `sub-<label>`, or `<subject>_slice_NNN`.
+
+    `sub-01_T1w_slice_012.png` is `sub-01`; `IXI002-T1_slice_050.png` and `IXI002_slice50.png` are `IXI002` (a
+    contrast suffix is dropped, as for volumes). `slice_050.png`, `T1_slice_050.png` and `050.png` name none.
+    """
+    bids = re.match(r"sub-[A-Za-z0-9]+", name)
+    if bids:
+        return bids.group(0)
+    found = re.match(r"(.+?)[_-]+slice[_-]?\d+", Path(name).stem, flags=re.IGNORECASE)
+    subject = _less_contrast(found.group(1)) if found else ""
+    return None if not subject or re.fullmatch(r"t[12]w?", subject, flags=re.IGNORECASE) else subject
+
+
+def _less_contrast(name: str) -> str:
+    return re.sub(r"[_.-]+t[12]w?$", "", name, flags=re.IGNORECASE)
+
+
+def _png_stack(subject: str, paths: list[Path]) -> Stack:
+    """One subject's PNG slices in [0, 1]: 8-bit ones over 255, 16-bit ones scaled together by percentiles.
+
+    The 16-bit slices are scaled per head (all of them at once), as a volume is, not each by its own: a slice's
+    own percentiles would stretch the few head pixels of a slice at the crown or the base (and their noise) to
+    the full range, and lose how bright one level is beside the next; the head's together keep that, and a
+    16-bit PNG export of a volume trains as the volume does. 12-bit data stored in 16 bits is no longer
+    nearly black (over 65535), with a head mask of nearly nothing.
+    """
+    read = [_read_pixels(p) for p in paths]
+    deep = [array for array, is_deep in read if is_deep]
+    low, high = robust_range(np.concatenate([a.ravel() for a in deep])) if deep else (0.0, 1.0)
+    images = [robust_scale(array, low, high) if is_deep else array for array, is_deep in read]
+    return Stack(subject, [p.name for p in paths], images, np.ones(len(paths), dtype=bool))
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Reads an 8- or 16-bit, grey or colour image as a float32 [H, W] array in [0, 1]."""
+    """Reads an 8- or 16-bit, grey or colour image as a float32 [H, W] array in [0, 1].
+
+    An 8-bit image is divided by 255; a 16-bit one, read alone (`cyclegan.translate`), is scaled by its own
+    PERCENTILES, as a head's 16-bit slices are scaled together when a data folder is read (`_png_stack`).
+    """
+    array, deep = _read_pixels(path)
+    return robust_scale(array, *robust_range(array)) if deep else array
+
+
+def _read_pixels(path: Path) -> tuple[np.ndarray, bool]:
+    """An image's grey values: 8-bit (and colour) ones in [0, 1], and whether it is 16-bit (its raw values)."""
+    deep = False
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float32) / 65535.0
+            if img.mode in DEEP_MODES:
+                array, deep = np.asarray(img, dtype=np.float32), True
             elif img.mode == "F":
                 array = np.asarray(img, dtype=np.float32)
             else:
@@ -368,7 +427,7 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({e})") from None
     if array.ndim != 2 or min(array.shape) < 2:
         raise DataError(f"{path}: a {array.shape} image is too small; expected at least 2x2 pixels")
-    return np.clip(array, 0.0, 1.0)
+    return (array, True) if deep else (np.clip(array, 0.0, 1.0), False)
 
 
 def to_square(image: np.ndarray, size: int) -> np.ndarray:

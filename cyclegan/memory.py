@@ -14,7 +14,7 @@ measured on an H100 for the fast path and for eager fp32 (`CALIBRATION`, docs/be
 margin is added so that a cap set from the estimate does not stop a trial.
 
 `measure_memory(cfg)` runs a trial's first epochs on the GPU (through the CUDA-graph capture and one
-validation pass) and reads the peak instead; `python -m cyclegan.bench --sections memory` compares the two.
+validation pass) and reads the peak instead; `python -m benchmarks.bench --sections memory` compares the two.
 
 Outside both figures: each process's CUDA context and library handles, 0.73 GiB on the H100
 (`CONTEXT_BYTES`), which the allocator does not see. K trials fit on one GPU when

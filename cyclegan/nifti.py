@@ -10,7 +10,8 @@ exported the usual way) face the same way. In-plane voxels are taken as square, 
 translation goes back pixel for pixel, so the geometry of a written volume is exactly the input's.
 
 Intensities are scaled per volume by robust percentiles: the 0.5th percentile of all voxels maps to 0 and the
-99.5th to 1, clipped, so a few hot voxels (vessels, artefacts) do not squash the tissue's contrast. A slice
+99.5th to 1, clipped, so a few hot voxels (vessels, artefacts) do not squash the tissue's contrast (a head's
+16-bit PNG slices are scaled the same way, `cyclegan.data.robust_scale`). A slice
 is empty (no head, only air) when fewer than 1% of its voxels are above `HEAD_THRESHOLD` on that scale;
 empty slices are not trained on, and `restore` gives them back exactly as they were read.
 """
@@ -28,10 +29,9 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from cyclegan.data import HEAD_THRESHOLD, DataError
+from cyclegan.common import HEAD_THRESHOLD, PERCENTILES, DataError, robust_range, robust_scale
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-PERCENTILES = (0.5, 99.5)  # of all voxels of a volume: mapped to 0 and 1
 EMPTY_SLICE_FRACTION = 0.01  # a slice with fewer head voxels than this share of its voxels shows no head
 _RAS = axcodes2ornt(("R", "A", "S"))
 # Reading a damaged file fails in any of these, depending on where the damage is (header, gzip stream, data).
@@ -115,11 +115,11 @@ def read_volume(path: Path) -> Volume:
         raise DataError(f"{path}: no head voxels (no finite value)")
     # NaN outside a brain mask, as registration tools write, is background; `restore` gives back the original.
     filled = data if finite.all() else np.where(finite, data, data[finite].min())
-    low, high = (float(v) for v in np.percentile(filled, PERCENTILES))
+    low, high = robust_range(filled)
     if not high > low:
         raise DataError(f"{path}: no head voxels (the {PERCENTILES[0]}th and {PERCENTILES[1]}th percentiles are "
                         f"both {low:g}); expected a volume showing a head")
-    slices = np.clip((_to_display(filled, ornt) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    slices = robust_scale(_to_display(filled, ornt), low, high)
     head = (slices > HEAD_THRESHOLD).mean(axis=(1, 2)) >= EMPTY_SLICE_FRACTION
     if not head.any():
         raise DataError(f"{path}: no head voxels (no slice has {EMPTY_SLICE_FRACTION:.0%} of its voxels above "

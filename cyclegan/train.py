@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from cyclegan import checkpoint
+from cyclegan import checkpoint, training_state
 from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass
 from cyclegan.graphed import Replay, StepRunner
-from cyclegan.images import png_bytes, tile, to_uint8
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
+from cyclegan.tensorboard import HParams, TensorBoard
 
 Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
 
@@ -72,6 +72,10 @@ class ImagePool:
         fakes = fakes.detach()
         if self.images is None:
             self.images = torch.zeros((self.size, *fakes.shape[1:]), dtype=fakes.dtype, device=fakes.device)
+        elif self.images.dtype != fakes.dtype or self.images.device != fakes.device:
+            # A pool restored from a checkpoint of another device or precision (bf16 fakes on a GPU, fp32 on
+            # the CPU): it takes this run's, once.
+            self.images = self.images.to(device=fakes.device, dtype=fakes.dtype)
         out = []
         if self.count < self.size:  # filling: host-known counts, so no sync
             take = min(self.size - self.count, len(fakes))
@@ -79,12 +83,15 @@ class ImagePool:
             self.count += take
             out.append(fakes[:take])
             fakes = fakes[take:]
-        if len(fakes):
-            idx = torch.randint(0, self.size, (len(fakes),), device=fakes.device)
-            swap = (torch.rand(len(fakes), device=fakes.device) < 0.5).view(-1, 1, 1, 1)
+        # Distinct slots within one write: with a repeated slot, index_copy_ keeps one of the fakes written
+        # there and the other is lost while the stored image goes out twice. A batch larger than the pool goes
+        # in pool-sized chunks, one after the other.
+        for chunk in fakes.split(self.size):
+            idx = torch.rand(self.size, device=chunk.device).argsort()[:len(chunk)]
+            swap = (torch.rand(len(chunk), device=chunk.device) < 0.5).view(-1, 1, 1, 1)
             stored = self.images[idx]
-            out.append(torch.where(swap, stored, fakes))
-            self.images.index_copy_(0, idx, torch.where(swap, fakes, stored))
+            out.append(torch.where(swap, stored, chunk))
+            self.images.index_copy_(0, idx, torch.where(swap, chunk, stored))
         return torch.cat(out)
 
     def state(self) -> dict[str, Any]:
@@ -286,20 +293,21 @@ class FitResult:
 
 
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
-        resume: dict[str, Any] | None = None, log_dir: Path | None = None, log_scalars: bool = True,
-        progress: bool = False) -> FitResult:
+        resume: dict[str, Any] | None = None, log_dir: Path | None = None, hparams: HParams | None = None,
+        derived: Callable[[dict[str, Any]], Mapping[str, float]] | None = None, progress: bool = False) -> FitResult:
     """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
-    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. With `log_dir`, TensorBoard
-    events go there: sample translations, and unless `log_scalars` is off (Ray Tune logs its own), the
-    losses, the metrics and the HParams session.
+    `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. `derived` adds metrics computed
+    from each epoch's (the search's objective) before they are logged and reported. With `log_dir`, TensorBoard
+    events go there (`cyclegan.tensorboard`): the losses, the metrics, sample translations and the HParams
+    session of `hparams` (default: every knob of `cfg`).
     """
     t = Trainer.build(cfg, device)
     dev, models = t.device, t.models
     start = 0
     if resume is not None:
-        start = _restore(resume, t)
+        start = training_state.restore(resume, t)
     t.compile()
 
     data = data.to(dev)
@@ -312,7 +320,9 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     # val is held at the dataset's eval size; the generators see it at cfg.resize and their outputs come back.
     validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast, cfg.resize),
                       enabled=t.graphs, name="validation", warmup=1)
-    tb = _TensorBoard(_writer(log_dir, cfg, log_scalars), cfg, log_scalars) if log_dir is not None else None
+    tb = None
+    if log_dir is not None:
+        tb = TensorBoard(log_dir, cfg, hparams if hparams is not None else HParams.of_config(cfg), start)
     result = FitResult(models)
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
@@ -328,6 +338,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": data.val.paired,
                    "train_seconds": train_s, "pairs_per_second": steps * cfg.batch_size / train_s,
                    "val_seconds": time.perf_counter() - clock[1]}
+        if derived is not None:
+            metrics.update(derived(metrics))
         result.history.append(metrics)
         clock.append(time.perf_counter())
         if tb is not None:
@@ -336,7 +348,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
         clock.append(time.perf_counter())
         if report is not None:
-            state = partial(_state, cfg, epoch, t, data, metrics)
+            state = partial(training_state.capture, cfg, epoch, t, data, metrics)
             report(metrics, partial(_save, state=state))
         clock.append(time.perf_counter())
         result.timings.append(dict(zip(("train", "val", "log", "report"), (b - a for a, b in zip(clock, clock[1:])))))
@@ -349,170 +361,6 @@ def _save(path: Path, state: Callable[[], dict[str, Any]]) -> None:
     checkpoint.save(path, state())
 
 
-def _state(cfg: TrainConfig, epoch: int, t: Trainer, data: Dataset, metrics: dict[str, Any]) -> dict[str, Any]:
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    return {"config": cfg.to_dict(), "epoch": epoch, "split": data.split(), "metrics": metrics,
-            "models": {k: checkpoint.state_dict(v) for k, v in t.models.named().items()},
-            "optim": {"g": t.opt_g.state_dict(), "d": t.opt_d.state_dict()},
-            "sched": [s.state_dict() for s in t.scheds], "pools": [p.state() for p in t.pools], "rng": rng}
-
-
-TRAINING_STATE = ("epoch", "models", "optim", "sched", "pools", "rng")
-
-
-def check_resumable(state: dict[str, Any], cfg: TrainConfig, weights: bool = False) -> None:
-    """Refuses a loaded checkpoint that `fit` cannot continue with `cfg`: an export, or other settings.
-
-    With `weights`, the four networks' weights are also loaded into fresh networks (on the CPU), so an
-    edited or mixed-up file is caught too. The CLI calls this before it writes anything, so a refused
-    resume leaves the run as it was.
-    """
-    missing = [k for k in TRAINING_STATE if k not in state]
-    if missing:
-        raise checkpoint.CheckpointError(f"not a training checkpoint (no {', '.join(missing)}); an export "
-                                         "(model.pt) holds the generators only and cannot be resumed")
-    try:
-        saved = TrainConfig.from_dict(state["config"])
-    except ConfigError as e:
-        raise checkpoint.CheckpointError(f"checkpoint holds a config this code refuses ({e})") from None
-    if saved.replace(epochs=cfg.epochs) != cfg:
-        changed = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v and k != "epochs")
-        raise checkpoint.CheckpointError(f"checkpoint was trained with other settings ({', '.join(changed)})")
-    if weights:
-        try:
-            for name, net in CycleGAN.build(cfg).named().items():
-                net.load_state_dict(state["models"][name])
-        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
-            raise _unfit(e) from None
-
-
-def _unfit(e: Exception) -> checkpoint.CheckpointError:
-    # A file that reads but whose parts do not fit the networks its own config builds: damaged or edited.
-    # load_state_dict's first line only says "Error(s) in loading state_dict"; the next says which keys.
-    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
-    return checkpoint.CheckpointError(f"checkpoint's state does not fit its config ({type(e).__name__}: "
-                                      f"{' '.join(lines)[:300]})")
-
-
-def _restore(state: dict[str, Any], t: Trainer) -> int:
-    check_resumable(state, t.cfg)
-    try:
-        for name, net in t.models.named().items():
-            net.load_state_dict(state["models"][name])
-        _load_optimizer(t.opt_g, state["optim"]["g"])
-        _load_optimizer(t.opt_d, state["optim"]["d"])
-        for sched, s in zip(t.scheds, state["sched"]):
-            sched.load_state_dict(s)
-        for pool, s in zip(t.pools, state["pools"]):
-            pool.load(s, t.device)
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and t.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        return int(state["epoch"])
-    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
-        raise _unfit(e) from None
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Loads an optimizer's state but keeps this run's kind of optimizer (fused, capturable, GPU lr tensor).
-
-    `load_state_dict` takes those settings from the checkpoint, and a checkpoint read onto the CPU holds
-    the learning rate as a CPU tensor when it was written by a capturable optimizer.
-    """
-    own = [{k: g[k] for k in ("lr", "capturable", "fused", "foreach")} for g in opt.param_groups]
-    opt.load_state_dict(state)
-    for g, kind in zip(opt.param_groups, own):
-        lr = float(g["lr"])
-        if isinstance(kind["lr"], torch.Tensor):
-            kind["lr"].fill_(lr)
-            lr = kind["lr"]
-        g.update({**kind, "lr": lr})
-        on_device = bool(g["capturable"] or g["fused"])
-        for p in g["params"]:
-            s = opt.state.get(p)
-            if s and "step" in s:
-                s["step"] = s["step"].to(dtype=torch.float32, device=p.device if on_device else "cpu")
-
-
-def _writer(log_dir: Path, cfg: TrainConfig, hparams_session: bool):
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    writer = SummaryWriter(str(log_dir))
-    if not hparams_session:
-        return writer
-    # The HParams session is written first, so trials stopped early by a scheduler still show in the
-    # HParams view; its metric columns are the scalar tags logged every epoch.
-    exp, ssi, sei = hparams(cfg.to_dict(), {f"val/{m}": 0.0 for m in IMAGE_METRICS})
-    for summary in (exp, ssi, sei):
-        writer.file_writer.add_summary(summary)
-    return writer
-
-
-class _TensorBoard:
-    """fit's TensorBoard events, written by one background thread.
-
-    Encoding the sample image (a PNG of six rows of slices) took longer than a whole epoch of training
-    steps at the study's size (docs/benchmarks.md), so the loop only copies what is to be written to the
-    host and goes on; `close` waits for the writes and raises any error they met.
-    """
-
-    def __init__(self, writer, cfg: TrainConfig, scalars: bool) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.writer, self.cfg, self.scalars = writer, cfg, scalars
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
-        self.pending: list = []
-
-    def epoch(self, metrics: dict[str, Any], data: Dataset, outs: dict[str, torch.Tensor], epoch: int) -> None:
-        values = [(f"train/{k}" if k.startswith("loss_") else f"val/{k}", v) for k, v in metrics.items()
-                  if self.scalars and (k.startswith("loss_") or k in IMAGE_METRICS)]
-        image = ready = None
-        if epoch % self.cfg.sample_every == 0 or epoch == self.cfg.epochs or epoch == 1:
-            # Rows: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)) for the first val slices, from the validation
-            # pass, all at the eval size the translations are scored at. Tiled on the device (a copy, so the next
-            # replay of the validation graph cannot overwrite it) and copied to pinned host memory without
-            # waiting: the thread waits for the copy, not the loop.
-            n = 4
-            pixels = to_uint8(tile([data.val.t1[:n], outs["fake_t2"][:n], outs["rec_t1"][:n],
-                                    data.val.t2[:n], outs["fake_t1"][:n], outs["rec_t2"][:n]]))
-            if pixels.is_cuda:
-                image = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
-                image.copy_(pixels, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record()
-            else:
-                image = pixels
-        self._raise_failed()
-        self.pending.append(self.pool.submit(self._write, values, image, ready, epoch))
-
-    def _write(self, values: list[tuple[str, float]], image: torch.Tensor | None, ready, epoch: int) -> None:
-        for tag, v in values:
-            self.writer.add_scalar(tag, v, epoch)
-        if image is not None:
-            if ready is not None:
-                ready.synchronize()
-            # A grey PNG of our own: TensorBoard's add_image makes it RGB and compresses it at PIL's default
-            # level, several times slower for the same picture.
-            from tensorboard.compat.proto.summary_pb2 import Summary
-
-            h, w = image.shape[-2:]
-            png = Summary.Image(height=h, width=w, colorspace=1, encoded_image_string=png_bytes(image[0].numpy()))
-            self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="val/samples", image=png)]), epoch)
-        self.writer.flush()
-
-    def _raise_failed(self) -> None:
-        done = [f for f in self.pending if f.done()]
-        self.pending = [f for f in self.pending if not f.done()]
-        for f in done:
-            f.result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
-        self._raise_failed()
-        self.writer.close()
 
 
 def _progress(epochs: range):
@@ -521,29 +369,50 @@ def _progress(epochs: range):
     return tqdm(epochs, desc="epochs", unit="epoch", file=sys.stderr)
 
 
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """One epoch in one line, for output that is not a terminal (a log, a pipe), where a progress bar says nothing
+    until the end."""
+    shown = ", ".join(f"{k} {metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2") if k in metrics)
+    seconds = metrics.get("train_seconds", 0.0) + metrics.get("val_seconds", 0.0)
+    return f"epoch {metrics['epoch']}/{epochs}: {shown} ({seconds:.1f} s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyclegan.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config knob, e.g. --set resize=64 (repeatable)")
-    p.add_argument("--config", type=Path, help="a config.json to start from (e.g. a run's own)")
+    p.add_argument("--config", type=Path, help="a config.json to start from (default: with --resume, the run's own)")
     p.add_argument("--out", type=Path, required=True, help="the run's folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, with OUT/config.json")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     args = p.parse_args(argv)
     try:
-        base = TrainConfig.load(args.config) if args.config else TrainConfig()
-        cfg = base.replace(**parse_overrides(args.overrides))
+        return _run(args)
+    except KeyboardInterrupt:
+        done = _epochs_done(args.out / "metrics.jsonl")
+        print(f"\ninterrupted{f' after epoch {done}' if done else ''}; continue with: python -m cyclegan.train "
+              f"--out {args.out} --resume" + ("" if args.data == "synthetic" else f" --data {args.data}"),
+              file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         state = checkpoint.load(args.out / checkpoint.CHECKPOINT) if args.resume else None
         if state is None and (args.out / checkpoint.CHECKPOINT).exists():
             raise checkpoint.CheckpointError(f"{args.out} already holds a run; pass --resume to continue it "
                                               "or choose another --out")
+        cfg = _config(args, state)
         if state is not None:
             try:
-                check_resumable(state, cfg, weights=True)
+                training_state.check_resumable(state, cfg, weights=True)
             except checkpoint.CheckpointError as e:
                 raise checkpoint.CheckpointError(f"{args.out / checkpoint.CHECKPOINT}: {e}") from None
         data = load_data(args.data, cfg.resize, cfg.seed)
+        if state is not None and _slices(state.get("split", {})) != _slices(data.split()):
+            raise DataError(f"--data {args.data}: not the slices {args.out} was trained on "
+                            f"({state.get('split', {}).get('source', 'unknown')}); pass the --data it was trained on")
         args.out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, checkpoint.CheckpointError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -551,21 +420,51 @@ def main(argv: list[str] | None = None) -> int:
     cfg.save(args.out / "config.json")
     data.save_split(args.out / "split.json")
     metrics_file = args.out / "metrics.jsonl"
+    # A progress bar on a terminal; piped (a log file, a job), one line an epoch instead of nothing for minutes.
+    bar = sys.stderr.isatty()
 
     def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
         with metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         save(args.out / checkpoint.CHECKPOINT)
+        if not bar:
+            print(epoch_line(metrics, cfg.epochs), file=sys.stderr, flush=True)
 
     try:
-        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb",
-            progress=sys.stderr.isatty())
+        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb", progress=bar)
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     last = json.loads(metrics_file.read_text().splitlines()[-1])
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}))
     return 0
+
+
+def _config(args: argparse.Namespace, state: dict[str, Any] | None) -> TrainConfig:
+    """The run's config: --config, else on --resume the run's own config.json (or its checkpoint's), else the
+    defaults; then the --set overrides. Resuming with other settings than the checkpoint's is refused later."""
+    if args.config is not None:
+        base = TrainConfig.load(args.config)
+    elif state is not None:
+        own = args.out / "config.json"
+        try:
+            base = TrainConfig.load(own) if own.is_file() else training_state.saved_config(state)
+        except ConfigError as e:
+            raise ConfigError(f"{own}: {e}") from None
+    else:
+        base = TrainConfig()
+    return base.replace(**parse_overrides(args.overrides))
+
+
+def _slices(split: dict[str, Any]) -> dict[str, Any]:
+    return {k: split.get(k) for k in ("train", "val", "test")}
+
+
+def _epochs_done(metrics_file: Path) -> int:
+    try:
+        return int(json.loads(metrics_file.read_text().splitlines()[-1])["epoch"])
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return 0
 
 
 if __name__ == "__main__":

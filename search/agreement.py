@@ -46,17 +46,17 @@ class Run:
     trials: dict[str, dict[str, float]]  # trial folder name: its last reported metrics
 
 
-def read_run(path: Path) -> Run | None:
-    """The last metrics line of each trial of a run folder; None where the run's evaluation is not paired."""
+def read_run(path: Path, every_epoch: bool = False) -> Run | None:
+    """The last metrics line of each trial of a run folder (with `every_epoch`, every line: each epoch's model is a
+    point, as each is a checkpoint the search could have exported); None where the evaluation is not paired."""
     trials = {}
     for f in sorted(path.glob(f"trial_*/{METRICS_FILE}")):
-        lines = [line for line in f.read_text().splitlines() if line.strip()]
-        if not lines:
-            continue
-        last = json.loads(lines[-1])
-        if not last.get("paired"):
-            return None
-        trials[f.parent.name] = {k: float(v) for k, v in last.items() if isinstance(v, (int, float))}
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        for m in lines if every_epoch else lines[-1:]:
+            if not m.get("paired"):
+                return None
+            key = f"{f.parent.name}@{m.get('epoch')}" if every_epoch else f.parent.name
+            trials[key] = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
     return Run(path.name, trials)
 
 
@@ -137,7 +137,7 @@ def table(runs: Sequence[Run], named: Mapping[str, Any]) -> list[str]:
         rhos = [a.rho for a in results if math.isfinite(a.rho)]
         mean = statistics.fmean(rhos) if rhos else math.nan
         cells = [f"{a.rho:+.2f} / {a.rank} of {a.n}" if math.isfinite(a.rho) else "-" for a in results]
-        rows.append((mean, [f"`{name}`", *cells, f"{mean:+.2f}"]))
+        rows.append((mean, [f"`{name}`", *cells, f"{mean:+.2f}" if rhos else "-"]))
     rows.sort(key=lambda r: -r[0] if math.isfinite(r[0]) else math.inf)
     return lines + ["| " + " | ".join(cells) + " |" for _, cells in rows]
 
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", action="append", type=Path, default=[], help="also score this space file's objective")
     p.add_argument("--combine", nargs="*", metavar="METRIC",
                    help="also search weighted sums of up to 3 of these metrics (default pool: every candidate)")
+    p.add_argument("--every-epoch", action="store_true",
+                   help="score every epoch of every trial (each a model the search could export), not only the last")
     p.add_argument("--markdown", type=Path, help="write the tables here as well")
     args = p.parse_args(argv)
     runs = []
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_dir():
             print(f"error: {path}: no such run folder", file=sys.stderr)
             return 2
-        run = read_run(path)
+        run = read_run(path, args.every_epoch)
         if run is None or not run.trials:
             print(f"note: {path}: no trials scored against a truth (unpaired data or no metrics); left out",
                   file=sys.stderr)
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("error: no run with paired evaluation to score", file=sys.stderr)
         return 2
-    out = ["Agreement with the truth (Spearman's rho over trials; rank 1 = the metric's pick is truly the best)", "",
+    unit = "every epoch of every trial" if args.every_epoch else "trials, each at its last epoch"
+    out = [f"Agreement with the truth (Spearman's rho over {unit}; rank 1 = the metric's pick is truly the best)", "",
            *table(runs, scorers(args.space))]
     if args.combine is not None:
         pool = args.combine or list(CANDIDATES)

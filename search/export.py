@@ -4,7 +4,8 @@
 
 An export is self-describing: `model.pt` (both generators, the resolved config, the metrics it was
 chosen on and the data split it was scored on), the same config, metrics and split as JSON beside it,
-and `samples.png`, a grid of test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)).
+and `samples.png`, a grid of test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)), each row and column
+named (the columns by the slices' names).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.data import DataError, SliceSet, load_data
 from cyclegan.evaluate import translations
-from cyclegan.images import grid, save_png
+from cyclegan.images import grid, label_grid, save_png
 from search.select import TrialOutcome, outcome, rescore
 
 SELECTION = "selection.json"
@@ -47,7 +49,7 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "split.json").write_text(json.dumps(state["split"], indent=1) + "\n")
-    save_png(sample_grid(g_t1_t2, g_t2_t1, dataset.test)[0].numpy(), tmp / "samples.png")
+    save_png(labelled_samples(g_t1_t2, g_t2_t1, dataset.test), tmp / "samples.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
@@ -60,6 +62,19 @@ def sample_grid(g_t1_t2, g_t2_t1, s: SliceSet, n: int = 4) -> torch.Tensor:
     first = replace(s, **{k: getattr(s, k)[:n] for k in ("t1", "t2", "t1_head", "t2_head")})
     outs = translations(g_t1_t2, g_t2_t1, first)
     return grid([first.t1, outs["fake_t2"], outs["rec_t1"], first.t2, outs["fake_t1"], outs["rec_t2"]])
+
+
+SAMPLE_ROWS = ["T1", "G(T1)", "F(G(T1))", "T2", "F(T2)", "G(F(T2))"]
+
+
+def labelled_samples(g_t1_t2, g_t2_t1, s: SliceSet, n: int = 4) -> np.ndarray:
+    """`sample_grid` with its rows named and its columns named by the slices' files; [H, W] in [0, 1].
+
+    Unpaired, a column's T1 and T2 are different slices: the T2 names get a header of their own above the T2 rows.
+    """
+    image = sample_grid(g_t1_t2, g_t2_t1, s, n)[0].numpy()
+    t1, t2 = ([x[:-4] if x.lower().endswith(".png") else x for x in names[:n]] for names in (s.t1_names, s.t2_names))
+    return label_grid(image, SAMPLE_ROWS, {0: t1} if t1 == t2 else {0: t1, 3: t2})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,10 +33,12 @@ from typing import Any
 
 from cyclegan.config import TrainConfig
 from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
-from search.space import DEFAULT_TRIALS_PER_GPU, MOST_TRIALS_PER_GPU, POINT_NAME
+from search.schema import POINT_NAME
 
 RAY_UNITS = 10_000  # Ray's fixed point: one GPU is 10000 units
 STEPS = 100  # shares are whole hundredths of a GPU, rounded up
+DEFAULT_TRIALS_PER_GPU = 8  # `trials_per_gpu` unless a space sets it: on an H100 more add nothing without MPS
+MOST_TRIALS_PER_GPU = STEPS  # each trial takes at least one hundredth
 
 
 def ray_amount(units: int) -> float:

@@ -30,13 +30,29 @@ STUDY_TABLE3 = {"t1_t1": (0.94, 33.09), "t2_t2": (0.87, 30.72), "t1_t2": (0.35, 
 # The study's final training losses (report's Table 2): cycle, G, D, identity.
 STUDY_TABLE2 = {"V1": (5.10, 2.30, 1.90, 1.60), "V2": (4.80, 2.10, 1.80, 1.30), "V3": (3.85, 1.20, 0.96, 0.39),
                 "V4": (3.75, 0.93, 0.79, 0.20)}
-DEFAULT_SEED = TrainConfig().seed  # a trial whose config does not set it
+DEFAULTS = TrainConfig()  # what a trial ran with where its config does not set a knob
 ROW_NAMES = {"t1_t1": "T1 -> T2 -> T1", "t2_t2": "T2 -> T1 -> T2", "t1_t2": "T1 -> T2", "t2_t1": "T2 -> T1"}
+
+
+def knob(o: TrialOutcome, key: str) -> Any:
+    """A trial's value of a knob; one its config leaves out is the trainer's default (a seed of 0, not a blank)."""
+    return o.config.get(key, getattr(DEFAULTS, key, None))
+
+
+def show(value: Any) -> str:
+    """A value as a table shows it: floats to 4 significant digits (a learning rate stays readable)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def varied_knobs(outcomes: list[TrialOutcome]) -> list[str]:
     keys = sorted({k for o in outcomes for k in o.config})
-    return [k for k in keys if len({json.dumps(o.config.get(k)) for o in outcomes}) > 1]
+    return [k for k in keys if len({json.dumps(knob(o, k)) for o in outcomes}) > 1]
 
 
 def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
@@ -55,37 +71,96 @@ def write_trials_csv(path: Path, outcomes: list[TrialOutcome]) -> None:
         w.writerow(header)
         for o in outcomes:
             w.writerow([o.trial_id, o.status, "" if o.gpu_share is None else o.gpu_share,
-                        *(o.config.get(k, "") for k in knobs),
+                        *(knob(o, k) for k in knobs),
                         *(o.last.get(m, "") for m in metrics), *(o.best.get(m, "") for m in metrics),
                         *(o.val_rescore.get(m, "") for m in tests), *(o.test.get(m, "") for m in tests),
                         o.error, o.path])
 
 
-def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list[str]:
-    """Draws Optuna's importance and parallel-coordinate plots of the varied knobs; returns the files made."""
+def plot_study(outcomes: list[TrialOutcome], space: Any, store: StudyStore | None = None
+               ) -> tuple[optuna.Study, str] | None:
+    """The study Optuna's plots are drawn from, and a line that says what it holds; None with nothing to draw.
+
+    The run's own study (`optuna.db`) where it has two complete trials or more: the knobs with the distributions
+    they were drawn from, valued as the sampler was told (the val objective at the last epoch; Optuna's plots leave
+    pruned trials out). Otherwise one rebuilt from the trials' best val objective, each knob with its distribution
+    in the space (a float range stays a float range, on a log axis where the space samples it so), and a knob the
+    space lists as points as a range of its numbers, or a choice where its values are not numbers.
+    """
+    if store is not None:
+        try:
+            study = optuna.load_study(study_name=store.name, storage=store.storage)
+            complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        except (KeyError, ValueError, RuntimeError):
+            complete = []
+        if len(complete) >= 2 and any(t.params for t in complete):
+            left_out = len(study.trials) - len(complete)
+            return study, (f"From the run's Optuna study `{store.name}`: its {plural(len(complete), 'complete trial')}"
+                           f" (val objective at the last epoch, as the sampler was told)"
+                           + (f"; {left_out} pruned or failed left out, as Optuna's plots do." if left_out else "."))
     knobs = varied_knobs(outcomes)
     done = [o for o in outcomes if knobs and not math.isnan(o.val_objective)]
     if len(done) < 2:
-        return []
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+        return None
+    dists = {k: _distribution(space.params.get(k), [knob(o, k) for o in done]) for k in knobs}
+    study = optuna.create_study(direction="maximize" if space.objective.mode == "max" else "minimize")
     for o in done:
-        params = {k: o.config[k] for k in knobs if k in o.config}
-        dists = {k: optuna.distributions.CategoricalDistribution(sorted({json.dumps(p.config.get(k)) for p in done}))
-                 for k in params}
-        study.add_trial(optuna.trial.create_trial(params={k: json.dumps(v) for k, v in params.items()},
-                                                  distributions=dists, value=o.val_objective))
+        params = {k: _plain(knob(o, k)) for k in knobs}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=o.val_objective))
+    return study, (f"From the {plural(len(done), 'trial')}' best val objective, each knob with its distribution in "
+                   "the space.")
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def _distribution(param: Any, values: list[Any]) -> optuna.distributions.BaseDistribution:
+    """The space's distribution of a knob where every value lies in it, else one read off the values."""
+    values = [_plain(v) for v in values]
+    dist: optuna.distributions.BaseDistribution | None = None
+    if param is not None and param.kind == "choice":
+        dist = optuna.distributions.CategoricalDistribution([_plain(c) for c in param.choices])
+    elif param is not None and param.kind == "int":
+        dist = optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    elif param is not None:
+        dist = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    try:
+        if dist is not None and all(dist._contains(dist.to_internal_repr(v)) for v in values):
+            return dist
+    except (ValueError, TypeError):
+        pass  # a value the space's distribution cannot hold (a run resumed with another space): read off the values
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(values) and min(numbers) < max(numbers):
+        if all(isinstance(v, int) for v in numbers):
+            return optuna.distributions.IntDistribution(min(numbers), max(numbers))
+        return optuna.distributions.FloatDistribution(min(numbers), max(numbers))
+    return optuna.distributions.CategoricalDistribution(sorted(set(values), key=lambda v: (str(type(v)), str(v))))
+
+
+def optuna_plots(outcomes: list[TrialOutcome], space: Any, out_dir: Path, store: StudyStore | None = None
+                 ) -> tuple[list[str], str]:
+    """Draws Optuna's importance and parallel-coordinate plots (`plot_study`); returns the files made and the line
+    that says what they were drawn from."""
+    found = plot_study(outcomes, space, store)
+    if found is None:
+        return [], ""
+    study, source = found
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as oplt
 
+    # A study of several objectives: the plots show the first, the one that selects.
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     made = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         for name, plot in (("importances.png", oplt.plot_param_importances),
                            ("parallel_coordinates.png", oplt.plot_parallel_coordinate)):
             try:
-                ax = plot(study)
+                ax = plot(study, target=target, target_name="val objective")
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # e.g. importances need the objective to vary
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
@@ -93,10 +168,8 @@ def optuna_plots(outcomes: list[TrialOutcome], mode: str, out_dir: Path) -> list
             fig.tight_layout()
             fig.savefig(out_dir / name, dpi=100)
             made.append(name)
-            import matplotlib.pyplot as plt
-
             plt.close(fig)
-    return made
+    return made, source
 
 
 CURVES = "curves.png"
@@ -224,13 +297,14 @@ def _pareto_lines(outcomes: list[TrialOutcome], winner: TrialOutcome | None, spa
     for o in shown:
         lines.append(f"| `{o.trial_id}` | {'yes' if o.trial_id in on_front else ''} | "
                      + " | ".join(f"{o.best[k]:.4f}" for k in keys) + " | "
-                     + " | ".join(str(o.config.get(k, "")) for k in varied_knobs(outcomes)) + " |")
+                     + " | ".join(show(knob(o, k)) for k in varied_knobs(outcomes)) + " |")
     lines.append("")
     if winner is not None:
         where = "on the front" if winner.trial_id in on_front else "not on the front (a trial of the front is " \
             "better in some objective and no worse in the others)"
         lines += [f"Exported: trial `{winner.trial_id}`, {where}. The export is chosen by the first objective "
-                  f"(`{keys[0]}`): the top {space.top_k} trials by it on val are re-scored on val at full precision, "
+                  f"(`{keys[0]}`): the top {plural(space.top_k, 'trial')} by it on val are re-scored on val at full "
+                  "precision, "
                   "and the best there is exported (test is only reported). Another trial of the front is one "
                   "command away: "
                   f"`python -m search.export {run_dir} --out DIR --trial ID`.", ""]
@@ -240,12 +314,44 @@ def _pareto_lines(outcomes: list[TrialOutcome], winner: TrialOutcome | None, spa
     return lines
 
 
+def convergence_line(rows: list[dict[str, Any]], last_epoch: int, planned: int, mode: str) -> str | None:
+    """One line where the winner is far from converged, else None.
+
+    The rule: it stopped before its planned epochs, or it ran 1 epoch only, or its val objective was still climbing
+    steeply: its last fifth of epochs (at least 1) brought more than a tenth of its whole rise since epoch 1 (a curve
+    that levels off brings a few percent there; val noise on a plateau, a fraction of a percent of a real rise).
+    """
+    sign = 1.0 if mode == "max" else -1.0
+    values = [sign * float(r["objective"]) for r in rows
+              if isinstance(r.get("objective"), (int, float)) and math.isfinite(r["objective"])]
+    head = "**Far from converged:** the winner "
+    if last_epoch and last_epoch < planned:
+        return head + (f"stopped at epoch {last_epoch} of {planned}; its figures are those of a model cut short "
+                       "(the rule: fewer epochs run than planned).")
+    if last_epoch == 1 or len(values) == 1:
+        return head + "trained for 1 epoch only, too few to tell a trend (the rule: at least 2 epochs to judge)."
+    if len(values) < 2:
+        return None
+    k = max(1, math.ceil(len(values) / 5))
+    recent, whole = values[-1] - values[-1 - k], max(values) - values[0]
+    if whole <= 0 or recent <= 0.1 * whole:
+        return None
+    return head + (f"was still improving: its val objective moved {sign * recent:+.4f} over its last "
+                   f"{plural(k, 'epoch')} of {len(values)}, {recent / whole:.0%} of its whole rise since epoch 1 (the "
+                   "rule: a last fifth of the epochs that brings more than a tenth of the rise); more epochs would "
+                   "likely change it.")
+
+
 def selection_line(finalists: int) -> str:
     """How the winner was chosen, in one line: the val re-score decides, test is only reported."""
-    return (f"Chosen on val: the top {finalists} trials by the val objective they reported while training were "
-            "re-scored from their best checkpoints at full precision (fp32, no autocast, every val slice), and the "
-            "best by that re-score won (ties broken by the matching PSNRs). Test was scored only after the winner "
-            "was fixed: its figures are reported, never ranked on.")
+    if finalists == 1:
+        chosen = ("Chosen on val: the top trial by the val objective it reported while training was re-scored from "
+                  "its best checkpoint at full precision (fp32, no autocast, every val slice).")
+    else:
+        chosen = (f"Chosen on val: the top {finalists} trials by the val objective they reported while training were "
+                  "re-scored from their best checkpoints at full precision (fp32, no autocast, every val slice), and "
+                  "the best by that re-score won (ties broken by the matching PSNRs).")
+    return chosen + " Test was scored only after the winner was fixed: its figures are reported, never ranked on."
 
 
 def evaluation_line(paired: bool | None, eval_size: int | None) -> str:
@@ -287,8 +393,9 @@ def read_split(trial_path: str) -> dict[str, Any]:
 
 def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome | None, finalists: list[TrialOutcome],
                  space: Any, data: str, plots: list[str], samples: str | None, study: StudyStore | None = None,
-                 run_dir: str = "RUN_DIR") -> None:
+                 run_dir: str = "RUN_DIR", plots_source: str = "") -> None:
     knobs = varied_knobs(outcomes) or sorted({k for o in outcomes for k in o.config})[:6]
+    knobs = [k for k in knobs if k != "epochs"]  # the table's `epochs` column shows them: run of planned
     if space.multi_objective:
         objective = ("Objectives: " + "; ".join(f"{_objective_text(o)} ({o.mode})" for o in space.objectives)
                      + " on the val split; the first also ranks, stops and selects")
@@ -300,10 +407,14 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
         lines += [f"Optuna study `{study.name}` in `{study.url}`; open it with `{study.dashboard}`.", ""]
     if winner is not None:
         paired, eval_size = evaluation(winner)
-        lines += [f"## Winner: trial `{winner.trial_id}`", "",
+        lines += [f"## Winner: trial `{winner.trial_id}`", ""]
+        unfinished = convergence_line(read_metrics(winner.path), winner.last.get("epoch", 0), knob(winner, "epochs"),
+                                      space.objective.mode)
+        lines += [unfinished, ""] if unfinished else []
+        lines += [
                   selection_line(len(finalists)) + " Exported to `best/`.", "",
                   evaluation_line(paired, eval_size), "",
-                  "Knobs: " + ", ".join(f"`{k}={winner.config[k]}`" for k in sorted(winner.config)), "",
+                  "Knobs: " + ", ".join(f"`{k}={show(winner.config[k])}`" for k in sorted(winner.config)), "",
                   "| row | test SSIM | test PSNR (dB) | test SSIM, head | test PSNR, head | study V4 SSIM "
                   "| study V4 PSNR |",
                   "|---|---|---|---|---|---|---|"]
@@ -331,18 +442,17 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
                   "Final training losses (ours / the study's Table 2, where the run is one of V1-V4) and test SSIM "
                   "(whole image). Our losses are means over each run's last epoch; the study's loss definitions "
                   "follow the TensorFlow tutorial, so compare trends more than values.", "",
-                  "| run | seed | resize | batch | depth | D blocks | epochs run | loss_cycle | loss_G | loss_D "
+                  "| run | seed | resize | batch | depth | D blocks | epochs | loss_cycle | loss_G | loss_D "
                   "| loss_identity | "
                   + " | ".join(f"test ssim {ROW_NAMES[d]}" for d in DIRECTIONS) + " |",
                   "|---" * (11 + len(DIRECTIONS)) + "|"]
-        for o in sorted(named, key=lambda o: (o.name, o.config.get("seed", DEFAULT_SEED))):
-            study = STUDY_TABLE2.get(o.name)
-            losses = [_fmt(o.last.get(k)) + (f" / {study[i]:.2f}" if study else "")
+        for o in sorted(named, key=lambda o: (o.name, knob(o, "seed"))):
+            table2 = STUDY_TABLE2.get(o.name)
+            losses = [_fmt(o.last.get(k)) + (f" / {table2[i]:.2f}" if table2 else "")
                       for i, k in enumerate(("loss_cycle", "loss_G", "loss_D", "loss_identity"))]
             tests = [f"{o.test[f'ssim_{d}']:.3f}" if o.test else "-" for d in DIRECTIONS]
-            c = o.config
-            lines.append(f"| {o.name} | {c.get('seed', DEFAULT_SEED)} | {c.get('resize')} | {c.get('batch_size')} | "
-                         f"{c.get('unet_depth')} | {c.get('disc_layers')} | {o.last.get('epoch', 0)} | "
+            shown = (show(knob(o, k)) for k in ("seed", "resize", "batch_size", "unet_depth", "disc_layers"))
+            lines.append(f"| {o.name} | " + " | ".join(shown) + f" | {o.last.get('epoch', 0)} of {knob(o, 'epochs')} | "
                          + " | ".join(losses + tests) + " |")
         lines.append("")
     lines += _repeat_lines(outcomes)
@@ -353,31 +463,34 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
         tests = [_fmt(o.test.get("objective"), 4), *(_fmt(o.test.get(f"ssim_{d}")) for d in DIRECTIONS)]
         lines.append(f"| `{o.trial_id}` | {o.val_objective:.4f} | {_fmt(o.val_rescore.get('objective'), 4)} | "
                      + " | ".join(tests) + " |")
-    lines += ["", "## All trials, best val objective first", "",
+    lines += ["", "## All trials, best val objective first", "", "`epochs`: run of planned.", "",
               "| trial | status | epochs | " + " | ".join(knobs) + " | best val objective | last loss_G | "
               "last loss_cycle |", "|---" * (6 + len(knobs)) + "|"]
     order = sorted(outcomes, key=lambda o: -math.inf if math.isnan(o.val_objective) else o.val_objective,
                    reverse=space.objective.mode == "max")
     for o in order:
         label = f"`{o.trial_id}`" + (f" ({o.name})" if o.name else "")
-        lines.append(f"| {label} | {o.status} | {o.last.get('epoch', 0)} | "
-                     + " | ".join(str(o.config.get(k, "")) for k in knobs)
+        lines.append(f"| {label} | {o.status} | {o.last.get('epoch', 0)} of {knob(o, 'epochs')} | "
+                     + " | ".join(show(knob(o, k)) for k in knobs)
                      + f" | {o.val_objective:.4f} | {_fmt(o.last.get('loss_G'))} | {_fmt(o.last.get('loss_cycle'))} |")
     failed = [o for o in outcomes if o.status == "error"]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- `{o.trial_id}`: {o.error} (logs: `{o.path}`)" for o in failed]
     if plots:
-        lines += ["", "## What the search learnt (Optuna)", ""] + [f"![{p}]({p})" for p in plots]
+        lines += ["", "## What the search learnt (Optuna)", ""] + ([plots_source, ""] if plots_source else []) \
+            + [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
 
 
 def repeats(outcomes: list[TrialOutcome]) -> list[list[TrialOutcome]]:
-    """Trials of one point (or configuration) that differ only in `seed`, grouped; a group of one is no repeat."""
+    """Trials of one point (or configuration) that differ only in `seed` and ran as many epochs, grouped; a group of
+    one is no repeat. A trial ASHA stopped at epoch 3 is no sample of what its configuration does in 30."""
     groups: dict[str, list[TrialOutcome]] = {}
     for o in outcomes:
         if o.status == "not started":
             continue
-        key = json.dumps([o.name, {k: v for k, v in o.config.items() if k != "seed"}], sort_keys=True)
+        key = json.dumps([o.name, o.last.get("epoch"), {k: v for k, v in o.config.items() if k != "seed"}],
+                         sort_keys=True)
         groups.setdefault(key, []).append(o)
     return [g for g in groups.values() if len(g) > 1]
 
@@ -390,16 +503,17 @@ def _repeat_lines(outcomes: list[TrialOutcome]) -> list[str]:
     keys = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
     knobs = [k for k in varied_knobs([g[0] for g in groups]) if k != "seed"] if len(groups) > 1 else []
     lines = ["## Configurations run with several seeds", "",
-             "Mean ± sample standard deviation over the seeds (test figures over the seeds re-scored on test).", "",
-             "| configuration | seeds | val objective | " + " | ".join(f"test {k}" for k in keys) + " |",
-             "|---" * (3 + len(keys)) + "|"]
+             "Mean ± sample standard deviation over the seeds (test figures over the seeds re-scored on test), "
+             "each row over trials that ran the same number of epochs.", "",
+             "| configuration | seeds | epochs | val objective | " + " | ".join(f"test {k}" for k in keys) + " |",
+             "|---" * (4 + len(keys)) + "|"]
     for g in groups:
-        g = sorted(g, key=lambda o: o.config.get("seed", DEFAULT_SEED))
-        label = g[0].name or ", ".join(f"{k}={g[0].config.get(k)}" for k in knobs) or "all"
+        g = sorted(g, key=lambda o: knob(o, "seed"))
+        label = g[0].name or ", ".join(f"{k}={show(knob(g[0], k))}" for k in knobs) or "all"
         val = _mean_sd([o.val_objective for o in g])
         tests = [_mean_sd([o.test[k] for o in g if k in o.test]) for k in keys]
-        lines.append(f"| {label} | {', '.join(str(o.config.get('seed', DEFAULT_SEED)) for o in g)} | {val} | "
-                     + " | ".join(tests) + " |")
+        seeds = ", ".join(str(knob(o, "seed")) for o in g)
+        lines.append(f"| {label} | {seeds} | {g[0].last.get('epoch', 0)} | {val} | " + " | ".join(tests) + " |")
     return lines + [""]
 
 

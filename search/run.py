@@ -12,19 +12,39 @@ Optuna study in `optuna.db` (or in the database given by `--optuna-storage`; see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
+import logging
+import os
+import re
+import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ray import tune
 
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
+from cyclegan.tensorboard import TABLE3
 from search.packing import driver_gpu_bytes
 from search.space import AUTO, Space, SpaceError, load_space
-from search.study import StudyStore, close_study, open_study_store
+from search.study import StudyStore, close_study, open_study_store, reconcile_study
+
+if TYPE_CHECKING:
+    from search.trainable import TensorBoardView
 
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # Ray Tune's switch for its CSV, JSON and TensorBoard loggers
+INTERRUPTED = 130  # the shell's exit status for a command ended by Ctrl-C (128 + SIGINT)
+# Set when the search is stopped by Ctrl-C (or SIGUSR1, Ray's other stop signal); a module global because the
+# callback that sets it is pickled with the run's config for --resume, and an Event is not picklable.
+_interrupted = threading.Event()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop starting and running trials after this long; what finished is still selected from")
     p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
+    p.add_argument("--export-on-interrupt", action="store_true",
+                   help="when interrupted (Ctrl-C), still write summary/ and export the best trial so far to best/")
     p.add_argument("--optuna-storage", metavar="URL",
                    help="an Optuna storage URL for the study, e.g. postgresql://user@host/db "
                         "(default: sqlite:///STORAGE/NAME/optuna.db); the study is named NAME")
@@ -102,6 +124,69 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     return space, storage, name
 
 
+# Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
+# folders); Ray Train's note of every checkpoint a trial saves says nothing the run's folder does not.
+NOISE = re.compile(r"^To visualize your results with TensorBoard, run: |^\(\S+ pid=\d+[^)]*\) Checkpoint successfully "
+                   r"created at: ")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def quiet_console() -> None:
+    """Leaves out Optuna's info lines, which a user cannot act on ("A new study created in memory ...", each trial's
+    value, which Tune's table shows), keeping its warnings and errors."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not sys.stderr.isatty():
+        # Ray's prefixes of the trials' lines, for any that arrive after `tidy_output` has ended.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+class _Tidy(io.TextIOBase):
+    """A text stream that passes whole lines on, less Ray's `NOISE`, and without colour codes unless the
+    stream it writes to is a terminal (Ray colours the trials' prefixes and its "[repeated Nx across cluster]" notes
+    whatever the output). Ray's log thread and Tune's loop both write to it."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.pending, self.lock = stream, "", threading.Lock()
+        self.keep_colour = stream.isatty()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            *lines, self.pending = (self.pending + text).split("\n")
+            for line in lines:
+                if not NOISE.match(ANSI.sub("", line)):
+                    self.stream.write((line if self.keep_colour else ANSI.sub("", line)) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.keep_colour
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def close_out(self) -> None:
+        if self.pending:
+            self.stream.write(self.pending if self.keep_colour else ANSI.sub("", self.pending))
+            self.pending = ""
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def tidy_output() -> Iterator[None]:
+    """Ray Tune's console output (its table, the trials' lines) through `_Tidy`."""
+    out, err = _Tidy(sys.stdout), _Tidy(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        out.close_out()
+        err.close_out()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -113,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import ray
-    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.trainable import train_trial
 
+    quiet_console()
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)
     if args.address is None and space.wants_gpus and not ray.cluster_resources().get("GPU"):
@@ -132,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
-                             checkpoint_every=space.checkpoint_every, resources=resources),
+                             checkpoint_every=space.checkpoint_every, resources=resources,
+                             view=tensorboard_view(space)),
         resources)
+    # Each trial writes its own TensorBoard run (search/trainable.py). Ray's logger would add a second one per
+    # trial, its tags `ray/tune/...` mixed with its own bookkeeping (`done`, `should_checkpoint`, ...) and an
+    # HParams session whose metric columns are those. Switching Ray's automatic loggers off drops it; the CSV and
+    # JSON loggers, which the results and `search.throughput` read, are then given explicitly.
+    os.environ[NO_AUTO_LOGGERS] = "1"
     run_path = f"{storage.rstrip('/')}/{name}"
     if args.resume:
         tuner = tune.Tuner.restore(run_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -145,15 +237,102 @@ def main(argv: list[str] | None = None) -> int:
         # artifacts brings them to the run's storage (a local folder or s3://) beside Ray's own files.
         run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),
                                     failure_config=space.failure_config(),
-                                    sync_config=tune.SyncConfig(sync_artifacts=True))
+                                    sync_config=tune.SyncConfig(sync_artifacts=True),
+                                    callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), WatchInterrupt()])
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-    results = tuner.fit()
-    if study is not None:
-        close_study(study)
-    return summarise(results, space, args.data, run_path, study)
+    quiet = _DropRayResumeHint()
+    logging.getLogger("ray.tune.tune").addFilter(quiet)
+    with tidy_output():  # to the end: Ray's log thread brings the trials' last lines while the summary is made
+        try:
+            results = tuner.fit()
+        finally:
+            logging.getLogger("ray.tune.tune").removeFilter(quiet)
+        if _interrupted.is_set():
+            # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
+            # study is left as it is: the trials it holds as running continue on --resume, and are told then.
+            ray.shutdown()
+            return interrupted(results, space, args, run_path, study, argv)
+        if study is not None:
+            close_study(study)
+            reconcile_study(study, results)
+        code = summarise(results, space, args.data, run_path, study)
+        ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
+    return code
 
 
-def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None) -> int:
+def tensorboard_view(space: Space) -> TensorBoardView:
+    """The knobs the trials of `space` differ in, and the metrics HParams compares them by: the objective(s), the
+    metrics the objective weighs, then the study's SSIM/PSNR (`cyclegan.tensorboard.TABLE3`)."""
+    from search.trainable import TensorBoardView  # imports Ray, which the checks before it starts do not need
+
+    points = space.trial_points()
+    if points is None:
+        varied = tuple(space.params)
+    else:
+        keys = sorted({k for p in points for k in p})
+        varied = tuple(k for k in keys if len({json.dumps(p.get(k)) for p in points}) > 1)
+    reported = space.reported_objectives()
+    weighed = [m for o in space.objectives for m in o.weights]
+    return TensorBoardView(varied, tuple(dict.fromkeys([*reported.keys, *weighed, *TABLE3])))
+
+
+class WatchInterrupt(tune.Callback):
+    """Notes a Ctrl-C of the search, then lets Ray Tune stop as it does (a last save of the run's state).
+
+    Tune installs its own SIGINT handler when `fit` starts and calls `setup` after it, so the handler found here
+    is Tune's: this one wraps it. Tune's restores the handler from before `fit`, so a second Ctrl-C stops at once.
+    """
+
+    def setup(self, **info: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGUSR1):
+            tune_handler = signal.getsignal(sig)
+            if callable(tune_handler):
+                signal.signal(sig, _noting(tune_handler))
+
+
+def _noting(tune_handler: Any) -> Any:
+    def handler(sig: int, frame: Any) -> None:
+        if not _interrupted.is_set():
+            print("\ninterrupted: saving the run's state so that --resume continues it (Ctrl-C again to skip)",
+                  file=sys.stderr, flush=True)
+        _interrupted.set()
+        tune_handler(sig, frame)
+    return handler
+
+
+class _DropRayResumeHint(logging.Filter):
+    """Drops Tune's own lines about an interruption: its `Tuner.restore(...)` hint, its stop notice and its list
+    of the trials it did not complete. `search.run` says what to type instead (the same command with --resume)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(x in text for x in ("Tuner.restore(", "Stop signal received", "Trials did not complete"))
+
+
+def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: str, study: StudyStore | None,
+                argv: list[str] | None) -> int:
+    """Says how far an interrupted search got and how to continue it; summarises and exports only if asked."""
+    from search.select import outcome
+
+    outcomes = [outcome(r, space.objective.mode) for r in results]
+    running = [o for o in outcomes if o.status != "error" and not o.last.get("done")]
+    for o in running:
+        o.status = "interrupted"  # neither finished nor stopped by the scheduler: --resume continues it
+    done = len(outcomes) - len(running)
+    code = INTERRUPTED
+    if args.export_on_interrupt:
+        summarise(results, space, args.data, run_path, study, outcomes=outcomes)
+    command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
+    again = shlex.join(["python", "-m", "search.run", *command, *([] if args.resume else ["--resume"])])
+    print(f"interrupted: {done} of {len(outcomes)} trials ended, {len(running)} interrupted"
+          + ("" if args.export_on_interrupt else "; nothing exported") + f". Continue with: {again}", file=sys.stderr)
+    return code
+
+
+def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None,
+              outcomes: list | None = None) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code."""
     import tempfile
 
@@ -165,7 +344,8 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
     summary = run_dir / "summary"
     summary.mkdir(parents=True, exist_ok=True)
-    outcomes = [outcome(r, space.objective.mode) for r in results]
+    if outcomes is None:
+        outcomes = [outcome(r, space.objective.mode) for r in results]
     winner, finalists = choose(outcomes, space.objective, data, space.top_k)
     samples = None
     if winner is not None:
@@ -173,9 +353,10 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"
         curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)
-    plots = optuna_plots(outcomes, space.objective.mode, summary)
+    plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
-    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path)
+    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path,
+                 plots_source)
     (summary / SELECTION).write_text(json.dumps({
         "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
         "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported
@@ -203,4 +384,8 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `search.run`, not `__main__`, so that the callback pickled with the run's state for --resume is
+    # found by its module's name whichever way the run is continued.
+    from search.run import main as run_main
+
+    sys.exit(run_main())

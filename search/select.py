@@ -23,10 +23,10 @@ import torch
 from ray import tune
 
 from cyclegan import checkpoint
-from cyclegan.bench import tf32
 from cyclegan.config import FIELD_NAMES, TrainConfig
 from cyclegan.data import load_data
 from cyclegan.evaluate import evaluate
+from cyclegan.precision import tf32
 from search.space import POINT_NAME
 from search.study import stopped_early
 from search.trainable import RESOURCES

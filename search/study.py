@@ -36,6 +36,8 @@ from cyclegan.config import TrainConfig
 from cyclegan.data import DataError
 
 STUDY_FILE = "optuna.db"
+TUNE_TRIAL_ID = "tune_trial_id"  # the user attribute that names each Optuna trial's Tune trial
+OBJECTIVE = "objective"  # what a trial reports its (first) objective as; objective_0, ... with several
 # What opening a database can raise: a bad URL, an unreachable server, a missing driver, a schema from
 # another Optuna version.
 _OPEN_ERRORS = (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError, OSError)
@@ -138,6 +140,8 @@ class FidelityOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             self._epochs[trial_id] = int(config.get("epochs", TrainConfig().epochs))
+            # Which Tune trial this is, so that the study can be checked against the run (`reconcile_study`).
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -177,15 +181,86 @@ class FidelityOptunaSearch(OptunaSearch):
     def fidelity(self, trial_id: str, result: Mapping[str, Any], error: bool) -> tuple[TrialState, list | None]:
         """(the state to tell, the values at the trial's last epoch) of a trial Tune has ended."""
         metrics = self.metric if self.multi_objective else [self.metric]
-        values = [result.get(m) for m in metrics]
-        if error or not result:  # a failure, or a trial stopped before it reported anything (the time budget)
-            return TrialState.FAIL, None
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            return TrialState.FAIL, None  # Optuna refuses NaN; OptunaSearch would leave the trial RUNNING
         planned = self._epochs.get(trial_id) or result.get("config/epochs") or TrainConfig().epochs
-        if "epoch" in result and stopped_early(result["epoch"], planned):
-            return TrialState.PRUNED, [float(v) for v in values]
-        return TrialState.COMPLETE, [float(v) for v in values]
+        return fidelity(metrics, result, error, planned)
+
+
+def fidelity(metrics: list[str], result: Mapping[str, Any], error: bool, planned: int
+             ) -> tuple[TrialState, list[float] | None]:
+    """(the state, the values of `metrics` at its last epoch) of a trial that ended on `result` (its last
+    reported metrics), `error` whether it failed, `planned` the epochs its config asked for."""
+    values = [result.get(m) for m in metrics]
+    if error or not result:  # a failure, or a trial stopped before it reported anything (the time budget)
+        return TrialState.FAIL, None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return TrialState.FAIL, None  # Optuna refuses NaN; OptunaSearch would leave the trial RUNNING
+    if "epoch" in result and stopped_early(result["epoch"], planned):
+        return TrialState.PRUNED, [float(v) for v in values]
+    return TrialState.COMPLETE, [float(v) for v in values]
+
+
+def reconcile_study(store: StudyStore, results: Any) -> list[int]:
+    """Makes the study say what the run says of every trial: its state and its values; returns the trial
+    numbers it changed.
+
+    They can differ after a resume. A driver killed (SIGKILL, a lost head node) after the study was told a trial's
+    end, and before Ray's next save of the run's state, leaves a run that does not know the end: `--resume` runs
+    that trial on from its last checkpoint (or from the start) while the study holds what it was told first, and
+    Optuna refuses to change a finished trial. Here the run, which holds the weights and metrics that selection
+    reads, wins: the study's record of each trial is rewritten to match what Tune ended with. `results` are the
+    run's `tune.Result`s; trials are matched by the user attribute `tune_trial_id` (set when each was asked for).
+    """
+    study = optuna.load_study(study_name=store.name, storage=store.storage)
+    metrics = [OBJECTIVE] if len(study.directions) == 1 else [f"{OBJECTIVE}_{i}" for i in range(len(study.directions))]
+    by_tune_id = {t.user_attrs.get(TUNE_TRIAL_ID): t for t in study.get_trials(deepcopy=False)}
+    changed = []
+    for result in results:
+        last = dict(result.metrics or {})
+        trial = by_tune_id.get(str(last.get("trial_id") or Path(result.path).name.removeprefix("trial_")))
+        if trial is None:
+            continue
+        planned = int((result.config or {}).get("epochs", TrainConfig().epochs))
+        state, values = fidelity(metrics, last, result.error is not None, planned)
+        if state == TrialState.PRUNED and len(metrics) > 1:
+            values = None  # as FidelityOptunaSearch tells it: Optuna keeps no values for a pruned multi-objective trial
+        if trial.state == state and (values is None or trial.values == values):
+            continue
+        _rewrite(store.storage, trial._trial_id, state, values, int(last["epoch"]) if "epoch" in last else None)
+        changed.append(trial.number)
+    return changed
+
+
+def _rewrite(storage: optuna.storages.RDBStorage, trial_id: int, state: TrialState, values: list[float] | None,
+             epochs_run: int | None) -> None:
+    """Sets a trial's state, values and `epochs_run` even where it is finished, which Optuna's API refuses
+    (RDBStorage's own `set_trial_state_values`, less its check that the trial is still running)."""
+    import json
+    from datetime import datetime
+
+    from optuna.storages._rdb import models
+
+    session = storage.scoped_session()
+    try:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        session.query(models.TrialValueModel).filter_by(trial_id=trial_id).delete()
+        for objective, v in enumerate(values or []):
+            session.add(models.TrialValueModel(trial_id=trial_id, objective=objective, value=v,
+                                               value_type=models.TrialValueModel.TrialValueType.FINITE))
+        trial.state = state
+        trial.datetime_complete = trial.datetime_complete or datetime.now()
+        if epochs_run is not None:
+            attr = models.TrialUserAttributeModel.find_by_trial_and_key(trial, "epochs_run", session)
+            if attr is None:
+                session.add(models.TrialUserAttributeModel(trial_id=trial_id, key="epochs_run",
+                                                           value_json=json.dumps(epochs_run)))
+            else:
+                attr.value_json = json.dumps(epochs_run)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def stopped_early(epoch: int, epochs: int) -> bool:

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,10 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
+from cyclegan.tensorboard import TABLE3, HParams
 from cyclegan.train import fit
 from search.packing import AutoResources, allocator_fraction, needed_bytes, trial_config
-from search.space import OBJECTIVE
+from search.space import OBJECTIVE, POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
 METRICS = "metrics.jsonl"
@@ -65,16 +67,25 @@ MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf
 
 def train_trial(config: dict[str, Any], *, data: str,
                 objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
-                checkpoint_every: int = 1, resources: Mapping[str, float] | AutoResources | None = None) -> None:
+                checkpoint_every: int = 1, resources: Mapping[str, float] | AutoResources | None = None,
+                view: TensorBoardView | None = None) -> None:
     """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
     every objective metric to report. `resources` is what the trainable was given to `tune.with_resources`
-    (`Space.resources()`), used for the GPU share only where Ray does not say it."""
+    (`Space.resources()`), used for the GPU share only where Ray does not say it. `view` says which knobs the
+    search varies and which metrics HParams compares trials by (default: none varied, the objective first)."""
     cfg = trial_config(config)
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
     gpu_share, record = record_resources(trial_dir / RESOURCES, config, resources)
+    view = view or TensorBoardView()
+    # The knobs the trials differ in, taken from the config (so a default, like seed 0, has its value) and a
+    # points space's label; every knob where none differ. HParams ticks five knobs and five metrics: knobs that
+    # every trial shares would push the metrics off-screen.
+    knobs = {**cfg.to_dict(), **{k: v for k, v in config.items() if k == POINT_NAME}}
+    shown = {k: knobs[k] for k in view.varied if k in knobs} or knobs
+    hparams = HParams(shown, view.metrics, frozenset(view.varied), trial_dir.name)
     try:
-        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share)
+        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams)
     finally:
         record["ended"] = time.time()
         (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
@@ -82,7 +93,7 @@ def train_trial(config: dict[str, Any], *, data: str,
 
 def _train(cfg: TrainConfig, trial_dir: Path, data: str,
            objective: Callable[[dict[str, Any]], float | Mapping[str, float]], checkpoint_every: int,
-           gpu_share: float) -> None:
+           gpu_share: float, hparams: HParams) -> None:
     dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
 
@@ -94,8 +105,6 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
         for fault in faults:
             if fault.get("epoch") == metrics["epoch"] and not (fault.get("once") and resume is not None):
                 _fail(fault, cfg, metrics["epoch"])
-        value = objective(metrics)
-        metrics = {**metrics, **(value if isinstance(value, Mapping) else {OBJECTIVE: value})}
         with (trial_dir / METRICS).open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if metrics["epoch"] % checkpoint_every and metrics["epoch"] != cfg.epochs:
@@ -106,12 +115,27 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
             shutil.copy(trial_dir / METRICS, Path(tmp) / METRICS)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
+    def objectives(metrics: dict[str, Any]) -> Mapping[str, float]:
+        value = objective(metrics)
+        return value if isinstance(value, Mapping) else {OBJECTIVE: value}
+
     try:
-        fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir / "tb", log_scalars=False)
+        # The trial writes its own TensorBoard run into its folder (search.run turns Ray's logger off): one run
+        # a trial, with grouped tags and the objective logged beside the metrics it is made of.
+        fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir, hparams=hparams, derived=objectives)
     except torch.OutOfMemoryError as e:
         # Ray records the exception's last line as the trial's error: make it say what did not fit. The same
         # type is raised again, so the failure is still an out-of-memory one to Ray and to anyone catching it.
         raise torch.OutOfMemoryError(out_of_memory_message(cfg, gpu_share, e)) from e
+
+
+@dataclass(frozen=True)
+class TensorBoardView:
+    """What every trial's HParams session shows (`cyclegan.tensorboard.HParams`): the knobs the search varies,
+    listed first, and the metrics to compare trials by, in column order, the objective first."""
+
+    varied: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = (OBJECTIVE, *TABLE3)
 
 
 def out_of_memory_message(cfg: TrainConfig, gpu_share: float, error: BaseException) -> str:

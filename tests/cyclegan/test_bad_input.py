@@ -135,7 +135,7 @@ def test_train_refuses_an_out_it_cannot_write(tmp_path: Path, capsys: pytest.Cap
     ("not_torch", "checkpoint.pt: unreadable or truncated checkpoint"),
     ("other_project", "checkpoint.pt: not a checkpoint of this project"),
     ("an_export", "checkpoint.pt: not a training checkpoint (no epoch, models, optim, sched, pools, rng)"),
-    ("other_architecture", "checkpoint.pt: checkpoint was trained with other settings (ngf)"),
+    ("other_architecture", "checkpoint.pt: checkpoint was trained with other settings (ngf=4, not 8)"),
     ("edited_weights", "checkpoint.pt: checkpoint's state does not fit its config"),
     ("code_on_load", "checkpoint.pt: unreadable or truncated checkpoint (Weights only load failed"),
 ])

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cyclegan import bench
+from benchmarks import bench
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.evaluate import scores, translations
@@ -19,7 +23,9 @@ from cyclegan.graphed import Replay
 from cyclegan.images import tile, to_uint8
 from cyclegan.memory import estimate_memory, footprint
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr, ssim
-from cyclegan.train import Trainer, _load_optimizer, epoch_order, train_step
+from cyclegan.train import Trainer, epoch_order, train_step
+from cyclegan.training_state import load_optimizer as _load_optimizer
+from tests.paths import ROOT, pythonpath
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA graph capture and replay")
 
@@ -223,3 +229,13 @@ def test_fit_writes_grey_samples_and_scalars_from_its_background_thread(tiny_cfg
     assert picture.dtype == np.uint8 and np.abs(picture.astype(int) - to_uint8(tile(rows))[0].cpu().numpy()).max() <= 1
     assert [e.step for e in events.Scalars("val/ssim_t1_t2")] == [1, 2, 3]
     assert [set(t) for t in result.timings] == [{"train", "val", "log", "report"}] * 3
+
+
+@pytest.mark.parametrize("module", ["benchmarks.bench", "cyclegan.bench"])
+def test_the_benchmark_is_a_tool_beside_the_library_and_both_commands_run_it(module: str, tmp_path: Path):
+    # From another folder, as a user of a checkout would: the old command still reaches the moved module.
+    run = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": pythonpath()}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: python -m benchmarks.bench") and "--sections" in run.stdout
+    assert (ROOT / "benchmarks/bench.py").is_file() and len((ROOT / "cyclegan/bench.py").read_text().splitlines()) < 10

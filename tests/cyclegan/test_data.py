@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import DataError, load_data, read_image, split_labels
+from cyclegan.data import DataError, load_data, read_domain, read_image, split_labels
+from cyclegan.nifti import read_volume
 from tests.badfiles import png_header_only, truncated_png
+from tests.cyclegan.test_nifti import phantom_volume
 
 
 def _write(folder: Path, n: int, *, size=(30, 20), mode="L", start=0) -> None:
@@ -51,6 +53,25 @@ def test_sixteen_bit_keeps_its_precision(tmp_path):
     assert len(np.unique(read_image(tmp_path / "r.png"))) > 1000
 
 
+def test_a_heads_16_bit_slices_of_12_bit_values_are_scaled_as_its_volume_is(tmp_path):
+    # Scanner integers under 4096 stored in 16 bits: over 65535 they would be nearly black, their masks empty.
+    data = phantom_volume(tmp_path / "a.nii.gz")  # data[k] is display slice k (see tests/cyclegan/test_nifti.py)
+    assert 0 < data.max() < 4096
+    for domain, start in (("T1", 0), ("T2", 100)):  # other names in T2/: unpaired, each split the same way
+        (tmp_path / domain).mkdir()
+        for k, img in enumerate(data):
+            png = img.astype(np.uint16) if domain == "T1" else np.round(img / data.max() * 255).astype(np.uint8)
+            Image.fromarray(png).save(tmp_path / domain / f"slice_{start + k:03d}.png")
+    [stack] = read_domain(tmp_path / "T1")  # scaled together, per head, not each slice by its own percentiles
+    np.testing.assert_allclose(np.stack(stack.images), read_volume(tmp_path / "a.nii.gz").slices, atol=1e-6)
+    # The head masks of the 16-bit T1 slices cover what those of the same head in 8 bits (T2/) cover.
+    d = load_data(tmp_path, 32)
+    t1, t2 = d.train.t1_head, d.train.t2_head
+    assert t2.sum() > 0 and (t1 & t2).sum() / (t1 | t2).sum() > 0.9
+    # A 16-bit slice read alone (as `cyclegan.translate` reads one) is scaled by its own percentiles.
+    assert read_image(tmp_path / "T1" / f"slice_{len(data) // 2:03d}.png").max() == 1.0
+
+
 def test_split_has_no_test_or_val_slice_next_to_a_train_slice_and_spans_the_head():
     for n in (10, 23, 43, 46, 60, 200):
         labels = split_labels(n)
@@ -63,6 +84,17 @@ def test_split_has_no_test_or_val_slice_next_to_a_train_slice_and_spans_the_head
         assert test and labels.count("val") and labels.count("train") >= n // 2
         if n >= 24:  # bottom, middle and top thirds each hold test slices
             assert {3 * i // n for i in test} == {0, 1, 2}
+
+
+def test_a_gap_parts_each_val_block_from_its_test_block():
+    # Neighbouring slices are near copies: a test slice beside a val slice is scored on what chose the winner.
+    for n in (10, 12, 23, 43, 46, 60, 200):
+        labels = split_labels(n)
+        for i in range(n - 1):
+            assert {labels[i], labels[i + 1]} != {"val", "test"}, (n, i, labels)
+        # The gap costs one training slice a segment, not held-out slices: the study's 43 keep 6 val and 6 test.
+        if n == 43:
+            assert (labels.count("val"), labels.count("test"), labels.count("train")) == (6, 6, 22)
 
 
 def test_split_is_written_with_slice_names(folder, tmp_path):

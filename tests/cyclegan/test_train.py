@@ -53,9 +53,9 @@ def test_image_pool_fills_then_swaps_half_the_time():
     pool = ImagePool(4)
     first = torch.arange(4.0).view(4, 1, 1, 1)
     assert torch.equal(pool.query(first), first)  # filling: passed through
-    later = torch.full((1000, 1, 1, 1), -1.0)
+    later = torch.arange(10.0, 1010.0).view(1000, 1, 1, 1)  # larger than the pool: it goes in pool-sized chunks
     out = pool.query(later)
-    swapped = (out != -1).float().mean().item()
+    swapped = (out != later).float().mean().item()
     assert 0.4 < swapped < 0.6
     assert ImagePool(0).query(later) is later
 
@@ -110,7 +110,7 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_cfg, tmp_path):
     data = load_data("synthetic", 32)
     fit(tiny_cfg.replace(epochs=1), data, report=lambda m, save: save(tmp_path / "checkpoint.pt"))
-    with pytest.raises(checkpoint.CheckpointError, match="other settings \\(ngf\\)"):
+    with pytest.raises(checkpoint.CheckpointError, match="other settings \\(ngf=4, not 8\\)"):
         fit(tiny_cfg.replace(ngf=4), data, resume=checkpoint.load(tmp_path / "checkpoint.pt"))
 
 

@@ -58,3 +58,8 @@ def test_unpaired_runs_are_left_out_and_the_table_is_written(tmp_path, capsys):
 def test_too_few_trials_give_no_rho(tmp_path):
     run = read_run(_run(tmp_path / "r", _rows(2)))
     assert math.isnan(agreement(run, lambda m: m["anatomy_t1_t2"]).rho)
+
+
+def test_every_epoch_makes_each_epoch_a_point(tmp_path):
+    run = read_run(_run(tmp_path / "r", _rows(4)), every_epoch=True)
+    assert len(run.trials) == 8 and "trial_000@1" in run.trials and "trial_003@2" in run.trials

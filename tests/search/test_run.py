@@ -56,7 +56,7 @@ def test_a_search_end_to_end_leaves_summary_best_and_events(tmp_path):
     metrics = json.loads((best / "metrics.json").read_text())
     assert metrics["test"]["objective"] > 0 and metrics["trial_id"] in {r["trial_id"] for r in rows}
     for trial_dir in run_dir.glob("trial_*"):
-        assert list((trial_dir / "tb").glob("events.out.tfevents.*")), trial_dir
+        assert list(trial_dir.glob("events.out.tfevents.*")), trial_dir  # its own TensorBoard run
         assert (trial_dir / "split.json").is_file() and (trial_dir / "config.json").is_file()
 
     # The export translates new slices as is, and can be made again from the run.

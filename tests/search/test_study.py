@@ -178,8 +178,8 @@ def test_a_trial_stopped_early_is_told_pruned_and_a_finished_one_complete(tmp_pa
     searcher.on_trial_complete("d")  # the time budget ran out before it began
     a, b, c, d = optuna.load_study(study_name="f", storage=store.storage).trials
     assert (a.state.name, a.value, a.intermediate_values, a.user_attrs) == ("PRUNED", 0.15, {1: 0.1, 2: 0.15},
-                                                                            {"epochs_run": 2})
-    assert (b.state.name, b.value, b.user_attrs) == ("COMPLETE", 0.3, {"epochs_run": 3})
+                                                                            {"epochs_run": 2, "tune_trial_id": "a"})
+    assert (b.state.name, b.value, b.user_attrs) == ("COMPLETE", 0.3, {"epochs_run": 3, "tune_trial_id": "b"})
     assert b.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
     assert (c.state.name, d.state.name) == ("FAIL", "FAIL")
 
@@ -204,6 +204,7 @@ def test_several_objectives_stopped_early_are_pruned_with_their_values_kept_asid
     searcher.on_trial_complete("a", result={"objective_0": 0.4, "objective_1": 2.0, "epoch": 1})
     searcher.on_trial_complete("b", result={"objective_0": 0.5, "objective_1": 1.0, "epoch": 3})
     a, b = searcher._ot_study.trials
-    assert (a.state.name, a.values, a.user_attrs) == ("PRUNED", None, {"epochs_run": 1, "values_at_stop": [0.4, 2.0]})
+    assert (a.state.name, a.values, a.user_attrs) == ("PRUNED", None, {"epochs_run": 1, "tune_trial_id": "a",
+                                                             "values_at_stop": [0.4, 2.0]})
     assert (b.state.name, b.values) == ("COMPLETE", [0.5, 1.0])
     assert set(searcher.suggest("c")) == {"lr", "epochs"}
