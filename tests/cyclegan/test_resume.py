@@ -32,6 +32,7 @@ def train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # trains twice in subprocesses
 def test_the_readme_resume_line_continues_a_run_with_its_own_config_and_prints_a_line_an_epoch(tmp_path):
     out = tmp_path / "one"
     first = train("--data", "synthetic", *TINY, "--set", "epochs=2", "--out", str(out), cwd=tmp_path)
@@ -48,6 +49,7 @@ def test_the_readme_resume_line_continues_a_run_with_its_own_config_and_prints_a
     assert other.returncode == 2 and "ngf=16, not 8" in other.stderr and len(other.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # trains, interrupts and resumes in subprocesses
 def test_ctrl_c_ends_a_training_run_in_one_line_with_exit_130_and_it_resumes(tmp_path):
     out = tmp_path / "one"
     p = subprocess.Popen([sys.executable, "-m", "cyclegan.train", *TINY, "--set", "epochs=200", "--out", str(out)],

@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cyclegan.train import epoch_line
 from tests.paths import pythonpath
 
 TINY = ["--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2", "--set", "ngf=8", "--set", "ndf=8"]
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_piped_training_prints_a_line_an_epoch(tmp_path):
     env = {**os.environ, "PYTHONPATH": pythonpath(), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "cyclegan.train", *TINY, "--set", "epochs=2", "--out",

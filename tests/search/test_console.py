@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 
 from search.run import quiet_console, tidy_output
 from tests.paths import pythonpath
@@ -57,6 +58,7 @@ def test_optuna_says_no_more_than_its_warnings():
     assert said == ["a warning stays"]
 
 
+@pytest.mark.slow  # a real search in a subprocess
 def test_a_piped_search_is_quiet_and_its_report_draws_the_runs_study(tmp_path):
     space = tmp_path / "tiny.yaml"
     space.write_text(SPACE)

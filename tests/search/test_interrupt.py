@@ -35,6 +35,7 @@ TINY = ["--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2",
 ENV = {**os.environ, "PYTHONPATH": pythonpath(), "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # a real search, interrupted and resumed
 def test_ctrl_c_exits_130_exports_nothing_and_resume_leaves_the_study_agreeing_with_the_run(tmp_path: Path) -> None:
     space = tmp_path / "stop.yaml"
     space.write_text(SPACE)
@@ -81,6 +82,7 @@ def test_ctrl_c_exits_130_exports_nothing_and_resume_leaves_the_study_agreeing_w
             assert t.user_attrs["epochs_run"] == int(row["last_epoch"])
 
 
+@pytest.mark.slow  # search.run in subprocesses
 @pytest.mark.parametrize("overrides", [["--set", "resize=33", "--set", "unet_depth=5"], ["--set", "resize=48"]])
 def test_a_config_the_networks_cannot_build_is_refused_in_one_line_before_ray_starts(tmp_path, overrides):
     start = time.time()

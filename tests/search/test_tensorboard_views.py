@@ -14,6 +14,8 @@ from tensorboard.plugins.hparams import metadata
 from tests.search.test_run import ROOT, run
 from tools import tensorboard_screenshots as shots
 
+pytestmark = pytest.mark.slow  # a real search, then Chromium screenshots of TensorBoard
+
 # The README's quick search, two trials of two epochs.
 SEARCH = ["search.run", str(ROOT / "spaces" / "unet_depth.yaml"), "--num-samples", "2", "--gpus-per-trial", "0",
           "--set", "resize=32", "--set", "unet_depth=5", "--set", "disc_layers=2", "--set", "ngf=8", "--set", "ndf=8",
