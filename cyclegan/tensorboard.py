@@ -66,9 +66,10 @@ class HParams:
 
         knobs = {k: v for k, v in self.knobs.items() if isinstance(v, bool | int | float | str)}
         tags = [scalar_tag(m) for m in self.metrics]
-        unknown = [m for m, t in zip(self.metrics, tags) if t is None or not t.startswith("val/")]
+        # A space may weigh a loss in one of its objectives (`loss/...`); what is never logged cannot be a column.
+        unknown = [m for m, t in zip(self.metrics, tags) if t is None or not t.startswith(("val/", "loss/"))]
         if unknown:
-            raise ValueError(f"HParams metrics must be val metrics; not {unknown[0]!r}")
+            raise ValueError(f"HParams metrics must be logged val or loss scalars; not {unknown[0]!r}")
         config = hp.hparams_config_pb([hp.HParam(k) for k in knobs],
                                       [hp.Metric(t, display_name=m) for m, t in zip(self.metrics, tags)])
         # No domain: a run knows only its own value, and a one-value domain would filter the others' out of the

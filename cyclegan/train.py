@@ -406,7 +406,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = _config(args, state)
         if state is not None:
             try:
-                training_state.check_resumable(state, cfg, weights=True)
+                training_state.check_resumable(state, cfg, networks=lambda c: CycleGAN.build(c).named())
             except checkpoint.CheckpointError as e:
                 raise checkpoint.CheckpointError(f"{args.out / checkpoint.CHECKPOINT}: {e}") from None
         data = load_data(args.data, cfg.resize, cfg.seed)

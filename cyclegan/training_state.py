@@ -9,6 +9,7 @@ dtype of the trainer's own tensors (a GPU run's image pools hold bf16 fakes, a C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,15 +43,14 @@ def saved_config(state: dict[str, Any]) -> TrainConfig:
         raise checkpoint.CheckpointError(f"checkpoint holds a config this code refuses ({e})") from None
 
 
-def check_resumable(state: dict[str, Any], cfg: TrainConfig, weights: bool = False) -> None:
+def check_resumable(state: dict[str, Any], cfg: TrainConfig,
+                    networks: Callable[[TrainConfig], dict[str, torch.nn.Module]] | None = None) -> None:
     """Refuses a loaded checkpoint that `fit` cannot continue with `cfg`: an export, or other settings.
 
-    Only `epochs` may differ (to train on for longer). With `weights`, the four networks' weights are also
-    loaded into fresh networks (on the CPU), so an edited or mixed-up file is caught too. The CLI calls this
-    before it writes anything, so a refused resume leaves the run as it was.
+    Only `epochs` may differ (to train on for longer). With `networks`, the four networks' weights are also
+    loaded into the fresh networks `networks(cfg)` builds (name -> module, on the CPU), so an edited or mixed-up
+    file is caught too. The CLI calls this before it writes anything, so a refused resume leaves the run as it was.
     """
-    from cyclegan.train import CycleGAN
-
     missing = [k for k in TRAINING_STATE if k not in state]
     if missing:
         raise checkpoint.CheckpointError(f"not a training checkpoint (no {', '.join(missing)}); an export "
@@ -60,9 +60,9 @@ def check_resumable(state: dict[str, Any], cfg: TrainConfig, weights: bool = Fal
         changed = sorted(f"{k}={v!r}, not {saved.to_dict()[k]!r}" for k, v in cfg.to_dict().items()
                          if saved.to_dict()[k] != v and k != "epochs")
         raise checkpoint.CheckpointError(f"checkpoint was trained with other settings ({'; '.join(changed)})")
-    if weights:
+    if networks is not None:
         try:
-            for name, net in CycleGAN.build(cfg).named().items():
+            for name, net in networks(cfg).items():
                 net.load_state_dict(state["models"][name])
         except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise _unfit(e) from None

@@ -37,10 +37,14 @@ def imports(path: Path, skip_main: bool = False) -> set[str]:
     """The dotted names a module imports, wherever in it (a function's deferred import closes a circle too).
 
     With `skip_main`, not those inside a function named `main`: a module's command line may use the modules that
-    use it (`python -m cyclegan.phantom --from` runs cyclegan.anatomy, which builds on the phantom).
+    use it (`python -m cyclegan.phantom --from` runs cyclegan.anatomy, which builds on the phantom). Imports under
+    `if TYPE_CHECKING:` are never run, so they close no circle.
     """
     tree = ast.parse(path.read_text(), str(path))
     skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     if skip_main:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name == "main":

@@ -318,8 +318,8 @@ def test_optuna_search_suggests_flat_configs_and_pickles(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("knob", "resize", "deepest"), [
-    ("unet_depth", 256, 8), ("unet_depth", 128, 7), ("unet_depth", 255, 7), ("disc_layers", 256, 6),
-    ("disc_layers", 32, 3), ("disc_layers", 7, 0)])
+    ("unet_depth", 256, 8), ("unet_depth", 128, 7), ("unet_depth", 255, 0), ("unet_depth", 96, 5),
+    ("disc_layers", 256, 6), ("disc_layers", 32, 3), ("disc_layers", 7, 0)])
 def test_deepest_allowed_is_the_configs_rule(knob: str, resize: int, deepest: int) -> None:
     assert deepest_allowed(knob, resize) == deepest
 
