@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+# An extra index, not the only one: the CPU build's `+cpu` version sorts above PyPI's, and where that index cannot be
+# reached (a closed network) pip goes on with PyPI instead of failing the whole first command.
+CPU_TORCH = "pip install torch --extra-index-url https://download.pytorch.org/whl/cpu"
 
 
 def first_block() -> tuple[list[str], str]:
