@@ -34,12 +34,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():  # noqa: ANN201
-    """One in-process Ray instance (2 CPUs, no dashboard) for every test that runs Tune in this process.
+    """One in-process Ray instance (2 CPUs, no dashboard) for the tests of a module that runs Tune in this process.
 
-    Started once a session, since a start costs seconds; a test that must see Ray stopped (a refusal before Ray
-    starts) takes no part, and one that needs a cluster of its own (nodes to kill, declared GPUs) starts real
+    Started once a module, since a start costs seconds, and stopped after it: tests elsewhere that record what a
+    process outside Ray sees, or that must see Ray stopped (a refusal before Ray starts), then run as they would
+    alone, whatever the order; and one that needs a cluster of its own (nodes to kill, declared GPUs) starts real
     nodes with tests/raynodes.py. Workers import the test modules and the project by name, so the project need
     not be pip-installed.
     """
