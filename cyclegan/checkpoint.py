@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cyclegan.config import ConfigError, TrainConfig
-from cyclegan.networks import UNetGenerator
+from cyclegan.networks import build_generator
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -95,7 +95,7 @@ def generators(payload: dict[str, Any], device: str | torch.device = "cpu") -> t
         cfg = TrainConfig.from_dict(payload["config"])
         gens = []
         for key in ("g_t1_t2", "g_t2_t1"):
-            g = UNetGenerator(cfg.unet_depth, 1, cfg.ngf, cfg.dropout, cfg.upsample)
+            g = build_generator(cfg)
             g.load_state_dict(payload["models"][key] if "models" in payload else payload[key])
             gens.append(g.to(device).eval())
     except (ConfigError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
