@@ -8,6 +8,7 @@ config, the metrics it was chosen on and the split: what `cyclegan.translate` ne
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cyclegan import reference
 from cyclegan.config import ConfigError, TrainConfig
-from cyclegan.networks import UNetGenerator
+from cyclegan.networks import build_generator
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -71,7 +73,8 @@ def find(directory: Path) -> Path:
     for name in (MODEL, CHECKPOINT):
         if (directory / name).is_file():
             return directory / name
-    raise CheckpointError(f"{directory}: holds neither {MODEL} (an export) nor {CHECKPOINT} (a training run)")
+    raise CheckpointError(f"{directory}: holds neither {MODEL} (an export) nor {CHECKPOINT} (a training run) nor "
+                          f"{' and '.join(reference.GENERATOR_FILES)} (the reference CycleGAN's generators)")
 
 
 def state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,8 +82,19 @@ def state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return getattr(module, "_orig_mod", module).state_dict()
 
 
-def load_generators(directory: Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, nn.Module, nn.Module]:
-    """Loads (config, T1->T2 generator, T2->T1 generator) from a run's or an export's folder, in eval mode."""
+def load_generators(directory: Path, device: str | torch.device = "cpu", reference_t1: str = "A"
+                    ) -> tuple[TrainConfig, nn.Module, nn.Module]:
+    """Loads (config, T1->T2 generator, T2->T1 generator) from a run's or an export's folder, in eval mode.
+
+    A folder of the reference CycleGAN's generators (`latest_net_G_A.pth`, `latest_net_G_B.pth`), or one of those
+    files, loads too (`cyclegan.reference`): G_A translates T1 -> T2 unless `reference_t1` is "B".
+    """
+    pair = reference.pair_files(directory)
+    if pair is not None:
+        try:
+            return reference.read_pair(pair, device, reference_t1)
+        except reference.LayoutError as e:
+            raise CheckpointError(str(e)) from None
     path = find(directory)
     payload = load(path)  # its errors already name the file
     try:
@@ -95,9 +109,30 @@ def generators(payload: dict[str, Any], device: str | torch.device = "cpu") -> t
         cfg = TrainConfig.from_dict(payload["config"])
         gens = []
         for key in ("g_t1_t2", "g_t2_t1"):
-            g = UNetGenerator(cfg.unet_depth, 1, cfg.ngf, cfg.dropout, cfg.upsample)
+            g = build_generator(cfg)
             g.load_state_dict(payload["models"][key] if "models" in payload else payload[key])
             gens.append(g.to(device).eval())
     except (ConfigError, KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"does not match its own config ({str(e).splitlines()[0]})") from None
     return cfg, gens[0], gens[1]
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """`--checkpoint`, `--device`, `--reference-t1` and `--resize`: how a command names the model `load_model` loads."""
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a training run's folder, an export's, or the reference CycleGAN's latest_net_G_A/B.pth")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--reference-t1", choices=("A", "B"), default="A",
+                   help="for the reference CycleGAN's generators: the domain that held T1 (default A: G_A is T1 -> T2)")
+    p.add_argument("--resize", type=int, help="the size the generators see (default: the model's own training size)")
+
+
+def load_model(args: argparse.Namespace) -> tuple[TrainConfig, torch.nn.Module, torch.nn.Module]:
+    """(config, T1 -> T2, T2 -> T1) from `--checkpoint`, with `--resize` in the config where given."""
+    cfg, g_t1_t2, g_t2_t1 = load_generators(args.checkpoint, args.device, args.reference_t1)
+    if args.resize is not None:
+        try:
+            cfg = cfg.replace(resize=args.resize)
+        except ConfigError as e:
+            raise ConfigError(f"--resize {args.resize}: {e}") from None
+    return cfg, g_t1_t2, g_t2_t1

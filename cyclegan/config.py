@@ -22,7 +22,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "upsample": ("transpose", "resize"),
     "lr_schedule": ("constant", "linear"),
     "precision": ("auto", "fp32", "bf16"),
+    "generator": ("unet", "resnet_9blocks", "resnet_6blocks"),
 }
+# The knobs that shape the U-Net only; a ResNet generator (the reference's, cyclegan/networks.py) has none of them.
+UNET_KNOBS = ("unet_depth", "dropout", "upsample")
+# The ResNet generator halves the image twice and doubles it back: sizes must divide by 4.
+RESNET_DIVISOR = 4
 
 
 # Measured on an H100 at 256x256, depth 8 (docs/benchmarks.md): channels_last is 11% faster at batch 2, even at
@@ -43,7 +48,9 @@ class TrainConfig:
     disc_layers: int = 3  # stride-2 blocks of the PatchGAN (3 gives the reference 70x70 receptive field)
     epochs: int = 100
     # The optimiser, as in the reference code.
-    lr: float = 2e-4
+    lr: float = 2e-4  # the generators'; the discriminators' is lr * lr_d_scale
+    # TTUR (Heusel et al. 2017): the discriminators learn at their own rate; 1 is the reference's one rate for both.
+    lr_d_scale: float = 1.0
     beta1: float = 0.5
     beta2: float = 0.999
     lr_schedule: str = "constant"  # "linear": constant for the first half, then linear decay to 0
@@ -56,7 +63,9 @@ class TrainConfig:
     # on the [-1, 1] scale. A generator can satisfy the cycle by hiding its input in faint high-frequency patterns
     # (Chu et al. 2017); noise on that channel makes hiding useless (Bashkirova et al. 2019). 0 turns it off.
     cycle_noise: float = 0.0
-    # Architecture.
+    # Architecture. "unet" is the study's U-Net; "resnet_9blocks" and "resnet_6blocks" the reference CycleGAN's
+    # default generators. unet_depth, dropout and upsample (UNET_KNOBS) shape the U-Net only.
+    generator: str = "unet"
     ngf: int = 64  # generator filters in the first block, doubling per block up to 8x
     ndf: int = 64
     dropout: float = 0.5  # on the three deepest up-sampling blocks, as in the reference U-Net
@@ -90,6 +99,28 @@ class TrainConfig:
                   pool_size=0, sample_every=1, seed=0)
         if self.seed >= 2**32:  # numpy and torch seed generators with it (and the phantom with 3 * seed + k)
             raise ConfigError(f"seed must be < 2**32, got {_show(self.seed)}")
+        if self.generator == "unet":
+            self._check_unet_depth()
+        elif self.resize % RESNET_DIVISOR:
+            step = RESNET_DIVISOR
+            near = [r for r in (self.resize // step * step, self.resize // step * step + step) if r > 0]
+            raise ConfigError(f"generator={self.generator!r} needs resize divisible by {RESNET_DIVISOR}, got "
+                              f"resize={_show(self.resize)}; use resize={' or '.join(map(str, near))}")
+        if self.disc_layers + 2 > self.resize.bit_length() - 1:
+            # The PatchGAN's two last 4x4 convs need at least a 4x4 map after its stride-2 blocks.
+            raise ConfigError(f"disc_layers={_show(self.disc_layers)} needs resize >= 4 * 2**{_show(self.disc_layers)}"
+                              f"{_power(self.disc_layers, 4)}, got resize={_show(self.resize)}")
+        for key in ("lr", "lr_d_scale", "lambda_cycle"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("lambda_identity", "lambda_disc", "cycle_noise"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("beta1", "beta2", "dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+
+    def _check_unet_depth(self) -> None:
         # Depths are compared by bit length, not as 2**depth: `--set unet_depth=1000000000` must be refused
         # at once, not after building a number of a billion bits.
         if self.unet_depth > self.resize.bit_length() - 1:
@@ -107,19 +138,6 @@ class TrainConfig:
                 f"unet_depth={_show(self.unet_depth)} needs resize divisible by 2**{_show(self.unet_depth)}"
                 f"{_power(self.unet_depth)}, got resize={_show(self.resize)}; use resize="
                 f"{' or '.join(map(str, near))}" + (f", or unet_depth <= {deepest}" if deepest else ""))
-        if self.disc_layers + 2 > self.resize.bit_length() - 1:
-            # The PatchGAN's two last 4x4 convs need at least a 4x4 map after its stride-2 blocks.
-            raise ConfigError(f"disc_layers={_show(self.disc_layers)} needs resize >= 4 * 2**{_show(self.disc_layers)}"
-                              f"{_power(self.disc_layers, 4)}, got resize={_show(self.resize)}")
-        for key in ("lr", "lambda_cycle"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("lambda_identity", "lambda_disc", "cycle_noise"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("beta1", "beta2", "dropout"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
 
     @property
     def use_channels_last(self) -> bool:

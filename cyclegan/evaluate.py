@@ -7,18 +7,30 @@ the input slice otherwise, as the study did; `paired` says which. All figures ar
 with data_range=1 and averaged over slices, at the split's own size (val and test are held at the
 dataset's `eval_size`, one size for models of any `resize`): a generator sees its input brought to the
 model's size, and its output is brought back, as `cyclegan.translate` does for a user's slice.
+
+    python -m cyclegan.evaluate --checkpoint DIR [--data DIR|synthetic] [--split test|val]
+
+scores a training run, an export or the reference CycleGAN's generators (`latest_net_G_A.pth`, ...;
+`cyclegan.reference`) on a data folder's split, the same slices a search scores its trials on, at full
+precision, and prints the metrics (with their spread over slices, `<metric>_sd`) as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclegan.data import SliceSet
+from cyclegan.checkpoint import CheckpointError, add_model_arguments, load_model
+from cyclegan.config import ConfigError
+from cyclegan.data import DataError, SliceSet, load_data
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim, ssim_from_map, ssim_map
+from cyclegan.precision import tf32
 from cyclegan.unpaired import anatomy, anatomy_coarse, cycle_noise, swd
 
 EVAL_BATCH = 16
@@ -139,3 +151,29 @@ def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullc
         for k, v in per_slice(outs, s).items():
             result[f"{k}_sd"] = v.std().item() if len(v) > 1 else 0.0
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cyclegan.evaluate", description=__doc__.splitlines()[0])
+    add_model_arguments(p)
+    p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--seed", type=int, help="the phantom's seed (default: the model's); a folder's split has none")
+    args = p.parse_args(argv)
+    try:
+        cfg, g_t1_t2, g_t2_t1 = load_model(args)
+        dataset = load_data(args.data, cfg.resize, cfg.seed if args.seed is None else args.seed)
+    except (CheckpointError, ConfigError, DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    split = getattr(dataset, args.split).to(args.device)
+    with tf32(False):  # as the search re-scores its finalists: a comparison should not hang on rounding
+        metrics = evaluate(g_t1_t2, g_t2_t1, split, spread=True, resize=cfg.resize)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split,
+                      "evaluation": "paired" if split.paired else "unpaired", "resize": cfg.resize,
+                      "eval_size": dataset.eval_size, "slices": len(split.t1), **metrics}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

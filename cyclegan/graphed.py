@@ -10,7 +10,7 @@ the eager loop:
 - inputs come from static buffers: the epoch's batch order is copied into one index buffer, and each
   replay gathers its batch from the slices resident on the GPU at a step counter the graph advances;
 - the optimizers are capturable (their step counts live on the GPU) and read the learning rate from a
-  GPU tensor, which the LR scheduler updates in place (`train.make_adam`);
+  GPU tensor, which the LR scheduler updates in place (`optim.make_adam`);
 - the step is captured only once the image pools are full, after which a pool query is the same
   kernels every time (its random draws, like dropout's, come from the graph-safe philox generator);
 - the losses are summed into a static accumulator inside the graph and read once an epoch.

@@ -1,17 +1,24 @@
-"""The CycleGAN's networks: a U-Net generator and a PatchGAN discriminator, one grey channel.
+"""The CycleGAN's networks: a U-Net or ResNet generator and a PatchGAN discriminator, one grey channel.
 
-Both follow the reference PyTorch CycleGAN (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py)
-and the study's TensorFlow pix2pix blocks: 4x4 convolutions with stride 2, instance norm, LeakyReLU(0.2)
-going down, ReLU going up, skip connections by concatenation, tanh out, weights drawn from N(0, 0.02).
-Shapes: a generator of depth d maps [N, 1, S, S] to the same shape and needs 2**d <= S (and S a
-multiple of 2**d); a discriminator with n stride-2 blocks maps [N, 1, S, S] to a patch map of
-[N, 1, S / 2**n - 2, S / 2**n - 2] and needs S >= 4 * 2**n.
+All follow the reference PyTorch CycleGAN (junyanz/pytorch-CycleGAN-and-pix2pix, models/networks.py).
+The U-Net and the PatchGAN also follow the study's TensorFlow pix2pix blocks: 4x4 convolutions with stride 2,
+instance norm, LeakyReLU(0.2) going down, ReLU going up, skip connections by concatenation, tanh out. The
+ResNet generator is the reference's default: reflection padding, instance norm, residual blocks at a quarter
+of the size. Weights are drawn from N(0, 0.02).
+Shapes: a U-Net of depth d maps [N, 1, S, S] to the same shape and needs 2**d <= S (and S a multiple of
+2**d); a ResNet generator maps it to the same shape and needs S a multiple of 4; a discriminator with n
+stride-2 blocks maps [N, 1, S, S] to a patch map of [N, 1, S / 2**n - 2, S / 2**n - 2] and needs S >= 4 * 2**n.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from cyclegan.config import TrainConfig
 
 # Filters double per level from ngf and stop growing at 8 * ngf, as in the reference U-Net.
 MAX_FILTER_MULT = 8
@@ -37,10 +44,10 @@ class SkipBlock(nn.Module):
     """One U-Net level: down-sample, run the inner levels, up-sample, and concatenate the input (skip)."""
 
     def __init__(self, outer: int, inner: int, submodule: nn.Module | None, *, outermost: bool = False,
-                 dropout: float = 0.0, upsample: str = "transpose") -> None:
+                 dropout: float = 0.0, upsample: str = "transpose", in_ch: int | None = None) -> None:
         super().__init__()
         self.outermost = outermost
-        down_conv = nn.Conv2d(outer, inner, kernel_size=4, stride=2, padding=1)
+        down_conv = nn.Conv2d(in_ch or outer, inner, kernel_size=4, stride=2, padding=1)
         innermost = submodule is None
         up_in = inner if innermost else inner * 2
         if outermost:
@@ -66,14 +73,19 @@ class UNetGenerator(nn.Module):
 
     Args:
         depth: down-sampling blocks (the study's 5 to 8); the input size must be a multiple of 2**depth.
-        channels: image channels in and out (1 for grey MRI).
+        channels: image channels in and out (1 for grey MRI); `out_channels` if they differ.
         ngf: filters of the outermost block.
         dropout: dropout probability on the up blocks nearest the bottleneck (0 turns it off).
         upsample: "transpose" (the study's transposed conv) or "resize" (nearest up-sampling, then conv).
+
+    With upsample "transpose" its module order and state-dict names are those of the reference's UnetGenerator
+    (instance norm) of `depth` downs (unet_256: 8, unet_128: 7). Only dropout differs: the reference puts it on the
+    depth - 5 blocks above the bottleneck's, this on the 3 nearest it; dropout holds no weights and does nothing
+    in eval mode, so the two translate alike.
     """
 
     def __init__(self, depth: int = 8, channels: int = 1, ngf: int = 64, dropout: float = 0.5,
-                 upsample: str = "transpose") -> None:
+                 upsample: str = "transpose", out_channels: int | None = None) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -89,8 +101,9 @@ class UNetGenerator(nn.Module):
         block: nn.Module | None = None
         for level in range(depth - 1, -1, -1):  # from the bottleneck outwards
             drop = dropout if level >= max(1, depth - DROPOUT_BLOCKS) else 0.0
-            outer = channels if level == 0 else filters(level - 1)
-            block = SkipBlock(outer, filters(level), block, outermost=level == 0, dropout=drop, upsample=upsample)
+            outer = (out_channels or channels) if level == 0 else filters(level - 1)
+            block = SkipBlock(outer, filters(level), block, outermost=level == 0, dropout=drop, upsample=upsample,
+                              in_ch=channels if level == 0 else None)
         self.model = block
         init_weights(self)
 
@@ -100,6 +113,75 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"input must be square with a size divisible by 2**{self.depth} = {2**self.depth}, "
                              f"got {tuple(x.shape[-2:])}")
         return self.model(x)
+
+
+class ResnetBlock(nn.Module):
+    """x + two reflection-padded 3x3 convs with instance norm, ReLU between them (and dropout, if asked)."""
+
+    def __init__(self, dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        # The reference's module order, so that its state-dict names (conv_block.1, conv_block.5) are ours.
+        first = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), _norm(dim), nn.ReLU(True)]
+        drop = [nn.Dropout(dropout)] if dropout > 0 else []
+        self.conv_block = nn.Sequential(*first, *drop, nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), _norm(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResNetGenerator(nn.Module):
+    """The reference CycleGAN's ResNet generator (Johnson et al. 2016), with instance norm as its CycleGAN uses.
+
+    A 7x7 conv, two stride-2 3x3 convs (to 4 * ngf filters at a quarter of the size), `blocks` residual blocks,
+    two transposed 3x3 convs back, and a 7x7 conv to tanh; reflection padding throughout. The module order is the
+    reference's, so a `latest_net_G_A.pth` of its `resnet_9blocks` or `resnet_6blocks` loads as it is.
+
+    Args:
+        blocks: residual blocks (9 for resnet_9blocks, 6 for resnet_6blocks).
+        channels: image channels in and out (1 for grey MRI); `out_channels` if they differ.
+        ngf: filters of the first conv.
+        dropout: inside each residual block (the reference's use_dropout puts 0.5 there; its CycleGAN does not).
+    """
+
+    DOWNSAMPLINGS = 2
+
+    def __init__(self, blocks: int = 9, channels: int = 1, ngf: int = 64, dropout: float = 0.0,
+                 out_channels: int | None = None) -> None:
+        super().__init__()
+        if blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {blocks}")
+        if channels < 1 or ngf < 1:
+            raise ValueError(f"channels and ngf must be >= 1, got channels={channels}, ngf={ngf}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        seq: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), _norm(ngf), nn.ReLU(True)]
+        for i in range(self.DOWNSAMPLINGS):
+            mult = 2**i
+            seq += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), _norm(ngf * mult * 2),
+                    nn.ReLU(True)]
+        mult = 2**self.DOWNSAMPLINGS
+        seq += [ResnetBlock(ngf * mult, dropout) for _ in range(blocks)]
+        for i in range(self.DOWNSAMPLINGS):
+            mult = 2 ** (self.DOWNSAMPLINGS - i)
+            seq += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                    _norm(ngf * mult // 2), nn.ReLU(True)]
+        seq += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels or channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*seq)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step = 2**self.DOWNSAMPLINGS
+        if x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"input must have sides divisible by {step}, got {tuple(x.shape[-2:])}")
+        return self.model(x)
+
+
+def build_generator(cfg: TrainConfig, channels: int = 1) -> nn.Module:
+    """The generator `cfg.generator` names, shaped by the config's knobs (the U-Net's only for the U-Net)."""
+    if cfg.generator == "unet":
+        return UNetGenerator(cfg.unet_depth, channels, cfg.ngf, cfg.dropout, cfg.upsample)
+    blocks = {"resnet_9blocks": 9, "resnet_6blocks": 6}[cfg.generator]
+    return ResNetGenerator(blocks, channels, cfg.ngf)
 
 
 class PatchDiscriminator(nn.Module):

@@ -30,7 +30,8 @@ from cyclegan.evaluate import validation_pass
 from cyclegan.graphed import Replay, StepRunner
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
-from cyclegan.networks import PatchDiscriminator, UNetGenerator
+from cyclegan.networks import PatchDiscriminator, build_generator
+from cyclegan.optim import make_optimizers, set_learning_rates
 from cyclegan.tensorboard import HParams, TensorBoard
 
 Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
@@ -45,9 +46,8 @@ class CycleGAN:
 
     @classmethod
     def build(cls, cfg: TrainConfig) -> CycleGAN:
-        gen = partial(UNetGenerator, cfg.unet_depth, 1, cfg.ngf, cfg.dropout, cfg.upsample)
         disc = partial(PatchDiscriminator, cfg.disc_layers, 1, cfg.ndf)
-        return cls(gen(), gen(), disc(), disc())
+        return cls(build_generator(cfg), build_generator(cfg), disc(), disc())
 
     def named(self) -> dict[str, nn.Module]:
         return {"g_t1_t2": self.g_t1_t2, "g_t2_t1": self.g_t2_t1, "d_t1": self.d_t1, "d_t2": self.d_t2}
@@ -167,14 +167,6 @@ def discriminator_update(m: CycleGAN, opt_d: torch.optim.Optimizer, real_t1: tor
     return loss_d.detach()
 
 
-def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """Per-epoch learning-rate multiplier: constant, or the reference's linear decay over the last half."""
-    if cfg.lr_schedule == "constant":
-        return lambda epoch: 1.0
-    keep = cfg.epochs // 2
-    return lambda epoch: 1.0 - max(0, epoch - keep) / float(cfg.epochs - keep + 1)
-
-
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -189,22 +181,6 @@ def epoch_order(n: int, steps: int, batch: int, seed: int, epoch: int) -> torch.
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     passes = math.ceil(steps * batch / n)
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])[: steps * batch]
-
-
-def make_adam(cfg: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Adam:
-    """The reference's Adam; on a GPU fused (`fused_adam`), and capturable when the step is a CUDA graph.
-
-    A capturable Adam keeps its step counts on the GPU and reads its learning rate from a GPU tensor;
-    the LR scheduler changes that tensor in place, so the replayed step follows the schedule.
-    """
-    kw: dict[str, Any] = {"betas": (cfg.beta1, cfg.beta2)}
-    if device.type != "cuda":
-        return torch.optim.Adam(params, lr=cfg.lr, **kw)
-    if cfg.fused_adam:
-        kw["fused"] = True
-    if cfg.cuda_graphs:
-        return torch.optim.Adam(params, lr=torch.tensor(cfg.lr, device=device), capturable=True, **kw)
-    return torch.optim.Adam(params, lr=cfg.lr, **kw)
 
 
 @dataclass
@@ -238,12 +214,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # shapes never change within a run, as in the reference
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
         autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
-        opt_g = make_adam(cfg, [*models.g_t1_t2.parameters(), *models.g_t2_t1.parameters()], dev)
-        opt_d = make_adam(cfg, [*models.d_t1.parameters(), *models.d_t2.parameters()], dev)
-        for group in (*opt_g.param_groups, *opt_d.param_groups):
-            # The schedule's base rate as a plain number, never an alias of a GPU lr tensor it then rescales.
-            group["initial_lr"] = cfg.lr
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_factor(cfg)) for o in (opt_g, opt_d)]
+        opt_g, opt_d, scheds = make_optimizers(cfg, [models.g_t1_t2, models.g_t2_t1], [models.d_t1, models.d_t2], dev)
         pools = (ImagePool(cfg.pool_size), ImagePool(cfg.pool_size))
         return cls(cfg, dev, models, opt_g, opt_d, scheds, pools, autocast)
 
@@ -277,6 +248,10 @@ class Trainer:
                 if isinstance(lr, torch.Tensor) and g["lr"] is not lr:  # torch versions that assign, not fill
                     lr.fill_(float(g["lr"]))
                     g["lr"] = lr
+
+    def set_learning_rates(self, cfg: TrainConfig) -> None:
+        """Moves both optimizers to `cfg`'s rates (lr, lr_d_scale) in place; Adam's moments and steps are kept."""
+        set_learning_rates(self.opt_g, self.opt_d, self.scheds, cfg)
 
     def _undo_half_step(self) -> None:
         set_requires_grad(list(self.models.named().values()), True)

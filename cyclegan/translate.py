@@ -2,7 +2,9 @@
 
     python -m cyclegan.translate --checkpoint DIR --direction t1-t2 INPUT... --out DIR
 
-DIR is a training run's folder (`checkpoint.pt`) or an export (`model.pt`). Each INPUT is a PNG slice, a
+DIR is a training run's folder (`checkpoint.pt`), an export (`model.pt`), or the reference CycleGAN's generators
+(pytorch-CycleGAN-and-pix2pix: a folder holding `latest_net_G_A.pth` and `latest_net_G_B.pth`, or one of them; G_A
+is read as T1 -> T2 unless `--reference-t1 B`; see `cyclegan.reference`). Each INPUT is a PNG slice, a
 NIfTI volume (.nii, .nii.gz) or a folder of them. A PNG comes out as a grey PNG of its own size and bit
 depth, with the same name. A volume comes out as one volume of the same name, shape, affine and header:
 every slice along its axial axis (as `cyclegan.nifti` chooses it, the same as in training) is translated,
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cyclegan.checkpoint import CheckpointError, load_generators
+from cyclegan.checkpoint import CheckpointError, add_model_arguments, load_model
+from cyclegan.config import ConfigError
 from cyclegan.data import IMAGE_SUFFIXES, DataError, read_image, to_square
 from cyclegan.evaluate import EVAL_BATCH
 from cyclegan.images import save_png
@@ -84,19 +87,18 @@ def bit_depth(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyclegan.translate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="a training run's folder or an export's")
     p.add_argument("--direction", choices=DIRECTIONS, required=True)
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                    help="PNG slices, NIfTI volumes (.nii, .nii.gz), or folders of them")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_model_arguments(p)
     args = p.parse_args(argv)
     try:
         files = expand_inputs(args.inputs)
         # Every PNG is read before anything is written: a bad slice among many leaves --out as it was.
         # (Volumes, which can be large, are read one at a time as they are translated.)
         images = {path: (read_image(path), bit_depth(path)) for path in files if not is_nifti(path)}
-        cfg, g_t1_t2, g_t2_t1 = load_generators(args.checkpoint, args.device)
+        cfg, g_t1_t2, g_t2_t1 = load_model(args)
         generator = g_t1_t2 if args.direction == "t1-t2" else g_t2_t1
         args.out.mkdir(parents=True, exist_ok=True)
         slices = volumes = 0
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 image, bits = images[path]
                 save_png(translate_image(generator, image, cfg.resize), args.out / f"{path.stem}.png", bits=bits)
                 slices += 1
-    except (CheckpointError, DataError, OSError) as e:
+    except (CheckpointError, DataError, ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"translated {slices} slice(s)" + (f" ({volumes} volume(s))" if volumes else "")

@@ -2,7 +2,9 @@
 
 Every value is typed and checked by `cyclegan.config.TrainConfig` itself, not by a copy of its rules, and the
 depth knobs are checked against resize (a U-Net of depth d needs 2**d <= resize) so that no trial the space can
-produce is refused later. `Param` is one searched knob; `grid` expands a space of choices and int ranges.
+produce is refused later. The U-Net's own knobs (`UNET_KNOBS`) apply only where the generator is the U-Net: a
+space whose generator is always a ResNet may not set them, and one that searches the generator draws them only
+for its U-Net trials. `Param` is one searched knob; `grid` expands a space of choices and int ranges.
 
     python -m pytest tests/search/test_space.py -q
 """
@@ -10,13 +12,14 @@ produce is refused later. `Param` is one searched knob; `grid` expands a space o
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, ConfigError, TrainConfig
+from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, UNET_KNOBS, ConfigError, TrainConfig
 from search.schema import POINT_NAME, check_keys, fail, is_int, key_name, number, show
 
 if TYPE_CHECKING:
@@ -124,16 +127,47 @@ def depth_limit(name: str, values: Mapping[str, Any]) -> int | None:
     return deepest_allowed(name, values.get("resize", DEFAULTS.resize)) if name in DEPTH_KNOBS else None
 
 
+def applies(name: str, values: Mapping[str, Any]) -> bool:
+    """Whether a knob shapes the trial whose knobs so far are `values`: the U-Net's only with the U-Net."""
+    return name not in UNET_KNOBS or values.get("generator", DEFAULTS.generator) == "unet"
+
+
 def draw_order(params: Mapping[str, Param]) -> list[Param]:
-    return sorted(params.values(), key=lambda p: p.name != "resize")  # stable: the rest keep file order
+    # resize before the depths it caps, generator before the U-Net knobs it decides; stable: the rest keep file order
+    return sorted(params.values(), key=lambda p: {"resize": 0, "generator": 1}.get(p.name, 2))
 
 
 def grid(params: Mapping[str, Param], fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
     combos: list[dict[str, Any]] = [{}]
     for param in draw_order(params):
-        combos = [{**c, param.name: v} for c in combos
-                  for v in param.values(depth_limit(param.name, {**fixed, **c}))]
+        grown = []
+        for c in combos:
+            values = {**fixed, **c}
+            if applies(param.name, values):
+                grown += [{**c, param.name: v} for v in param.values(depth_limit(param.name, values))]
+            else:
+                grown.append(c)  # a ResNet trial has no U-Net knob to vary
+        combos = grown
     return combos
+
+
+def generators(fixed: Mapping[str, Any], params: Mapping[str, Param]) -> tuple[str, ...]:
+    """The generators a space's trials can have."""
+    return params["generator"].choices if "generator" in params else (fixed.get("generator", DEFAULTS.generator),)
+
+
+def check_unet_knobs(src: str, kinds: tuple[str, ...], fixed: Mapping[str, Any], params: Mapping[str, Param]) -> None:
+    """Refuses U-Net knobs in a space whose every trial (of generators `kinds`) has a ResNet: they would shape
+    nothing."""
+    kinds = tuple(dict.fromkeys(kinds))
+    if "unet" in kinds:
+        return
+    for name in UNET_KNOBS:
+        for where, section in (("fixed", fixed), ("params", params)):
+            if name in section:
+                fail(src, f"{where}.{name}", f"shapes the U-Net only, and every trial's generator is "
+                     f"{' or '.join(map(repr, kinds))}",
+                     f"no {', '.join(UNET_KNOBS)} with a ResNet generator, or generator unet among its values")
 
 
 
@@ -221,6 +255,8 @@ def check_depths(src: str, fixed: dict[str, Any], params: dict[str, Param]) -> N
     """Refuses a space in which some resize leaves a depth knob nothing to draw."""
     resize_low = params["resize"].bounds()[0] if "resize" in params else fixed.get("resize", DEFAULTS.resize)
     for knob in DEPTH_KNOBS:
+        if "unet" not in generators(fixed, params) and knob in UNET_KNOBS:
+            continue
         deepest = deepest_allowed(knob, resize_low)
         fits = f"{knob} <= {deepest} at resize {resize_low}, or a larger resize" if deepest else "a larger resize"
         if knob in params:
@@ -250,12 +286,15 @@ def _why(knob: str, depth: int, resize: int) -> str:
 
 
 def check_together(src: str, fixed: dict[str, Any], params: dict[str, Param]) -> None:
-    # Each value was checked alone; now the fixed knobs with the searched ones at both ends of resize.
-    for resize_end in (0, 1):
+    # Each value was checked alone; now the fixed knobs with the searched ones at both ends of resize, with each
+    # generator the space can draw (a ResNet's size rule is not the U-Net's).
+    for resize_end, generator in itertools.product((0, 1), generators(fixed, params)):
         config = dict(fixed)
         for param in params.values():
             if param.name == "resize":
                 config[param.name] = param.bounds()[resize_end]
+            elif param.name == "generator":
+                config[param.name] = generator
             elif param.name in DEPTH_KNOBS:
                 config[param.name] = param.bounds()[0]
             else:
@@ -282,10 +321,15 @@ def parse_points(src: str, raw: Any, fixed: dict[str, Any]) -> list[dict[str, An
             if name in fixed:
                 fail(src, f"{key}.{name}", "is also in fixed", "each knob in fixed or in the points, not both")
         typed = {name: check_knob(src, f"{key}.{key_name(name)}", name, value) for name, value in point.items()}
+        for name in typed:
+            if not applies(name, {**fixed, **typed}):
+                fail(src, f"{key}.{name}", f"shapes the U-Net only, and this point's generator is "
+                     f"{({**fixed, **typed})['generator']!r}", "no U-Net knob in a point of a ResNet generator")
         try:
             TrainConfig.from_dict({**fixed, **typed})
         except ConfigError as e:
             fail(src, key, str(e), "points that, with fixed and the config's defaults, make a valid TrainConfig")
         points.append({**typed, POINT_NAME: label} if label is not None else typed)
+    check_unet_knobs(src, tuple({**fixed, **p}.get("generator", DEFAULTS.generator) for p in points), fixed, {})
     return points
 

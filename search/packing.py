@@ -104,7 +104,8 @@ def _warn_once(cfg: TrainConfig, gpu_bytes: int) -> None:
     # Tune asks for a trial's resources when it creates the trial and again when it resets it: one warning.
     print(f"warning: a trial needs an estimated {needed_bytes(cfg) / GiB:.1f} GiB, more than a GPU's "
           f"{gpu_bytes / GiB:.1f} GiB; it gets one whole GPU and may run out of memory (resize={cfg.resize} "
-          f"batch_size={cfg.batch_size} unet_depth={cfg.unet_depth} ngf={cfg.ngf})", file=sys.stderr)
+          f"batch_size={cfg.batch_size} generator={cfg.generator} unet_depth={cfg.unet_depth} ngf={cfg.ngf})",
+          file=sys.stderr)
 
 
 def driver_gpu_bytes() -> int | None:

@@ -1,7 +1,8 @@
 """How a space's trials are chosen and stopped: Optuna's samplers, the points searcher, and ASHA.
 
 - `params:` with sampler tpe, random, cmaes or nsga2: `OptunaSearch` calls `DefineByRun` once per trial. `resize` is
-  drawn first, then each depth knob within what that resize allows, then the rest in file order.
+  drawn first, then `generator`, then each depth knob within what that resize allows and the rest in file order,
+  the U-Net's knobs only for a U-Net (Optuna's define-by-run takes such conditional knobs as they come).
 - `points:`, and `params:` with sampler grid (expanded to every allowed combination): `PointsSearcher` hands out
   one point per trial, in order. Unlike `tune.grid_search`, which would nest them under one key, each trial's
   config is the point itself.
@@ -23,7 +24,7 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from search.knobs import DEFAULTS, Param, depth_limit, grid
+from search.knobs import DEFAULTS, Param, applies, depth_limit, grid
 from search.schema import SchedulerSection, SearchSection, fail
 
 MAX_GRID_POINTS = 10_000
@@ -40,7 +41,8 @@ class DefineByRun:
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         drawn: dict[str, Any] = {}
         for param in self.params:
-            drawn[param.name] = param.suggest(trial, depth_limit(param.name, {**self.fixed, **drawn}))
+            if applies(param.name, {**self.fixed, **drawn}):  # a ResNet trial draws no U-Net knob
+                drawn[param.name] = param.suggest(trial, depth_limit(param.name, {**self.fixed, **drawn}))
         return {**self.fixed, **drawn}
 
 

@@ -37,7 +37,7 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from cyclegan.config import TrainConfig
+from cyclegan.config import UNET_KNOBS, TrainConfig
 from search.knobs import (
     DEPTH_KNOBS,
     MAX_DEPTH,
@@ -45,8 +45,10 @@ from search.knobs import (
     check_depths,
     check_knob,
     check_together,
+    check_unet_knobs,
     deepest_allowed,
     draw_order,
+    generators,
     grid,
     parse_fixed,
     parse_params,
@@ -140,21 +142,25 @@ class Space:
     def with_overrides(self, overrides: Mapping[str, Any]) -> Space:
         """Applies `--set key=value` values (typed by `cyclegan.config.parse_overrides`) to every trial.
 
-        A searched knob becomes fixed, a fixed one is replaced, and a points space's points lose the key. If no
-        knob is left to search, the space becomes one point: a single trial.
+        A searched knob becomes fixed, a fixed one is replaced, and a points space's points lose the key. A ResNet
+        generator set so drops the file's U-Net knobs too (they would shape nothing; set with it, they are refused).
+        If no knob is left to search, the space becomes one point: a single trial.
         """
         if not overrides:
             return self
         for name, value in overrides.items():
             check_knob(self.path, f"--set {key_name(name)}", name, value)
         raw = copy.deepcopy(self.raw)
+        dropped = set(overrides)
+        if overrides.get("generator", "unet") != "unet":
+            dropped |= set(UNET_KNOBS)
         for point in raw.get("points") or []:
-            for name in overrides:
+            for name in dropped:
                 point.pop(name, None)
-        raw["fixed"] = {**(raw.get("fixed") or {}), **overrides}
+        raw["fixed"] = {**{k: v for k, v in (raw.get("fixed") or {}).items() if k not in dropped}, **overrides}
         params = raw.get("params")
         if isinstance(params, dict):
-            for name in overrides:
+            for name in dropped:
                 params.pop(name, None)
             if not params:
                 del raw["params"]
@@ -319,6 +325,7 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
     fixed = parse_fixed(src, raw.get("fixed"))
     if "params" in raw:
         params, points = parse_params(src, raw["params"], fixed), None
+        check_unet_knobs(src, generators(fixed, params), fixed, params)
         check_depths(src, fixed, params)
         check_together(src, fixed, params)
     else:

@@ -62,7 +62,7 @@ RESTORE_LOG = "restore.log"
 RESOURCES = "resources.json"
 # The knobs that decide how much GPU memory a trial needs, named when it runs out.
 MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
-                "compile")
+                "compile", "generator")
 
 
 def train_trial(config: dict[str, Any], *, data: str,

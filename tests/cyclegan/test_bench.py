@@ -198,6 +198,17 @@ def test_memory_estimate_grows_with_the_batch_and_counts_on_the_meta_device():
     assert estimate_memory(fp32) >= estimate_memory(small) * 0.9
 
 
+def test_memory_estimate_counts_the_resnet_generator():
+    """The estimate runs the real train step on the meta device, so it holds for any generator."""
+    resnet = TrainConfig(batch_size=2, generator="resnet_9blocks")
+    f, unet = footprint(resnet), footprint(TrainConfig(batch_size=2))
+    assert f.params == 2 * 11_365_633 + 2 * 2_762_689  # two resnet_9blocks and two 70x70 PatchGANs
+    # A quarter of the U-Net's weights, but full-size maps at both ends and 4 * ngf maps at a quarter of the size
+    # through all nine blocks: far more activations kept for the backward pass.
+    assert f.params < unet.params / 3 and f.activation_bytes > 4 * unet.activation_bytes
+    assert 1 * 2**30 < estimate_memory(resnet) < 40 * 2**30
+
+
 @needs_cuda
 def test_graphed_fit_equals_eager_fit_on_the_gpu(tmp_path):
     res: dict = {}

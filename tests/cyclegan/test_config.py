@@ -41,10 +41,21 @@ def test_is_frozen():
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"lr": -1.0}, "lr must be > 0"),
     ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"lr_d_scale": 0.0}, "lr_d_scale must be > 0"),
+    ({"generator": "resnet"}, r"generator='resnet' is not allowed; expected one of \['unet', 'resnet_9blocks'"),
+    ({"generator": "resnet_9blocks", "resize": 66}, "generator='resnet_9blocks' needs resize divisible by 4, got "
+                                                    "resize=66; use resize=64 or 68"),
 ])
 def test_refusals_name_the_key(values, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict(values)
+
+
+def test_the_unet_depth_rule_binds_only_the_unet():
+    """A ResNet halves the image twice whatever unet_depth says: 68 is fine for it, not for a U-Net of depth 8."""
+    assert TrainConfig(generator="resnet_6blocks", resize=68).resize == 68
+    with pytest.raises(ConfigError, match="unet_depth=8 needs resize >= 2"):
+        TrainConfig(generator="unet", resize=68)
 
 
 def test_overrides_type_themselves():

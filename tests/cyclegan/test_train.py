@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from cyclegan import checkpoint
 from cyclegan.data import load_data
 from cyclegan.metrics import REPORTED_METRICS
+from cyclegan.networks import ResnetBlock
 from cyclegan.train import CycleGAN, ImagePool, discriminator_update, fit, generator_update, train_step
 
 
@@ -70,6 +72,18 @@ def test_fit_reports_every_epoch_with_all_metrics_and_learns(tiny_cfg):
         assert set(REPORTED_METRICS) <= set(m) and m["paired"] is True
         assert all(torch.isfinite(torch.tensor(float(m[k]))) for k in REPORTED_METRICS)
     assert seen[-1]["loss_cycle"] < seen[0]["loss_cycle"]
+
+
+def test_a_short_fit_with_the_reference_resnet_generator_trains_and_checkpoints(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(generator="resnet_6blocks", epochs=1, lr_d_scale=2.0)
+    seen = []
+    result = fit(cfg, load_data("synthetic", 32), report=lambda m, save: (seen.append(m), save(tmp_path / "c.pt")))
+    assert [m["epoch"] for m in seen] == [1] and all(math.isfinite(seen[0][k]) for k in REPORTED_METRICS)
+    assert sum(isinstance(m, ResnetBlock) for m in result.models.g_t1_t2.modules()) == 6
+    _, g, _ = checkpoint.generators(checkpoint.load(tmp_path / "c.pt"))
+    x = torch.rand(1, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(g(x), result.models.g_t1_t2.eval()(x))
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_cfg, tmp_path):

@@ -67,7 +67,12 @@ def test_shipped_space_loads_and_opens_with_a_comment(path: Path) -> None:
 
 
 def test_shipped_spaces_are_the_three_of_the_design() -> None:
-    assert [p.name for p in SPACES] == ["full.yaml", "study_v1_v4.yaml", "unet_depth.yaml"]
+    # ... and an example that compares the generators, which full.yaml leaves at the U-Net until a GPU run has.
+    assert [p.name for p in SPACES] == ["full.yaml", "generators.yaml", "study_v1_v4.yaml", "unet_depth.yaml"]
+    assert "generator" not in load_space(ROOT / "spaces/full.yaml").params
+    generators = load_space(ROOT / "spaces/generators.yaml")
+    assert set(generators.params["generator"].choices) == {"unet", "resnet_9blocks", "resnet_6blocks"}
+    assert "lr_d_scale" in generators.params
 
 
 def test_study_space_is_the_four_runs() -> None:
@@ -191,6 +196,17 @@ REFUSALS = {
     "point knob also fixed": ("fixed: {lr: 1.0e-4}\npoints: [{lr: 2.0e-4}]\n", "points[0].lr"),
     "fixed that no point can use": ("fixed: {resize: 64}\npoints: [{lr: 2.0e-4}]\n", "points[0]"),
     "points with a sampler": ("search: {sampler: tpe}\npoints: [{resize: 128, unet_depth: 5}]\n", "search.sampler"),
+    # The U-Net's knobs where no trial has a U-Net.
+    "fixed depth with a ResNet": ("fixed: {generator: resnet_9blocks, unet_depth: 5}\n" + LR, "fixed.unet_depth"),
+    "searched depth with a ResNet": ("fixed: {generator: resnet_6blocks}\nparams: {unet_depth: {int: [5, 8]}}\n",
+                                     "params.unet_depth"),
+    "upsample with only ResNets": ("params: {generator: {choice: [resnet_9blocks, resnet_6blocks]},"
+                                   " upsample: {choice: [transpose, resize]}}\n", "params.upsample"),
+    "depth in a ResNet's point": ("points: [{unet_depth: 6}, {generator: resnet_9blocks, unet_depth: 5}]\n",
+                                  "points[1].unet_depth"),
+    "fixed dropout, only ResNet points": ("fixed: {dropout: 0.0}\npoints: [{generator: resnet_9blocks}]\n",
+                                          "fixed.dropout"),
+    "ResNet size not a multiple of 4": ("fixed: {generator: resnet_9blocks, resize: 66}\n" + LR, "fixed"),
 }
 
 
@@ -324,6 +340,56 @@ def test_deepest_allowed_is_the_configs_rule(knob: str, resize: int, deepest: in
     assert deepest_allowed(knob, resize) == deepest
 
 
+GENERATORS = {
+    "fixed": {"upsample": "resize"},  # a U-Net knob in fixed: the U-Net trials take it, the ResNet ones ignore it
+    "params": {
+        "unet_depth": {"int": [5, 7]},  # listed first: still drawn after the generator that decides it
+        "lr_d_scale": {"float": [0.25, 4.0], "log": True},
+        "generator": {"choice": ["unet", "resnet_9blocks", "resnet_6blocks"]},
+        "resize": {"choice": [128, 256]},
+    },
+}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_searched_generator_draws_the_unet_depth_for_the_unet_only(sampler: str) -> None:
+    space = space_from_dict({**GENERATORS, "search": {"sampler": sampler, "seed": 0}})
+    draw = space.define_by_run()
+    study = optuna.create_study(sampler=space._optuna_sampler(), direction="maximize")
+    configs: list[dict] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        configs.append(draw(trial))
+        return configs[-1]["lr_d_scale"] + (configs[-1]["generator"] == "resnet_6blocks")
+
+    study.optimize(objective, n_trials=60)
+    for c in configs:
+        assert ("unet_depth" in c) == (c["generator"] == "unet"), c
+        assert 0.25 <= c["lr_d_scale"] <= 4.0
+        TrainConfig.from_dict(c)
+    assert {c["generator"] for c in configs} == {"unet", "resnet_9blocks", "resnet_6blocks"}
+    assert {c["unet_depth"] for c in configs if c["generator"] == "unet"} == {5, 6, 7}
+    # Optuna records each trial's own knobs: a ResNet trial has no unet_depth to learn from.
+    assert all(("unet_depth" in t.params) == (t.params["generator"] == "unet") for t in study.trials)
+
+
+def test_a_grid_over_generators_varies_the_unet_knobs_for_the_unet_only() -> None:
+    space = space_from_dict({"search": {"sampler": "grid"}, "fixed": {"resize": 128},
+                             "params": {"generator": {"choice": ["unet", "resnet_6blocks"]},
+                                        "unet_depth": {"int": [5, 7]}, "batch_size": {"choice": [1, 2]}}})
+    points = space.trial_points()
+    assert sorted((p["generator"], p.get("unet_depth"), p["batch_size"]) for p in points) == sorted(
+        [("unet", d, b) for d in (5, 6, 7) for b in (1, 2)] + [("resnet_6blocks", None, b) for b in (1, 2)])
+
+
+def test_a_resnet_space_needs_no_unet_depth_that_fits_its_resize() -> None:
+    """The config's default unet_depth (8) would not fit resize 64; a ResNet-only space does not care."""
+    space = space_from_dict({"fixed": {"generator": "resnet_9blocks"}, "params": {"resize": {"choice": [64, 128]}}})
+    assert space.fixed == {"generator": "resnet_9blocks"}
+    with pytest.raises(SpaceError, match="params.resize"):
+        space_from_dict({"params": {"resize": {"choice": [64, 128]}}})  # a U-Net of the default depth 8
+
+
 def test_points_space_has_nothing_to_sample() -> None:
     with pytest.raises(ValueError, match="nothing to sample"):
         load_space(ROOT / "spaces/study_v1_v4.yaml").define_by_run()
@@ -352,6 +418,19 @@ def test_overriding_every_searched_knob_leaves_one_trial() -> None:
     assert space.params == {} and space.num_samples == 1
     assert space.trial_points() == [{**space.fixed}]
     assert isinstance(space.make_searcher(), PointsSearcher)
+
+
+def test_setting_a_resnet_generator_drops_the_unet_knobs_and_refuses_them_set_with_it() -> None:
+    space = load_space(ROOT / "spaces/full.yaml").with_overrides({"generator": "resnet_6blocks"})
+    assert space.fixed == {"generator": "resnet_6blocks"}
+    assert not {"unet_depth", "dropout", "upsample"} & set(space.params) and "resize" in space.params
+    points = load_space(ROOT / "spaces/study_v1_v4.yaml").with_overrides({"generator": "resnet_9blocks"}).trial_points()
+    assert all("unet_depth" not in p and "dropout" not in p and p["generator"] == "resnet_9blocks" for p in points)
+    path = ROOT / "spaces/full.yaml"
+    with pytest.raises(SpaceError) as caught:
+        load_space(path).with_overrides({"generator": "resnet_9blocks", "unet_depth": 5})
+    assert str(caught.value).startswith(f"{path} with --set generator='resnet_9blocks' --set unet_depth=5: "
+                                        "fixed.unet_depth: shapes the U-Net only")
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
