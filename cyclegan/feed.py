@@ -35,7 +35,12 @@ def compact_dtype(bits: int) -> torch.dtype:
 
 
 def compact(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[-1, 1] floats as `dtype` codes (rounded to the nearest; half a step of error at most)."""
+    """[-1, 1] floats as `dtype` codes (rounded to the nearest; half a step of error at most). Codes of `dtype`
+    pass through as they are, so a data set handed over compact is not copied again."""
+    if x.dtype == dtype:
+        return x
+    if not x.dtype.is_floating_point:
+        x = expand(x)
     if dtype.is_floating_point:
         return x.to(dtype)
     codes = ((x.float().clamp(-1, 1) + _OFFSET[dtype]) * _SCALE[dtype]).round_()

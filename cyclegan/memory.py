@@ -90,8 +90,9 @@ class DataSize:
         n = self.train_t1 + self.train_t2
         kind = "uint8" if bytes_per_pixel(self.bits) == 1 else "int16"
         where = f"{self.source}: " if self.source else ""
-        return (f"{where}{n:,} training slices at {resize}x{resize} ({self.train_bytes(resize) / GiB:.2f} GiB as "
-                f"{kind})")
+        size = self.train_bytes(resize)
+        shown = f"{size / GiB:.2f} GiB" if size >= GiB // 10 else f"{size / 2**20:.1f} MiB"
+        return f"{where}{n:,} training slices at {resize}x{resize} ({shown} as {kind})"
 
 
 def _no_data() -> DataSize:
@@ -272,8 +273,8 @@ def check_fits(cfg: TrainConfig, data: DataSize, budget: int, budget_text: str) 
     raise DataError(
         f"{data.describe(cfg.resize)}: a trial of resize={cfg.resize} batch_size={cfg.batch_size} "
         f"unet_depth={cfg.unet_depth} needs an estimated {need / GiB:.2f} GiB with its training slices streamed "
-        f"from host memory (networks {terms['networks'] / GiB:.2f}, validation {terms['validation'] / GiB:.2f}, "
-        f"margin included), over its budget of {budget / GiB:.2f} GiB ({budget_text}); raise gpus_per_trial or "
+        f"from host memory (networks {terms['networks'] / GiB:.2f} GiB, validation {terms['validation'] / GiB:.2f} "
+        f"GiB, before its margin), over its budget of {budget / GiB:.2f} GiB ({budget_text}); raise gpus_per_trial or "
         f"--gpu-memory-gib, or lower resize or batch_size")
 
 

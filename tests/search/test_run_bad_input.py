@@ -122,8 +122,6 @@ def test_a_space_whose_objective_no_trial_reports_or_that_is_malformed_is_refuse
     (["--gpus-per-trial", "1.5"], "resources.gpus_per_trial: got 1.5"),
     (["--gpus-per-trial", "auto", "--gpu-memory-gib", "0"], "resources.gpu_memory_gib: got 0.0; allowed: a number"),
     (["--gpus-per-trial", "auto", "--gpu-memory-gib", "auto"], "resources.gpu_memory_gib: got 'auto'"),
-    (["--gpus-per-trial", "0.5", "--gpu-memory-gib", "22"],
-     "resources.gpu_memory_gib: goes with gpus_per_trial auto, and it is 0.5"),
     # Joining a cluster whose GPUs this machine cannot see (it has none): auto must be told their memory.
     (["--gpus-per-trial", "auto", "--address", "127.0.0.1:1"],
      "resources.gpu_memory_gib: gpus_per_trial auto sizes each trial's share from its GPU's memory, and this "
