@@ -243,9 +243,9 @@ def write_volumes(out: Path, volumes: int, n_slices: int, size: int, seed: int =
 
 def _write_head(out: Path, k: int, n_slices: int, size: int, seed: int) -> list[Path]:
     import nibabel as nib
+    from nibabel.orientations import io_orientation
 
     from cyclegan.nifti import _from_display  # display slices -> the on-disk array of an affine's orientation
-    from nibabel.orientations import io_orientation
 
     ph = make_phantom(n_slices, size, seed)
     affine = np.diag([*VOXEL_MM, 1.0])

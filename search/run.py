@@ -31,8 +31,8 @@ from ray import tune
 
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
-from cyclegan.tensorboard import TABLE3
 from cyclegan.memory import DataSize
+from cyclegan.tensorboard import TABLE3
 from search.packing import check_trials_fit, driver_gpu_bytes, trial_config
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store, reconcile_study

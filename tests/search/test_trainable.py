@@ -115,7 +115,7 @@ def test_outside_tune_the_gpu_share_is_computed_by_the_same_rule_and_recorded(ti
 @pytest.mark.slow  # counts three trials' memory on the meta device: about 10 s on 2 cores
 def test_a_trial_keeps_its_data_resident_when_it_fits_streams_it_when_not_and_refuses_what_cannot_fit() -> None:
     from cyclegan.data import DataError
-    from cyclegan.memory import GiB, DataSize, estimate_memory
+    from cyclegan.memory import DataSize, GiB, estimate_memory
     from search.packing import trial_budget
     from search.trainable import _budget
 
@@ -125,7 +125,7 @@ def test_a_trial_keeps_its_data_resident_when_it_fits_streams_it_when_not_and_re
     assert _budget(cfg, small, 0.25, record) == trial_budget(0.25, 22 * GiB) == int(4.75 * GiB)
     assert record["data_placement"] == "resident" and record["estimated_bytes"] == estimate_memory(cfg, small)
     assert _budget(cfg, large, 0.25, record) and record["data_placement"] == "streamed"  # 11 GiB of slices
-    with pytest.raises(DataError, match=r"^big: 6,000,000 training slices at 32x32 \(11\.44 GiB as int16\): .* over its "
-                                        r"budget of 0\.11 GiB \(its share 0\.01 of a 22 GiB GPU"):
+    with pytest.raises(DataError, match=r"^big: 6,000,000 training slices at 32x32 \(11\.44 GiB as int16\): .* "
+                                        r"over its budget of 0\.11 GiB \(its share 0\.01 of a 22 GiB GPU"):
         _budget(cfg, large, 0.01, record)
     assert _budget(cfg, large, 0.0, {"cap_gpu_bytes": None}) is None  # on the CPU: no budget
