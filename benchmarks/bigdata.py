@@ -91,7 +91,7 @@ def worker(args: argparse.Namespace) -> int:
 
     from cyclegan.config import TrainConfig
     from cyclegan.graphed import StepRunner
-    from cyclegan.memory import CONTEXT_BYTES, DataSize, estimate_memory
+    from cyclegan.memory import CONTEXT_BYTES, DataSize, estimate_memory, plan_data
     from cyclegan.train import fit
 
     dev = torch.device(args.device)
@@ -119,8 +119,8 @@ def worker(args: argparse.Namespace) -> int:
             first["step"] = time.time()
 
     StepRunner._one = timed
-    result = fit(cfg, data, device=dev, budget=budget)
     size = DataSize.of(data)
+    result = fit(cfg, data, device=dev, stream=cuda and plan_data(cfg, size, budget) == "streamed")
     streamed = result.placement["train"] == "streamed"
     out = {"placement": result.placement, "load_s": load_s, "budget_gib": budget / GiB if budget else None,
            "estimate_gib": estimate_memory(cfg, size, streamed) / GiB,

@@ -264,6 +264,12 @@ def plan_data(cfg: TrainConfig, data: DataSize, budget: int | None) -> str:
     return "streamed"
 
 
+def device_budget(dev: torch.device) -> int:
+    """What this process's allocator may take on the GPU `dev` in all: its memory, or its per-process cap."""
+    total = torch.cuda.get_device_properties(dev).total_memory
+    return int(total * torch.cuda.get_per_process_memory_fraction(dev))
+
+
 def check_fits(cfg: TrainConfig, data: DataSize, budget: int, budget_text: str) -> None:
     """Raises DataError, in one line, when a trial of `cfg` does not fit `budget` bytes even streamed.
 

@@ -30,7 +30,6 @@ from cyclegan.evaluate import validation_pass, validation_subset
 from cyclegan.feed import Feed, Resident, Streamed
 from cyclegan.graphed import Replay, StepRunner
 from cyclegan.losses import gan_loss, l1
-from cyclegan.memory import DataSize, plan_data
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, UNetGenerator
 from cyclegan.tensorboard import HParams, TensorBoard
@@ -306,7 +305,7 @@ class FitResult:
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
         resume: dict[str, Any] | None = None, log_dir: Path | None = None, hparams: HParams | None = None,
         derived: Callable[[dict[str, Any]], Mapping[str, float]] | None = None, progress: bool = False,
-        budget: int | None = None, stream: bool | None = None) -> FitResult:
+        stream: bool = False) -> FitResult:
     """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
@@ -316,9 +315,9 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     session of `hparams` (default: every knob of `cfg`).
 
     On the device go the training slices, compact (`cyclegan.feed`), and the val slices scored every epoch
-    (`evaluate.validation_subset`); test stays on the host. `budget` is the bytes this trial's allocator may
-    take (default: what the device allows this process); the training slices stay resident when the memory
-    estimate with them fits it and are streamed from pinned host memory otherwise, or as `stream` says.
+    (`evaluate.validation_subset`); test stays on the host. With `stream` the training slices stay in pinned host
+    memory and each batch is copied over ahead of its step: what `cyclegan.memory.plan_data` says where the
+    memory estimate with them resident does not fit the trial's budget.
     """
     t = Trainer.build(cfg, device)
     dev, models = t.device, t.models
@@ -329,8 +328,6 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
 
     train = data.train
     steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))
-    if stream is None:
-        stream = dev.type == "cuda" and plan_data(cfg, DataSize.of(data), budget or _device_budget(dev)) == "streamed"
     feed = t.feed(train.t1, train.t2, steps, stream=stream, bits=data.bits)
     runner = t.runner(feed, steps)
     # val is held at the dataset's eval size; the generators see it at cfg.resize and their outputs come back.
@@ -383,13 +380,6 @@ def _save(path: Path, state: Callable[[], dict[str, Any]]) -> None:
     checkpoint.save(path, state())
 
 
-def _device_budget(dev: torch.device) -> int:
-    """What this process's allocator may take on `dev` in all: the device's memory, or its per-process cap."""
-    total = torch.cuda.get_device_properties(dev).total_memory
-    fraction = torch.cuda.get_per_process_memory_fraction(dev)
-    return int(total * fraction)
-
-
 
 
 def _progress(epochs: range):
@@ -416,8 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, with OUT/config.json")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     args = p.parse_args(argv)
+    from cyclegan.memory import DataSize, device_budget, plan_data  # it counts memory by running this trainer
+
+    def streamed(cfg: TrainConfig, data: Dataset, device: torch.device) -> bool:
+        return device.type == "cuda" and plan_data(cfg, DataSize.of(data), device_budget(device)) == "streamed"
+
     try:
-        return _run(args)
+        return _run(args, streamed)
     except KeyboardInterrupt:
         done = _epochs_done(args.out / "metrics.jsonl")
         print(f"\ninterrupted{f' after epoch {done}' if done else ''}; continue with: python -m cyclegan.train "
@@ -426,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, torch.device], bool]) -> int:
     try:
         state = checkpoint.load(args.out / checkpoint.CHECKPOINT) if args.resume else None
         if state is None and (args.out / checkpoint.CHECKPOINT).exists():
@@ -460,7 +455,8 @@ def _run(args: argparse.Namespace) -> int:
             print(epoch_line(metrics, cfg.epochs), file=sys.stderr, flush=True)
 
     try:
-        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb", progress=bar)
+        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb", progress=bar,
+            stream=streamed(cfg, data, pick_device(args.device)))
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -101,7 +101,8 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
            gpu_share: float, hparams: HParams, record: dict[str, Any] | None = None) -> None:
     dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
-    budget = _budget(cfg, DataSize.of(dataset), gpu_share, record or {})
+    record = record if record is not None else {}
+    _budget(cfg, DataSize.of(dataset), gpu_share, record)
 
     restored = tune.get_checkpoint()
     resume = restore(restored, trial_dir) if restored is not None else None
@@ -129,7 +130,7 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
         # The trial writes its own TensorBoard run into its folder (search.run turns Ray's logger off): one run
         # a trial, with grouped tags and the objective logged beside the metrics it is made of.
         fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir, hparams=hparams, derived=objectives,
-            budget=budget)
+            stream=record.get("data_placement") == "streamed")
     except torch.OutOfMemoryError as e:
         # Ray records the exception's last line as the trial's error: make it say what did not fit. The same
         # type is raised again, so the failure is still an out-of-memory one to Ray and to anyone catching it.
