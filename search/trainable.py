@@ -258,7 +258,7 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
         "gpus_per_trial": "auto" if isinstance(resources, AutoResources) else share,
         "memory_fraction": capped,  # the cap set with torch.cuda.set_per_process_memory_fraction, or null
         # Context included, data not yet: replaced (without the context) by the estimate with the data, once read.
-        "estimated_bytes": needed_bytes(trial_config(config)) if share > 0 else None,
+        "estimated_bytes": needed_bytes(trial_config(config), getattr(resources, "data", None)) if share > 0 else None,
         "gpu_bytes": stated,
         # The GPU memory the trial's cap is a share of: the space's gpu_memory_gib, else its own GPU's.
         "cap_gpu_bytes": stated or (torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory

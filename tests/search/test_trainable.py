@@ -16,6 +16,7 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
+from cyclegan.memory import DataSize
 from cyclegan.train import fit
 from search.packing import AutoResources, needed_bytes
 from search.trainable import out_of_memory_message, record_resources, restore
@@ -103,9 +104,10 @@ def test_outside_tune_the_gpu_share_is_computed_by_the_same_rule_and_recorded(ti
     # In a trial the share is Ray's (tests/search/test_placement.py); without a Tune session it comes from the
     # resources the trainable was given, by the rule Tune would have asked.
     config = {**tiny_cfg.to_dict(), "name": "V1"}
-    share, record = record_resources(tmp_path / "resources.json", config, AutoResources(1, 3 * 2**30, 4))
-    assert share == 0.34 and record["share_from"] == "computed" and record["gpus_per_trial"] == "auto"
-    assert record["estimated_bytes"] == needed_bytes(tiny_cfg) and record["gpu_bytes"] == 3 * 2**30
+    phantom = DataSize(40, 40, 7, 7)  # the built-in phantom's counts, as search.run hands them over
+    share, record = record_resources(tmp_path / "resources.json", config, AutoResources(1, 3 * 2**30, 4, phantom))
+    assert share == 0.38 and record["share_from"] == "computed" and record["gpus_per_trial"] == "auto"  # val counts
+    assert record["estimated_bytes"] == needed_bytes(tiny_cfg, phantom) and record["gpu_bytes"] == 3 * 2**30
     assert record["memory_fraction"] is None and record["device"] == "cpu"  # no GPU here: nothing to cap
     share, record = record_resources(tmp_path / "resources.json", config, {"cpu": 1, "gpu": 0.25})
     assert (share, record["gpus_per_trial"], record["gpu_bytes"]) == (0.25, 0.25, None)
