@@ -266,7 +266,7 @@ def time_trainer(cfg: TrainConfig, slices: tuple[torch.Tensor, torch.Tensor], st
     t1, t2 = (s.to(dev) for s in slices)
     if dev.type == "cuda" and cfg.use_channels_last:
         t1, t2 = (s.contiguous(memory_format=torch.channels_last) for s in (t1, t2))
-    runner = t.runner(t1, t2, steps)
+    runner = t.runner(t.feed(t1, t2, steps, bits=None), steps)
     o1, o2 = (epoch_order(len(s), steps, cfg.batch_size, k, 0) for k, s in enumerate((t1, t2)))
     need = math.ceil((cfg.pool_size / cfg.batch_size + runner.replay.warmup + 1) / steps)
     with warnings.catch_warnings(record=True) as caught:
@@ -394,7 +394,7 @@ def worker(args: argparse.Namespace) -> int:
     if dev.type == "cuda" and cfg.use_channels_last:
         t1, t2 = (s.contiguous(memory_format=torch.channels_last) for s in (t1, t2))
     steps = args.steps
-    runner = t.runner(t1, t2, steps)
+    runner = t.runner(t.feed(t1, t2, steps, bits=None), steps)
     o1, o2 = (epoch_order(len(s), steps, cfg.batch_size, k, 0) for k, s in enumerate((t1, t2)))
     for _ in range(max(1, math.ceil((cfg.pool_size / cfg.batch_size + runner.replay.warmup + 1) / steps))):
         runner.run_epoch(o1, o2)
@@ -605,7 +605,7 @@ def section_profile(args: argparse.Namespace, dev: torch.device, res: dict[str, 
         if cfg.use_channels_last:
             t1, t2 = (s.contiguous(memory_format=torch.channels_last) for s in (t1, t2))
         steps = 5
-        runner = t.runner(t1, t2, steps)
+        runner = t.runner(t.feed(t1, t2, steps, bits=None), steps)
         o1, o2 = (epoch_order(len(s), steps, b, k, 0) for k, s in enumerate((t1, t2)))
         for _ in range(max(1, math.ceil((cfg.pool_size / b + 4) / steps))):
             runner.run_epoch(o1, o2)

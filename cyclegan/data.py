@@ -106,6 +106,9 @@ class Dataset:
     source: str
     eval_size: int
     subjects: dict[str, dict[str, list[str]]] | None = None  # part -> domain -> the heads its slices show
+    # 8 when every slice came from 8-bit pixels, else 16: what a compact copy needs to lose nothing of the source
+    # (`cyclegan.feed`). The phantom and volumes are continuous, so 16.
+    bits: int = 16
 
     @property
     def resize(self) -> int:
@@ -160,8 +163,9 @@ def load_data(source: str | Path, resize: int, seed: int = 0) -> Dataset:
         names = [[name for _, name, _ in picked[d]] for d in DOMAINS]
         parts[part] = _slice_set(*arrays, *names, paired=paired and part != "train", resize=resize)
         subjects[part] = {d: sorted({subject for subject, _, _ in picked[d]}) for d in DOMAINS}
+    bits = max(s.bits for ss in stacks.values() for s in ss)
     return Dataset(parts["train"], parts["val"], parts["test"], source=str(root), eval_size=eval_size,
-                   subjects=subjects)
+                   subjects=subjects, bits=bits)
 
 
 def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES, eval_size: int = EVAL_SIZE
@@ -324,6 +328,7 @@ class Stack:
     images: Sequence[np.ndarray]  # float32 [H, W] in [0, 1] at their own size, ordered from bottom to top
     head: np.ndarray  # bool [n]: the slice shows the head (a volume's empty slices are dropped)
     geometry: tuple[tuple[int, ...], np.ndarray] | None = None  # a volume's shape and affine, None for PNGs
+    bits: int = 16  # 8: 8-bit PNG pixels only
 
     def take(self, keep: np.ndarray) -> Stack:
         idx = np.flatnonzero(keep)
@@ -393,11 +398,12 @@ def _png_stack(subject: str, paths: list[Path]) -> Stack:
     16-bit PNG export of a volume trains as the volume does. 12-bit data stored in 16 bits is no longer
     nearly black (over 65535), with a head mask of nearly nothing.
     """
-    read = [_read_pixels(p) for p in paths]
-    deep = [array for array, is_deep in read if is_deep]
+    read = [_read_pixels(p, with_depth=True) for p in paths]
+    deep = [array for array, is_deep, _ in read if is_deep]
     low, high = robust_range(np.concatenate([a.ravel() for a in deep])) if deep else (0.0, 1.0)
-    images = [robust_scale(array, low, high) if is_deep else array for array, is_deep in read]
-    return Stack(subject, [p.name for p in paths], images, np.ones(len(paths), dtype=bool))
+    images = [robust_scale(array, low, high) if is_deep else array for array, is_deep, _ in read]
+    bits = max(b for _, _, b in read)
+    return Stack(subject, [p.name for p in paths], images, np.ones(len(paths), dtype=bool), bits=bits)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -410,16 +416,17 @@ def read_image(path: Path) -> np.ndarray:
     return robust_scale(array, *robust_range(array)) if deep else array
 
 
-def _read_pixels(path: Path) -> tuple[np.ndarray, bool]:
-    """An image's grey values: 8-bit (and colour) ones in [0, 1], and whether it is 16-bit (its raw values)."""
-    deep = False
+def _read_pixels(path: Path, with_depth: bool = False) -> tuple:
+    """An image's grey values: 8-bit (and colour) ones in [0, 1], and whether it is 16-bit (its raw values);
+    `with_depth` adds its bits a pixel (8, or 16 for 16-bit and float images)."""
+    deep, bits = False, 8
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode in DEEP_MODES:
-                array, deep = np.asarray(img, dtype=np.float32), True
+                array, deep, bits = np.asarray(img, dtype=np.float32), True, 16
             elif img.mode == "F":
-                array = np.asarray(img, dtype=np.float32)
+                array, bits = np.asarray(img, dtype=np.float32), 16
             else:
                 array = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -427,7 +434,8 @@ def _read_pixels(path: Path) -> tuple[np.ndarray, bool]:
         raise DataError(f"{path}: not a readable image ({e})") from None
     if array.ndim != 2 or min(array.shape) < 2:
         raise DataError(f"{path}: a {array.shape} image is too small; expected at least 2x2 pixels")
-    return (array, True) if deep else (np.clip(array, 0.0, 1.0), False)
+    out = (array, True) if deep else (np.clip(array, 0.0, 1.0), False)
+    return (*out, bits) if with_depth else out
 
 
 def to_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -7,8 +7,9 @@ replaying it removes the launches. This follows the whole-network recipe of PyTo
 capture one call under `torch.cuda.graph`, then replay. For the replays to train the same networks as
 the eager loop:
 
-- inputs come from static buffers: the epoch's batch order is copied into one index buffer, and each
-  replay gathers its batch from the slices resident on the GPU at a step counter the graph advances;
+- inputs come from static buffers (`cyclegan.feed`): each replay gathers its batch, at a step counter the
+  graph advances, from the compact slices resident on the GPU or from the slot a side stream copied it to,
+  and converts it to fp32 inside the graph;
 - the optimizers are capturable (their step counts live on the GPU) and read the learning rate from a
   GPU tensor, which the LR scheduler updates in place (`optim.make_adam`);
 - the step is captured only once the image pools are full, after which a pool query is the same
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from cyclegan.feed import Feed
 
 
 class Replay:
@@ -101,33 +104,27 @@ class Replay:
 
 
 class StepRunner:
-    """Runs an epoch of train steps from static buffers: eagerly, or as replays of one captured step.
+    """Runs an epoch of train steps fed from static buffers: eagerly, or as replays of one captured step.
 
     `step(real_t1, real_t2)` is one train step that returns its losses as 0-d tensors (`train.train_step`
-    with everything else bound). `t1` and `t2` are the training slices, resident on the device. Each
-    epoch's order (`steps * batch` indices into each) is copied into a static buffer, and the k-th step
-    gathers the k-th batch of it, exactly the batches of the plain loop
+    with everything else bound). `feed` (`cyclegan.feed`) holds the training slices, resident on the device
+    or streamed to it; each epoch's order (`steps * batch` indices into each domain) goes to the feed, and the
+    k-th step takes the k-th batch of it, exactly the batches of the plain loop
     `step(t1[order1[k*batch:(k+1)*batch]], t2[order2[...]])`.
     """
 
-    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], t1: torch.Tensor,
-                 t2: torch.Tensor, batch: int, steps: int, *, graphs: bool, ready: Callable[[], bool] | None = None,
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], feed: Feed,
+                 steps: int, *, graphs: bool, ready: Callable[[], bool] | None = None,
                  on_failure: Callable[[], None] | None = None, warmup: int = 2) -> None:
-        dev = t1.device
-        self.step, self.t1, self.t2, self.batch, self.steps = step, t1, t2, batch, steps
-        self.order1 = torch.zeros(steps * batch, dtype=torch.long, device=dev)
-        self.order2 = torch.zeros(steps * batch, dtype=torch.long, device=dev)
-        self.counter = torch.zeros((), dtype=torch.long, device=dev)
+        self.step, self.feed, self.steps = step, feed, steps
+        self.counter = torch.zeros((), dtype=torch.long, device=feed.device)
         self.names: tuple[str, ...] = ()
         self.sums: torch.Tensor | None = None  # one slot per loss, sized by the first step
         self.replay = Replay(self._one, enabled=graphs, name="train step", warmup=warmup, ready=ready,
                              on_failure=on_failure)
 
     def _one(self) -> None:
-        at = self.counter.view(1)  # a device index, so no host sync and the same kernels every step
-        i1 = self.order1.view(self.steps, self.batch).index_select(0, at).view(-1)
-        i2 = self.order2.view(self.steps, self.batch).index_select(0, at).view(-1)
-        losses = self.step(self.t1.index_select(0, i1), self.t2.index_select(0, i2))
+        losses = self.step(*self.feed.batch(self.counter))
         if self.sums is None:
             self.names = tuple(losses)
             self.sums = torch.zeros(len(self.names), device=self.counter.device)
@@ -136,13 +133,14 @@ class StepRunner:
 
     def run_epoch(self, order1: torch.Tensor, order2: torch.Tensor) -> dict[str, float]:
         """Runs `steps` train steps in these orders; returns each loss's mean over them (one host sync)."""
-        self.order1.copy_(order1)
-        self.order2.copy_(order2)
+        self.feed.start_epoch(order1, order2)
         self.counter.zero_()
         if self.sums is not None:
             self.sums.zero_()
-        for _ in range(self.steps):
+        for k in range(self.steps):
+            self.feed.before_step(k)
             self.replay()
+            self.feed.after_step(k)
         return dict(zip(self.names, (self.sums / self.steps).tolist()))
 
 

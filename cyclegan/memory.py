@@ -5,13 +5,19 @@
 
 (`search/packing.py` does this for `gpus_per_trial: auto`, rounded to a share Ray can add up exactly.)
 
-`estimate_memory(cfg)` predicts, without a GPU, the peak of what the trial's caching allocator reserves,
+`estimate_memory(cfg, data)` predicts, without a GPU, the peak of what the trial's caching allocator reserves,
 which is what `torch.cuda.set_per_process_memory_fraction` caps. It adds up the weights, gradients and
 Adam moments of the four networks (16 bytes a parameter), the activations one train step keeps for its
 backward passes (counted exactly by running the step's forward passes on PyTorch's meta device, which
 allocates nothing), and the two image pools; the activation and fixed terms are scaled by constants
-measured on an H100 for the fast path and for eager fp32 (`CALIBRATION`, docs/benchmarks.md), and a
-margin is added so that a cap set from the estimate does not stop a trial.
+measured on an H100 for the fast path and for eager fp32 (`CALIBRATION`, docs/benchmarks.md). Then what
+the data adds (`DataSize`): the training slices on the device (compact, `cyclegan.feed`; or only the
+streaming slots when they are streamed), the val slices scored every epoch, and the validation pass, whose
+CUDA graph keeps its peak allocated (`validation_bytes`: the live tensors of the pass, counted on the meta
+device as it runs). A margin is added so that a cap set from the estimate does not stop a trial.
+
+`plan_data(cfg, data, budget)` says whether a trial keeps its training slices resident or streams them, and
+`check_fits` refuses, in one line, a trial that does not fit its budget even streamed.
 
 `measure_memory(cfg)` runs a trial's first epochs on the GPU (through the CUDA-graph capture and one
 validation pass) and reads the peak instead; `python -m benchmarks.bench --sections memory` compares the two.
@@ -23,19 +29,75 @@ K * (estimate + CONTEXT_BYTES) <= its memory.
 
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+from cyclegan.common import DataError
 from cyclegan.config import TrainConfig
+from cyclegan.evaluate import VAL_SLICES, subset_indices
+from cyclegan.feed import SLOTS, bytes_per_pixel
+
+if TYPE_CHECKING:
+    from cyclegan.data import Dataset
 
 GiB = 2**30
 CONTEXT_BYTES = 3 * GiB // 4
 MARGIN = 1.10  # relative, on top of the calibrated estimate
 MARGIN_BYTES = 256 * 2**20
+# On the validation pass's live-tensor peak, counted in fp32 on the meta device: the graph's private pool rounds
+# its blocks up (2 MiB), and the eager first pass's outputs are still held while the graph is captured. The
+# generators run in bf16 on a GPU, so the fp32 count is already high there; not yet fitted to measured peaks
+# (benchmarks/bigdata.py prints both).
+VALIDATION_FACTOR = 1.1
+EVAL_SIZE = 256  # the val slices' side where no data is given (cyclegan.data.EVAL_SIZE, the phantom's)
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """What of a data set takes a trial's device memory: slice counts, the val slices' side, the source's bits."""
+
+    train_t1: int
+    train_t2: int
+    val_t1: int
+    val_t2: int
+    eval_size: int = EVAL_SIZE
+    bits: int = 16  # 8: kept as uint8, else int16 (cyclegan.feed)
+    source: str = ""
+
+    @classmethod
+    def of(cls, data: Dataset) -> DataSize:
+        return cls(len(data.train.t1), len(data.train.t2), len(data.val.t1), len(data.val.t2), data.eval_size,
+                   data.bits, data.source)
+
+    def train_bytes(self, resize: int) -> int:
+        """The training slices at `resize`, compact: what a resident feed holds."""
+        return (self.train_t1 + self.train_t2) * resize**2 * bytes_per_pixel(self.bits)
+
+    def scored(self) -> tuple[int, int]:
+        """Val slices scored every epoch, per domain (`cyclegan.evaluate.validation_subset`)."""
+        return len(subset_indices(self.val_t1)), len(subset_indices(self.val_t2))
+
+    def describe(self, resize: int) -> str:
+        n = self.train_t1 + self.train_t2
+        kind = "uint8" if bytes_per_pixel(self.bits) == 1 else "int16"
+        where = f"{self.source}: " if self.source else ""
+        size = self.train_bytes(resize)
+        shown = f"{size / GiB:.2f} GiB" if size >= GiB // 10 else f"{size / 2**20:.1f} MiB"
+        return f"{where}{n:,} training slices at {resize}x{resize} ({shown} as {kind})"
+
+
+def _no_data() -> DataSize:
+    # Without a data set: no training slices, and validation at its bound (the most it can take).
+    return DataSize(0, 0, VAL_SLICES, VAL_SLICES)
 
 
 @dataclass(frozen=True)
@@ -69,8 +131,10 @@ class Footprint:
     pool_bytes: int  # both image pools
 
 
+@functools.lru_cache(maxsize=256)
 def footprint(cfg: TrainConfig) -> Footprint:
-    """Counts the parameters and the saved activations of one train step of `cfg` on the meta device."""
+    """Counts the parameters and the saved activations of one train step of `cfg` on the meta device (cached: a
+    second or two, and a search asks for each trial's estimate with and without its data streamed)."""
     from cyclegan.train import CycleGAN, ImagePool, discriminator_update, generator_update
 
     with torch.device("meta"):
@@ -103,12 +167,20 @@ def footprint(cfg: TrainConfig) -> Footprint:
                      pool_bytes=2 * cfg.pool_size * cfg.resize**2 * 4)
 
 
-def estimate_memory(cfg: TrainConfig) -> int:
-    """Peak bytes one trial of `cfg` reserves on a GPU (margin included); needs no GPU.
+def estimate_memory(cfg: TrainConfig, data: DataSize | None = None, streamed: bool = False) -> int:
+    """Peak bytes one trial of `cfg` on `data` reserves on a GPU (margin included); needs no GPU.
 
     Calibrated for the fast path (the defaults: bf16, CUDA graphs) and for eager fp32; any other mix of
-    the speed switches gets the larger of the two.
+    the speed switches gets the larger of the two. `streamed`: the training slices stay in host memory and
+    only the streaming slots are on the device. Without `data`: no training slices, and validation at its
+    bound (VAL_SLICES a domain at EVAL_SIZE).
     """
+    return int(math.ceil(sum(memory_terms(cfg, data, streamed).values()) * MARGIN + MARGIN_BYTES))
+
+
+def memory_terms(cfg: TrainConfig, data: DataSize | None = None, streamed: bool = False) -> dict[str, float]:
+    """What `estimate_memory` adds up before its margin: networks, data, validation (bytes)."""
+    data = data or _no_data()
     f = footprint(cfg)
     fast = cfg.precision != "fp32" and cfg.cuda_graphs
     fp32 = cfg.precision == "fp32" and not cfg.cuda_graphs
@@ -116,7 +188,102 @@ def estimate_memory(cfg: TrainConfig) -> int:
     pool_scale = 0.5 if cfg.precision != "fp32" else 1.0  # pools hold fakes in the autocast dtype
     best = max(c.states * f.state_bytes + c.activations * f.activation_bytes + c.fixed
                for c in (CALIBRATION[k] for k in modes))
-    return int(math.ceil((best + pool_scale * f.pool_bytes) * MARGIN + MARGIN_BYTES))
+    pixel = bytes_per_pixel(data.bits)
+    if streamed:
+        train = 2 * SLOTS * cfg.batch_size * cfg.resize**2 * pixel
+    else:  # the slices and the epoch's order (8 bytes an index)
+        steps = max(1, math.ceil(max(data.train_t1, data.train_t2) / cfg.batch_size))
+        train = data.train_bytes(cfg.resize) + 2 * 8 * steps * cfg.batch_size
+    v1, v2 = data.scored()
+    stored = (v1 + v2) * data.eval_size**2 * 5  # fp32 slices and their bool head masks
+    return {"networks": best + pool_scale * f.pool_bytes, "train_data": train,
+            "validation": stored + VALIDATION_FACTOR * validation_bytes(cfg, v1, v2, data.eval_size)}
+
+
+_MODEL_KNOBS = ("resize", "unet_depth", "ngf", "dropout", "upsample")
+
+
+def validation_bytes(cfg: TrainConfig, v1: int, v2: int, eval_size: int) -> int:
+    """The peak of the live tensors of one validation pass over v1 T1 and v2 T2 slices (fp32, on meta)."""
+    if not v1 and not v2:
+        return 0
+    return _validation_bytes(tuple(getattr(cfg, k) for k in _MODEL_KNOBS), v1, v2, eval_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _validation_bytes(knobs: tuple, v1: int, v2: int, eval_size: int) -> int:
+    from cyclegan.evaluate import validation_pass
+    from cyclegan.train import CycleGAN
+
+    cfg = TrainConfig(**dict(zip(_MODEL_KNOBS, knobs)))
+    with torch.device("meta"):
+        m = CycleGAN.build(cfg)
+        x1, x2 = (torch.zeros(v, 1, eval_size, eval_size) for v in (v1, v2))
+    s = SimpleNamespace(t1=x1, t2=x2, t1_head=x1 > 0, t2_head=x2 > 0, paired=v1 == v2, resize=cfg.resize,
+                        size=eval_size)
+    with LiveBytes() as live:
+        validation_pass(m.g_t1_t2, m.g_t2_t1, s, resize=cfg.resize)
+    return live.peak
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the tensor storages that ops create while it is on, and their peak.
+
+    A storage counts from the op that made it until it is freed; on the meta device nothing is allocated, so
+    this is how much a pass would hold at once on a real one (before the allocator's rounding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = id(storage) if t.device.type == "meta" else storage.data_ptr()
+                if key in self._seen:
+                    continue
+                self._seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._seen.discard(key)
+
+
+def plan_data(cfg: TrainConfig, data: DataSize, budget: int | None) -> str:
+    """"resident" when the trial's estimate with its training slices on the device fits `budget` (bytes its
+    allocator may take; None: no limit), else "streamed"."""
+    if budget is None or estimate_memory(cfg, data, streamed=False) <= budget:
+        return "resident"
+    return "streamed"
+
+
+def device_budget(dev: torch.device) -> int:
+    """What this process's allocator may take on the GPU `dev` in all: its memory, or its per-process cap."""
+    total = torch.cuda.get_device_properties(dev).total_memory
+    return int(total * torch.cuda.get_per_process_memory_fraction(dev))
+
+
+def check_fits(cfg: TrainConfig, data: DataSize, budget: int, budget_text: str) -> None:
+    """Raises DataError, in one line, when a trial of `cfg` does not fit `budget` bytes even streamed.
+
+    `budget_text` says where the budget comes from, e.g. "0.25 of a 22 GiB GPU less its CUDA context"."""
+    need = estimate_memory(cfg, data, streamed=True)
+    if need <= budget:
+        return
+    terms = memory_terms(cfg, data, streamed=True)
+    raise DataError(
+        f"{data.describe(cfg.resize)}: a trial of resize={cfg.resize} batch_size={cfg.batch_size} "
+        f"unet_depth={cfg.unet_depth} needs an estimated {need / GiB:.2f} GiB with its training slices streamed "
+        f"from host memory (networks {terms['networks'] / GiB:.2f} GiB, validation {terms['validation'] / GiB:.2f} "
+        f"GiB, before its margin), over its budget of {budget / GiB:.2f} GiB ({budget_text}); raise gpus_per_trial or "
+        f"--gpu-memory-gib, or lower resize or batch_size")
 
 
 def measure_memory(cfg: TrainConfig, device: str | torch.device = "cuda", n_slices: int = 32) -> dict[str, int]:
@@ -139,10 +306,8 @@ def measure_memory(cfg: TrainConfig, device: str | torch.device = "cuda", n_slic
     t.compile()
     gen = torch.Generator().manual_seed(0)
     slices = [torch.rand(n_slices, 1, cfg.resize, cfg.resize, generator=gen).to(dev) * 2 - 1 for _ in range(2)]
-    if cfg.use_channels_last:
-        slices = [s.contiguous(memory_format=torch.channels_last) for s in slices]
     steps = max(1, math.ceil(n_slices / cfg.batch_size))
-    runner = t.runner(slices[0], slices[1], steps)
+    runner = t.runner(t.feed(slices[0], slices[1], steps, bits=None), steps)
     order = epoch_order(n_slices, steps, cfg.batch_size, 0, 0)
     for _ in range(math.ceil((cfg.pool_size / cfg.batch_size + runner.replay.warmup + 2) / steps) + 1):
         runner.run_epoch(order, order)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from torch import nn
 from cyclegan import checkpoint, training_state
 from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
-from cyclegan.evaluate import validation_pass
+from cyclegan.evaluate import validation_pass, validation_subset
+from cyclegan.feed import Feed, Resident, Streamed
 from cyclegan.graphed import Replay, StepRunner
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
@@ -231,10 +232,17 @@ class Trainer:
     def step(self, real_t1: torch.Tensor, real_t2: torch.Tensor) -> dict[str, torch.Tensor]:
         return train_step(self.models, self.opt_g, self.opt_d, real_t1, real_t2, self.pools, self.cfg, self.autocast)
 
-    def runner(self, t1: torch.Tensor, t2: torch.Tensor, steps: int) -> StepRunner:
-        """Runs epochs of `steps` steps over resident slices; captured once the pools are full."""
-        return StepRunner(self.step, t1, t2, self.cfg.batch_size, steps, graphs=self.graphs,
-                          ready=self.pools_full, on_failure=self._undo_half_step)
+    def runner(self, feed: Feed, steps: int) -> StepRunner:
+        """Runs epochs of `steps` steps on the batches of `feed`; captured once the pools are full."""
+        return StepRunner(self.step, feed, steps, graphs=self.graphs, ready=self.pools_full,
+                          on_failure=self._undo_half_step)
+
+    def feed(self, t1: torch.Tensor, t2: torch.Tensor, steps: int, *, stream: bool = False,
+             bits: int | None = 16) -> Feed:
+        """The training slices as the step takes them: compact on the device, or streamed from host memory."""
+        kind = Streamed if stream else Resident
+        return kind(t1, t2, self.device, self.cfg.batch_size, steps, bits=bits,
+                    channels_last=self.device.type == "cuda" and self.cfg.use_channels_last)
 
     def pools_full(self) -> bool:
         return all(p.size == 0 or p.count >= p.size for p in self.pools)
@@ -265,11 +273,14 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     # Seconds per epoch: training steps, validation, TensorBoard logging and the report callable.
     timings: list[dict[str, float]] = field(default_factory=list)
+    # Where the data went: "resident" or "streamed", bytes on the device, val slices scored per domain.
+    placement: dict[str, Any] = field(default_factory=dict)
 
 
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
         resume: dict[str, Any] | None = None, log_dir: Path | None = None, hparams: HParams | None = None,
-        derived: Callable[[dict[str, Any]], Mapping[str, float]] | None = None, progress: bool = False) -> FitResult:
+        derived: Callable[[dict[str, Any]], Mapping[str, float]] | None = None, progress: bool = False,
+        stream: bool = False) -> FitResult:
     """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
@@ -277,6 +288,11 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     from each epoch's (the search's objective) before they are logged and reported. With `log_dir`, TensorBoard
     events go there (`cyclegan.tensorboard`): the losses, the metrics, sample translations and the HParams
     session of `hparams` (default: every knob of `cfg`).
+
+    On the device go the training slices, compact (`cyclegan.feed`), and the val slices scored every epoch
+    (`evaluate.validation_subset`); test stays on the host. With `stream` the training slices stay in pinned host
+    memory and each batch is copied over ahead of its step: what `cyclegan.memory.plan_data` says where the
+    memory estimate with them resident does not fit the trial's budget.
     """
     t = Trainer.build(cfg, device)
     dev, models = t.device, t.models
@@ -285,20 +301,23 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         start = training_state.restore(resume, t)
     t.compile()
 
-    data = data.to(dev)
     train = data.train
-    if dev.type == "cuda" and cfg.use_channels_last:
-        train = type(train)(**{**train.__dict__, "t1": train.t1.contiguous(memory_format=torch.channels_last),
-                               "t2": train.t2.contiguous(memory_format=torch.channels_last)})
     steps = max(1, math.ceil(max(len(train.t1), len(train.t2)) / cfg.batch_size))
-    runner = t.runner(train.t1, train.t2, steps)
+    feed = t.feed(train.t1, train.t2, steps, stream=stream, bits=data.bits)
+    runner = t.runner(feed, steps)
     # val is held at the dataset's eval size; the generators see it at cfg.resize and their outputs come back.
-    validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, data.val, t.autocast, cfg.resize),
+    val = validation_subset(data.val).to(dev)
+    shown = replace(data, val=val)  # what TensorBoard's samples are drawn from
+    validate = Replay(partial(validation_pass, models.g_t1_t2, models.g_t2_t1, val, t.autocast, cfg.resize),
                       enabled=t.graphs, name="validation", warmup=1)
     tb = None
     if log_dir is not None:
         tb = TensorBoard(log_dir, cfg, hparams if hparams is not None else HParams.of_config(cfg), start)
-    result = FitResult(models)
+    result = FitResult(models, placement={
+        "train": "streamed" if stream else "resident", "train_dtype": str(feed.t1.dtype).removeprefix("torch."),
+        "device_bytes": feed.device_bytes + sum(x.numel() * x.element_size()
+                                                for x in (val.t1, val.t2, val.t1_head, val.t2_head)),
+        "val_slices": [len(val.t1), len(val.t2)]})
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
     for epoch in bar if bar is not None else epochs:
@@ -310,7 +329,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         clock.append(time.perf_counter())
         values, outs = validate()
         train_s = clock[1] - clock[0]
-        metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": data.val.paired,
+        metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": val.paired,
                    "train_seconds": train_s, "pairs_per_second": steps * cfg.batch_size / train_s,
                    "val_seconds": time.perf_counter() - clock[1]}
         if derived is not None:
@@ -318,7 +337,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         result.history.append(metrics)
         clock.append(time.perf_counter())
         if tb is not None:
-            tb.epoch(metrics, data, outs, epoch)
+            tb.epoch(metrics, shown, outs, epoch)
         if bar is not None:
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
         clock.append(time.perf_counter())
@@ -362,8 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, with OUT/config.json")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     args = p.parse_args(argv)
+    from cyclegan.memory import DataSize, device_budget, plan_data  # it counts memory by running this trainer
+
+    def streamed(cfg: TrainConfig, data: Dataset, device: torch.device) -> bool:
+        return device.type == "cuda" and plan_data(cfg, DataSize.of(data), device_budget(device)) == "streamed"
+
     try:
-        return _run(args)
+        return _run(args, streamed)
     except KeyboardInterrupt:
         done = _epochs_done(args.out / "metrics.jsonl")
         print(f"\ninterrupted{f' after epoch {done}' if done else ''}; continue with: python -m cyclegan.train "
@@ -372,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, torch.device], bool]) -> int:
     try:
         state = checkpoint.load(args.out / checkpoint.CHECKPOINT) if args.resume else None
         if state is None and (args.out / checkpoint.CHECKPOINT).exists():
@@ -406,7 +430,8 @@ def _run(args: argparse.Namespace) -> int:
             print(epoch_line(metrics, cfg.epochs), file=sys.stderr, flush=True)
 
     try:
-        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb", progress=bar)
+        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb", progress=bar,
+            stream=streamed(cfg, data, pick_device(args.device)))
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,8 +4,10 @@ sizes pack onto GPUs and none starves the others.
     from search.packing import gpu_share
     share = gpu_share(cfg, gpu_bytes=80 * 2**30, most_per_gpu=8)   # e.g. 0.13: thirteen hundredths of a GPU
 
-A trial needs `cyclegan.memory.estimate_memory(cfg)` (the peak its caching allocator reserves, with a margin;
-no GPU needed) plus `CONTEXT_BYTES` (its CUDA context, outside the allocator). Its share is that over the GPU's
+A trial needs `cyclegan.memory.estimate_memory(cfg, data)` (the peak its caching allocator reserves, with a
+margin; no GPU needed) plus `CONTEXT_BYTES` (its CUDA context, outside the allocator). Its data counts as it will
+sit on the device: resident when the compact training slices are at most `RESIDENT_BYTES`, else streamed, so a
+large data set does not cost a GPU's worth of shares (streaming overlaps the steps). Its share is that over the GPU's
 memory, rounded up to whole hundredths, at least 1/most_per_gpu (more trials on one GPU add nothing: on an H100
 the aggregate is flat from two trials on without MPS, docs/benchmarks.md) and at most one whole GPU (a trial
 that needs more gets one GPU, and a warning). `AutoResources` is that rule as Ray Tune takes it:
@@ -32,13 +34,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from cyclegan.config import TrainConfig
-from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
+from cyclegan.memory import CONTEXT_BYTES, DataSize, GiB, check_fits, estimate_memory
 from search.schema import POINT_NAME
 
 RAY_UNITS = 10_000  # Ray's fixed point: one GPU is 10000 units
 STEPS = 100  # shares are whole hundredths of a GPU, rounded up
 DEFAULT_TRIALS_PER_GPU = 8  # `trials_per_gpu` unless a space sets it: on an H100 more add nothing without MPS
 MOST_TRIALS_PER_GPU = STEPS  # each trial takes at least one hundredth
+# Training slices up to this size (compact) count as resident in auto's shares: the study's set, a 3,000-slice
+# one at 256x256 (0.2-0.4 GiB). Larger sets count as streamed, the least a trial trains in; a trial whose share
+# then has room keeps them resident anyway (`cyclegan.memory.plan_data`).
+RESIDENT_BYTES = GiB // 2
 
 
 def ray_amount(units: int) -> float:
@@ -55,13 +61,16 @@ def ray_units(amount: float) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def needed_bytes(cfg: TrainConfig) -> int:
-    """GPU memory one trial of `cfg` takes, its CUDA context included. Cached: the estimate takes about a second,
-    and Tune asks for a trial's resources more than once."""
-    return estimate_memory(cfg) + CONTEXT_BYTES
+def needed_bytes(cfg: TrainConfig, data: DataSize | None = None) -> int:
+    """GPU memory one trial of `cfg` on `data` takes, its CUDA context included (the data resident or streamed as
+    `RESIDENT_BYTES` says). Cached: the estimate takes about a second, and Tune asks for a trial's resources more
+    than once."""
+    streamed = data is not None and data.train_bytes(cfg.resize) > RESIDENT_BYTES
+    return estimate_memory(cfg, data, streamed) + CONTEXT_BYTES
 
 
-def gpu_share(cfg: TrainConfig, gpu_bytes: int, most_per_gpu: int = DEFAULT_TRIALS_PER_GPU) -> float:
+def gpu_share(cfg: TrainConfig, gpu_bytes: int, most_per_gpu: int = DEFAULT_TRIALS_PER_GPU,
+              data: DataSize | None = None) -> float:
     """The fraction of a GPU of `gpu_bytes` that a trial of `cfg` needs, as Ray should be asked for it.
 
     Whole hundredths of the GPU, rounded up; at least 1/most_per_gpu (in Ray's units, rounded down, so that
@@ -71,7 +80,7 @@ def gpu_share(cfg: TrainConfig, gpu_bytes: int, most_per_gpu: int = DEFAULT_TRIA
         raise ValueError(f"gpu_bytes must be > 0, got {gpu_bytes}")
     if not 1 <= most_per_gpu <= MOST_TRIALS_PER_GPU:
         raise ValueError(f"most_per_gpu must be in 1..{MOST_TRIALS_PER_GPU}, got {most_per_gpu}")
-    hundredths = -(-needed_bytes(cfg) * STEPS // gpu_bytes)  # rounded up, in integers: no float error
+    hundredths = -(-needed_bytes(cfg, data) * STEPS // gpu_bytes)  # rounded up, in integers: no float error
     units = hundredths * (RAY_UNITS // STEPS)
     units = min(RAY_UNITS, max(units, RAY_UNITS // most_per_gpu))
     return ray_amount(units)
@@ -90,19 +99,49 @@ class AutoResources:
     cpus: float
     gpu_bytes: int
     most_per_gpu: int = DEFAULT_TRIALS_PER_GPU
+    data: DataSize | None = None  # the search's data, which counts in each trial's memory
 
     def __call__(self, config: dict[str, Any]) -> dict[str, float]:
         cfg = trial_config(config)
-        share = gpu_share(cfg, self.gpu_bytes, self.most_per_gpu)
-        if needed_bytes(cfg) > self.gpu_bytes:
-            _warn_once(cfg, self.gpu_bytes)
+        share = gpu_share(cfg, self.gpu_bytes, self.most_per_gpu, self.data)
+        if needed_bytes(cfg, self.data) > self.gpu_bytes:
+            _warn_once(cfg, self.gpu_bytes, self.data)
         return {"cpu": self.cpus, "gpu": share}
 
 
+@dataclass(frozen=True)
+class FixedShare:
+    """A fixed share of a GPU whose memory the space states (`gpu_memory_gib`): Ray is asked for `gpu` of a GPU,
+    and the trial caps its memory at `gpu` of `gpu_bytes`, whatever its GPU has (an H200 runs trials as an A10G
+    would). A callable as `AutoResources` is, so that it travels to the trainable with the share."""
+
+    cpus: float
+    gpu: float
+    gpu_bytes: int
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, float]:
+        return {"cpu": self.cpus, "gpu": self.gpu}
+
+
+def trial_budget(share: float, gpu_bytes: int) -> int:
+    """The bytes a trial's allocator may take with `share` of a GPU of `gpu_bytes` (`allocator_fraction`)."""
+    # A whole GPU (or more: a trial trains on one) sets no cap; its allocator has the GPU less the context.
+    return int(allocator_fraction(share, gpu_bytes) * gpu_bytes) if share < 1 else gpu_bytes - CONTEXT_BYTES
+
+
+def check_trials_fit(configs: list[TrainConfig], data: DataSize, share: float, gpu_bytes: int) -> None:
+    """Refuses (DataError, one line) the first config that does not fit `share` of a GPU of `gpu_bytes` even with
+    its training slices streamed."""
+    budget = trial_budget(share, gpu_bytes)
+    text = f"gpus_per_trial {share:g} of a {gpu_bytes / GiB:.3g} GiB GPU, less its CUDA context"
+    for cfg in dict.fromkeys(configs):
+        check_fits(cfg, data, budget, text)
+
+
 @functools.cache
-def _warn_once(cfg: TrainConfig, gpu_bytes: int) -> None:
+def _warn_once(cfg: TrainConfig, gpu_bytes: int, data: DataSize | None = None) -> None:
     # Tune asks for a trial's resources when it creates the trial and again when it resets it: one warning.
-    print(f"warning: a trial needs an estimated {needed_bytes(cfg) / GiB:.1f} GiB, more than a GPU's "
+    print(f"warning: a trial needs an estimated {needed_bytes(cfg, data) / GiB:.1f} GiB, more than a GPU's "
           f"{gpu_bytes / GiB:.1f} GiB; it gets one whole GPU and may run out of memory (resize={cfg.resize} "
           f"batch_size={cfg.batch_size} generator={cfg.generator} unet_depth={cfg.unet_depth} ngf={cfg.ngf})",
           file=sys.stderr)

@@ -31,8 +31,9 @@ from ray import tune
 
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
+from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
-from search.packing import driver_gpu_bytes
+from search.packing import check_trials_fit, driver_gpu_bytes, trial_config
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store, reconcile_study
 
@@ -101,7 +102,9 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         args.gpu_bytes = driver_gpu_bytes()
         if args.address is not None:
             space.resources(args.gpu_bytes)  # a cluster's GPUs may not have started yet: refuse now, not later
-    load_data(args.data, 32)  # refuses a missing or unreadable folder now, not in every trial
+    # Refuses a missing or unreadable folder now, not in every trial; its size decides what fits on a GPU.
+    args.data_size = DataSize.of(load_data(args.data, 32))
+    refuse_unfit(space, args.data_size)
     if args.data != SYNTHETIC:
         args.data = str(Path(args.data).resolve())  # trials run in folders of their own
     name = args.name or args.space.stem
@@ -122,6 +125,18 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
             raise DataError(f"--storage {storage}: cannot create {run_dir} ({e.strerror})") from None
         storage = str(root)
     return space, storage, name
+
+
+def refuse_unfit(space: Space, data: DataSize) -> None:
+    """Refuses (DataError, one line) a search whose trials cannot fit their fixed GPU share of `gpu_memory_gib`
+    even with the training slices streamed, before anything is written. Only where both are known here: a
+    points (or grid) space with a fixed share and the GPU's memory stated; otherwise each trial checks itself
+    before it trains (search/trainable.py)."""
+    points = space.trial_points()
+    if space.auto_gpus or not space.gpus_per_trial or space.gpu_memory_gib is None or points is None:
+        return
+    check_trials_fit([trial_config(p) for p in points], data, float(space.gpus_per_trial),
+                     int(space.gpu_memory_gib * 2**30))
 
 
 # Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
@@ -211,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         space = space.replace_search(gpus_per_trial=0.0)
     try:
         # A dict, or for auto a callable Tune asks for each trial's resources when it creates the trial.
-        resources = space.resources(args.gpu_bytes)
+        resources = space.resources(args.gpu_bytes, args.data_size)
     except SpaceError as e:  # auto, Ray sees GPUs, and this machine's torch does not (a CPU build of it)
         print(f"error: {e}", file=sys.stderr)
         ray.shutdown()

@@ -38,6 +38,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from cyclegan.config import UNET_KNOBS, TrainConfig
+from cyclegan.memory import DataSize
 from search.knobs import (
     DEPTH_KNOBS,
     MAX_DEPTH,
@@ -63,7 +64,7 @@ from search.objective import (
     ReportedObjectives,
     parse_objectives,
 )
-from search.packing import AutoResources
+from search.packing import AutoResources, FixedShare
 from search.resources import AUTO_ONLY, Resources, ResourcesSection, parse_resources
 from search.sampling import (
     DEFAULT_NUM_SAMPLES,
@@ -175,7 +176,7 @@ class Space:
                        cpus_per_trial: float | None = None, gpu_memory_gib: float | str | None = None) -> Space:
         """Applies the command line's `--num-samples`, `--max-concurrent`, ... flags; None leaves a value as it is.
 
-        A fixed `gpus_per_trial` drops the file's `trials_per_gpu` and `gpu_memory_gib`, which only `auto` reads.
+        A fixed `gpus_per_trial` drops the file's `trials_per_gpu`, which only `auto` reads.
         """
         changes = {("search", "num_samples"): num_samples, ("search", "max_concurrent"): max_concurrent,
                    ("search", "seed"): seed, ("resources", "gpus_per_trial"): gpus_per_trial,
@@ -278,14 +279,15 @@ class Space:
     def wants_gpus(self) -> bool:
         return self.auto_gpus or self.gpus_per_trial > 0
 
-    def resources(self, gpu_bytes: int | None = None) -> dict[str, float] | AutoResources:
+    def resources(self, gpu_bytes: int | None = None, data: DataSize | None = None
+                  ) -> dict[str, float] | AutoResources | FixedShare:
         """For `tune.with_resources(trainable, space.resources(...))`: a fixed share as a dict, or for `auto` the
         callable that gives each trial its share (`search.packing.AutoResources`), which needs each GPU's memory:
         `gpu_memory_gib` where the space sets it, else `gpu_bytes` (the driver's GPU). Without either, auto is
-        refused with a SpaceError that says to set it.
+        refused with a SpaceError that says to set it. `data` sizes auto's shares with the data (default: none).
         """
         return Resources(self.gpus_per_trial, self.cpus_per_trial, self.trials_per_gpu,
-                         self.gpu_memory_gib).for_tune(self.path, gpu_bytes)
+                         self.gpu_memory_gib).for_tune(self.path, gpu_bytes, data)
 
     def checkpoint_config(self) -> tune.CheckpointConfig:
         return tune.CheckpointConfig(num_to_keep=self.checkpoint_keep, checkpoint_score_attribute=OBJECTIVE,

@@ -13,7 +13,11 @@ to the checkpoint back first, so the file always holds one line per epoch of the
 
 Each trial's GPU share is the one Ray gave it (`tune.get_context().get_trial_resources()`: a fixed
 `gpus_per_trial`, or for `auto` the share `search.packing` sized from its estimated memory), and its memory is
-capped to that share, its CUDA context included (`search.packing.allocator_fraction`). `resources.json` in its
+capped to that share, its CUDA context included (`search.packing.allocator_fraction`), of its GPU's memory or
+of the space's `gpu_memory_gib` where set. Within that cap its training slices stay on the GPU (compact) when
+the memory estimate with them fits, and are streamed from pinned host memory otherwise (`cyclegan.memory.plan_data`);
+a trial that does not fit even streamed fails before it trains, in one line that names the data's size, the
+budget and the knobs to change (`cyclegan.memory.check_fits`). `resources.json` in its
 folder records what it was given: the share, the allocator's cap, its estimated memory, the GPU ids Ray
 assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), and
 when it started and ended (a trial that ASHA stops may be copied to storage before its end is written).
@@ -39,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +55,10 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
+from cyclegan.memory import DataSize, check_fits, estimate_memory, plan_data
 from cyclegan.tensorboard import TABLE3, HParams
 from cyclegan.train import fit
-from search.packing import AutoResources, allocator_fraction, needed_bytes, trial_config
+from search.packing import AutoResources, FixedShare, allocator_fraction, needed_bytes, trial_budget, trial_config
 from search.space import OBJECTIVE, POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
@@ -85,7 +90,7 @@ def train_trial(config: dict[str, Any], *, data: str,
     shown = {k: knobs[k] for k in view.varied if k in knobs} or knobs
     hparams = HParams(shown, view.metrics, frozenset(view.varied), trial_dir.name)
     try:
-        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams)
+        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams, record)
     finally:
         record["ended"] = time.time()
         (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
@@ -93,9 +98,11 @@ def train_trial(config: dict[str, Any], *, data: str,
 
 def _train(cfg: TrainConfig, trial_dir: Path, data: str,
            objective: Callable[[dict[str, Any]], float | Mapping[str, float]], checkpoint_every: int,
-           gpu_share: float, hparams: HParams) -> None:
+           gpu_share: float, hparams: HParams, record: dict[str, Any] | None = None) -> None:
     dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
+    record = record if record is not None else {}
+    _budget(cfg, DataSize.of(dataset), gpu_share, record)
 
     restored = tune.get_checkpoint()
     resume = restore(restored, trial_dir) if restored is not None else None
@@ -122,11 +129,28 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
     try:
         # The trial writes its own TensorBoard run into its folder (search.run turns Ray's logger off): one run
         # a trial, with grouped tags and the objective logged beside the metrics it is made of.
-        fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir, hparams=hparams, derived=objectives)
+        fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir, hparams=hparams, derived=objectives,
+            stream=record.get("data_placement") == "streamed")
     except torch.OutOfMemoryError as e:
         # Ray records the exception's last line as the trial's error: make it say what did not fit. The same
         # type is raised again, so the failure is still an out-of-memory one to Ray and to anyone catching it.
         raise torch.OutOfMemoryError(out_of_memory_message(cfg, gpu_share, e)) from e
+
+
+def _budget(cfg: TrainConfig, size: DataSize, gpu_share: float, record: dict[str, Any]) -> int | None:
+    """The bytes the trial's allocator may take (None: no GPU); refuses a trial that does not fit them even with its
+    training slices streamed. Notes in `record` how the data is placed and the estimate with it."""
+    gpu_bytes = record.get("cap_gpu_bytes")
+    if not gpu_share or not gpu_bytes:
+        return None
+    budget = trial_budget(gpu_share, gpu_bytes)
+    check_fits(cfg, size, budget, f"its share {gpu_share:g} of a {gpu_bytes / 2**30:.3g} GiB GPU, less its CUDA "
+               "context")
+    placement = plan_data(cfg, size, budget)
+    record.update(budget_bytes=budget, data_placement=placement,
+                  estimated_bytes=estimate_memory(cfg, size, placement == "streamed"),
+                  data=asdict(size))
+    return budget
 
 
 @dataclass(frozen=True)
@@ -214,7 +238,7 @@ def granted_gpu_share(config: dict[str, Any], resources: Mapping[str, float] | A
     granted = tune.get_context().get_trial_resources()
     if granted is not None:
         return float(granted.required_resources.get("GPU", 0.0)), "ray"
-    if isinstance(resources, AutoResources):
+    if isinstance(resources, (AutoResources, FixedShare)):
         return resources(config)["gpu"], "computed"
     return float((resources or {}).get("gpu", 0.0)), "computed"
 
@@ -227,13 +251,18 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
     reserved for this process, in its own fixed point); `cuda_visible_devices` is what torch sees.
     """
     share, source = granted_gpu_share(config, resources)
-    capped = cap_gpu_memory(share)
+    stated = resources.gpu_bytes if isinstance(resources, (AutoResources, FixedShare)) else None
+    capped = cap_gpu_memory(share, stated)
     record: dict[str, Any] = {
         "gpu_share": share, "share_from": source,
         "gpus_per_trial": "auto" if isinstance(resources, AutoResources) else share,
         "memory_fraction": capped,  # the cap set with torch.cuda.set_per_process_memory_fraction, or null
-        "estimated_bytes": needed_bytes(trial_config(config)) if share > 0 else None,  # context included
-        "gpu_bytes": resources.gpu_bytes if isinstance(resources, AutoResources) else None,
+        # Context included, data not yet: replaced (without the context) by the estimate with the data, once read.
+        "estimated_bytes": needed_bytes(trial_config(config), getattr(resources, "data", None)) if share > 0 else None,
+        "gpu_bytes": stated,
+        # The GPU memory the trial's cap is a share of: the space's gpu_memory_gib, else its own GPU's.
+        "cap_gpu_bytes": stated or (torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+                                    if torch.cuda.is_available() else None),
         "gpu_ids": [], "assigned": {}, "node_id": None,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -247,12 +276,15 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
     return share, record
 
 
-def cap_gpu_memory(share: float) -> float | None:
+def cap_gpu_memory(share: float, gpu_bytes: int | None = None) -> float | None:
     """Caps this trial's memory to its share of its GPU (the current device: Ray's CUDA_VISIBLE_DEVICES makes it
     the one Ray assigned), its CUDA context included, so that trials sharing one cannot starve each other;
-    returns the fraction set on the allocator, if any (`search.packing.allocator_fraction`)."""
+    returns the fraction set on the allocator, if any (`search.packing.allocator_fraction`). With `gpu_bytes`
+    (the space's gpu_memory_gib) the share is of that much memory, not of the GPU's own."""
     if torch.cuda.is_available() and 0 < share < 1:
-        fraction = allocator_fraction(share, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        stated = gpu_bytes or total
+        fraction = min(1.0, allocator_fraction(share, stated) * stated / total)
         torch.cuda.set_per_process_memory_fraction(fraction)
         return fraction
     return None

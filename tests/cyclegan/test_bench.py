@@ -90,7 +90,7 @@ def test_step_runner_gives_the_plain_loops_batches_and_weights(tiny_cfg):
         want = dict(sums)
         sums.clear()
     torch.manual_seed(5)
-    runner = ran.runner(data.t1, data.t2, steps)
+    runner = ran.runner(ran.feed(data.t1, data.t2, steps, bits=None), steps)
     for _ in range(2):
         got = runner.run_epoch(o1, o2)
     assert torch.equal(_params(plain), _params(ran))

@@ -122,8 +122,6 @@ def test_a_space_whose_objective_no_trial_reports_or_that_is_malformed_is_refuse
     (["--gpus-per-trial", "1.5"], "resources.gpus_per_trial: got 1.5"),
     (["--gpus-per-trial", "auto", "--gpu-memory-gib", "0"], "resources.gpu_memory_gib: got 0.0; allowed: a number"),
     (["--gpus-per-trial", "auto", "--gpu-memory-gib", "auto"], "resources.gpu_memory_gib: got 'auto'"),
-    (["--gpus-per-trial", "0.5", "--gpu-memory-gib", "22"],
-     "resources.gpu_memory_gib: goes with gpus_per_trial auto, and it is 0.5"),
     # Joining a cluster whose GPUs this machine cannot see (it has none): auto must be told their memory.
     (["--gpus-per-trial", "auto", "--address", "127.0.0.1:1"],
      "resources.gpu_memory_gib: gpus_per_trial auto sizes each trial's share from its GPU's memory, and this "
@@ -148,3 +146,16 @@ def test_any_set_values_give_a_space_or_one_line_refusal(items: list[str]) -> No
         return
     for config in space.trial_points() or []:
         TrainConfig.from_dict(config)
+
+
+@pytest.mark.slow  # reads the phantom and counts a trial's memory on the meta device: about 10 s on 2 cores
+def test_a_search_whose_trials_cannot_fit_their_share_is_refused_before_ray(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    (runs / "earlier").mkdir(parents=True)
+    (runs / "earlier" / "kept.txt").write_text("an earlier run's file\n")
+    before = snapshot(runs)
+    refused([str(ROOT / "spaces" / "study_v1_v4.yaml"), "--gpus-per-trial", "0.01", "--gpu-memory-gib", "22",
+             "--storage", str(runs)], capsys,
+            "error: synthetic: 78 training slices at 128x128 (2.4 MiB as int16): a trial of resize=128 batch_size=40 ")
+    assert snapshot(runs) == before and not (runs / "study_v1_v4").exists()  # nothing written, nothing lost

@@ -22,6 +22,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 import cyclegan.metrics
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, TrainConfig
+from cyclegan.memory import DataSize
+from search.packing import FixedShare
 from search.space import (
     DEFAULT_WEIGHTS,
     POINT_NAME,
@@ -162,7 +164,6 @@ REFUSALS = {
     "gpu_memory_gib 0": ("resources: {gpus_per_trial: auto, gpu_memory_gib: 0}\n" + LR, "resources.gpu_memory_gib"),
     "gpu_memory_gib a word": ("resources: {gpus_per_trial: auto, gpu_memory_gib: lots}\n" + LR,
                               "resources.gpu_memory_gib"),
-    "gpu_memory_gib with a fixed share": ("resources: {gpu_memory_gib: 22}\n" + LR, "resources.gpu_memory_gib"),
     "unknown scheduler": ("scheduler: {type: hyperband}\n" + LR, "scheduler.type"),
     "asha key with none": ("scheduler: {type: none, grace_period: 5}\n" + LR, "scheduler.grace_period"),
     "reduction factor 1": ("scheduler: {reduction_factor: 1}\n" + LR, "scheduler.reduction_factor"),
@@ -465,22 +466,26 @@ def test_auto_gpus_give_tune_a_callable_that_sizes_each_trial(tmp_path: Path) ->
     with pytest.raises(SpaceError, match=r"resources\.gpu_memory_gib: .*--gpu-memory-gib") as caught:
         space.resources()
     assert "\n" not in str(caught.value)
-    resources = space.resources(gpu_bytes=16 * 2**30)
+    phantom = DataSize(40, 40, 7, 7)  # the built-in phantom's counts: its val pass is small
+    resources = space.resources(gpu_bytes=16 * 2**30, data=phantom)
     assert (resources.cpus, resources.gpu_bytes, resources.most_per_gpu) == (2, 16 * 2**30, 8)
     tiny = {"resize": 32, "unet_depth": 5, "disc_layers": 2, "ngf": 8, "ndf": 8, "name": "a label"}
     assert resources(tiny) == {"cpu": 2, "gpu": 0.125}  # about 1 GiB: the floor, an eighth
+    # Without the data, validation is counted at its bound (64 slices a domain at 256x256): more than the floor.
+    assert space.resources(gpu_bytes=16 * 2**30)(tiny)["gpu"] > 0.125
     assert pickle.loads(pickle.dumps(resources)) == resources  # Ray pickles it with the trainable
     # The space's (or the flag's) gpu_memory_gib wins over the driver's GPU: the trials' GPUs may be others.
     sized = space.replace_search(gpu_memory_gib=22).resources(gpu_bytes=80 * 2**30)
     assert sized.gpu_bytes == 22 * 2**30
-    # A fixed share from the command line drops auto's own keys, rather than refusing the file's.
+    # A fixed share from the command line drops auto's own keys, rather than refusing the file's; the GPU's memory
+    # stays: a fixed share of it is each trial's cap (an H200 running trials as a 24 GB GPU would).
     packed = load_space(write(tmp_path, "resources: {gpus_per_trial: auto, trials_per_gpu: 4, gpu_memory_gib: 22}\n"
                                         + LR))
-    assert packed.replace_search(gpus_per_trial=0.5).resources() == {"cpu": 1, "gpu": 0.5}
+    assert packed.replace_search(gpus_per_trial=0.5).resources() == FixedShare(1, 0.5, 22 * 2**30)
     assert packed.replace_search(gpus_per_trial="auto").resources().most_per_gpu == 4
-    with pytest.raises(SpaceError, match=r"with --gpus-per-trial 0\.5 --gpu-memory-gib 22: resources\.gpu_memory_gib: "
-                                         r"goes with gpus_per_trial auto"):
-        space.replace_search(gpus_per_trial=0.5, gpu_memory_gib=22)
+    fixed = space.replace_search(gpus_per_trial=0.5, gpu_memory_gib=22).resources()
+    assert fixed({"resize": 32}) == {"cpu": 2, "gpu": 0.5} and pickle.loads(pickle.dumps(fixed)) == fixed
+    assert space.replace_search(gpus_per_trial=0.5).resources() == {"cpu": 2, "gpu": 0.5}
     with pytest.raises(SpaceError, match=r"with --gpus-per-trial lots: resources\.gpus_per_trial: got 'lots'; "
                                          r"allowed: auto"):
         space.replace_search(gpus_per_trial="lots")

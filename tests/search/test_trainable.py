@@ -16,6 +16,7 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
+from cyclegan.memory import DataSize
 from cyclegan.train import fit
 from search.packing import AutoResources, needed_bytes
 from search.trainable import out_of_memory_message, record_resources, restore
@@ -103,10 +104,30 @@ def test_outside_tune_the_gpu_share_is_computed_by_the_same_rule_and_recorded(ti
     # In a trial the share is Ray's (tests/search/test_placement.py); without a Tune session it comes from the
     # resources the trainable was given, by the rule Tune would have asked.
     config = {**tiny_cfg.to_dict(), "name": "V1"}
-    share, record = record_resources(tmp_path / "resources.json", config, AutoResources(1, 3 * 2**30, 4))
-    assert share == 0.34 and record["share_from"] == "computed" and record["gpus_per_trial"] == "auto"
-    assert record["estimated_bytes"] == needed_bytes(tiny_cfg) and record["gpu_bytes"] == 3 * 2**30
+    phantom = DataSize(40, 40, 7, 7)  # the built-in phantom's counts, as search.run hands them over
+    share, record = record_resources(tmp_path / "resources.json", config, AutoResources(1, 3 * 2**30, 4, phantom))
+    assert share == 0.38 and record["share_from"] == "computed" and record["gpus_per_trial"] == "auto"  # val counts
+    assert record["estimated_bytes"] == needed_bytes(tiny_cfg, phantom) and record["gpu_bytes"] == 3 * 2**30
     assert record["memory_fraction"] is None and record["device"] == "cpu"  # no GPU here: nothing to cap
     share, record = record_resources(tmp_path / "resources.json", config, {"cpu": 1, "gpu": 0.25})
     assert (share, record["gpus_per_trial"], record["gpu_bytes"]) == (0.25, 0.25, None)
     assert json.loads((tmp_path / "resources.json").read_text())["gpu_share"] == 0.25
+
+
+@pytest.mark.slow  # counts three trials' memory on the meta device: about 10 s on 2 cores
+def test_a_trial_keeps_its_data_resident_when_it_fits_streams_it_when_not_and_refuses_what_cannot_fit() -> None:
+    from cyclegan.data import DataError
+    from cyclegan.memory import DataSize, GiB, estimate_memory
+    from search.packing import trial_budget
+    from search.trainable import _budget
+
+    cfg = TrainConfig(resize=32, unet_depth=5, disc_layers=2, ngf=8, ndf=8)
+    small, large = DataSize(100, 100, 7, 7, 32), DataSize(3_000_000, 3_000_000, 7, 7, 32, 16, "big")
+    record = {"cap_gpu_bytes": 22 * GiB}
+    assert _budget(cfg, small, 0.25, record) == trial_budget(0.25, 22 * GiB) == int(4.75 * GiB)
+    assert record["data_placement"] == "resident" and record["estimated_bytes"] == estimate_memory(cfg, small)
+    assert _budget(cfg, large, 0.25, record) and record["data_placement"] == "streamed"  # 11 GiB of slices
+    with pytest.raises(DataError, match=r"^big: 6,000,000 training slices at 32x32 \(11\.44 GiB as int16\): .* "
+                                        r"over its budget of 0\.11 GiB \(its share 0\.01 of a 22 GiB GPU"):
+        _budget(cfg, large, 0.01, record)
+    assert _budget(cfg, large, 0.0, {"cap_gpu_bytes": None}) is None  # on the CPU: no budget
