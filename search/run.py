@@ -33,6 +33,7 @@ from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
 from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
+from search.cluster import NoGpuError, gpus_for_trials
 from search.packing import check_trials_fit, driver_gpu_bytes, trial_config
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store, reconcile_study
@@ -220,14 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_console()
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)
-    if args.address is None and space.wants_gpus and not ray.cluster_resources().get("GPU"):
-        print(f"note: no GPU on this machine; running trials on the CPU (gpus_per_trial "
-              f"{space.gpus_per_trial} -> 0)", file=sys.stderr)
-        space = space.replace_search(gpus_per_trial=0.0)
     try:
+        space = gpus_for_trials(space)  # a cluster keeps the share while a GPU node can join; see search/cluster.py
         # A dict, or for auto a callable Tune asks for each trial's resources when it creates the trial.
         resources = space.resources(args.gpu_bytes, args.data_size)
-    except SpaceError as e:  # auto, Ray sees GPUs, and this machine's torch does not (a CPU build of it)
+    except (NoGpuError, SpaceError) as e:  # or auto, Ray sees GPUs, and this machine's torch does not (a CPU build)
         print(f"error: {e}", file=sys.stderr)
         ray.shutdown()
         return 2
