@@ -9,10 +9,10 @@ peak reserved memory against `estimate_memory` with its data, its start-up (proc
 done), epoch and validation seconds and pairs/s; per size, the aggregate pairs/s.
 
 Peak against the estimate at three sizes, one trial each, the whole GPU:
-    python -m benchmarks.bigdata --sizes 1000 10000 50000 --epochs 2 --out out/bigdata.json
+    python -m benchmarks.bigdata --sizes 1000 10000 50000 --epochs 2 --max-steps 300 --out out/bigdata.json
 Four trials sharing one GPU, each capped as a quarter of a 24 GB A10G:
     python -m benchmarks.bigdata --sizes 50000 --trials 4 --share 0.25 --gpu-memory-gib 22 --epochs 2 \\
-        --out out/bigdata4.json
+        --max-steps 300 --out out/bigdata4.json
 The same as a search (each trial reads --data itself until the driver hands it over):
     python -m cyclegan.phantom --volumes 340 --slices 150 --size 256 --out DATA
     python -m search.run spaces/unet_depth.yaml --data DATA --gpus-per-trial 0.25 --gpu-memory-gib 22 \\
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=8, help="unet_depth")
     p.add_argument("--batch", type=int, default=2, help="batch_size")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-steps", type=int, help="steps an epoch at most: a 50k-slice epoch is 25k steps, so its "
+                   "time is measured on the first --max-steps and scaled to the whole epoch")
     p.add_argument("--trials", type=int, default=1, help="trials side by side, each its own process")
     p.add_argument("--share", type=float, default=1.0, help="each trial's share of a GPU (its memory cap)")
     p.add_argument("--gpu-memory-gib", type=float, help="the GPU's memory the share is of (default: the GPU's own)")
@@ -119,6 +121,17 @@ def worker(args: argparse.Namespace) -> int:
             first["step"] = time.time()
 
     StepRunner._one = timed
+    from cyclegan import train
+    from cyclegan.train import Trainer
+
+    full_steps = math.ceil(max(len(data.train.t1), len(data.train.t2)) / cfg.batch_size)
+    steps = min(full_steps, args.max_steps or full_steps)
+    if steps < full_steps:  # the same data on the device, fewer steps an epoch: every cost but the epoch's length
+        runner, feed = Trainer.runner, Trainer.feed
+        Trainer.runner = lambda self, f, _: runner(self, f, steps)
+        Trainer.feed = lambda self, t1, t2, _, **kw: feed(self, t1, t2, steps, **kw)
+        order = train.epoch_order
+        train.epoch_order = lambda n, _, batch, seed, epoch: order(n, steps, batch, seed, epoch)
     size = DataSize.of(data)
     result = fit(cfg, data, device=dev, stream=cuda and plan_data(cfg, size, budget) == "streamed")
     streamed = result.placement["train"] == "streamed"
@@ -127,7 +140,9 @@ def worker(args: argparse.Namespace) -> int:
            "peak_reserved_gib": torch.cuda.max_memory_reserved(dev) / GiB if cuda else None,
            "peak_allocated_gib": torch.cuda.max_memory_allocated(dev) / GiB if cuda else None,
            "startup_s": first["step"] - args.started,
+           "steps": steps, "full_steps": full_steps,
            "epoch_s": [h["train_seconds"] for h in result.history],
+           "full_epoch_s": [h["train_seconds"] * full_steps / steps for h in result.history],
            "val_s": [h["val_seconds"] for h in result.history],
            "pairs_per_s": [h["pairs_per_second"] for h in result.history],
            "train_slices": [size.train_t1, size.train_t2]}
@@ -138,6 +153,7 @@ def worker(args: argparse.Namespace) -> int:
 def run_trials(args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
     common = ["--size", str(args.size), "--depth", str(args.depth), "--batch", str(args.batch), "--epochs",
               str(args.epochs), "--share", str(args.share), "--device", args.device,
+              *(["--max-steps", str(args.max_steps)] if args.max_steps else []),
               *(["--gpu-memory-gib", str(args.gpu_memory_gib)] if args.gpu_memory_gib else [])]
     procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bigdata", "--worker", str(cache), "--started",
                                repr(time.time()), *common], stdout=subprocess.PIPE, text=True)
@@ -167,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in ok:
             peak = f"{t['peak_reserved_gib']:.2f}" if t["peak_reserved_gib"] is not None else "-"
             print(f"  {t['placement']['train']} {t['placement']['train_dtype']}: peak {peak} GiB vs estimate "
-                  f"{t['estimate_gib']:.2f} GiB; start-up {t['startup_s']:.1f} s; epoch {t['epoch_s'][-1]:.1f} s; "
+                  f"{t['estimate_gib']:.2f} GiB; start-up {t['startup_s']:.1f} s; epoch {t['full_epoch_s'][-1]:.1f} s "
+                  f"({t['steps']} of {t['full_steps']} steps timed); "
                   f"val {t['val_s'][-1]:.2f} s; {t['pairs_per_s'][-1]:.1f} pairs/s")
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
