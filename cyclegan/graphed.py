@@ -21,6 +21,7 @@ On the CPU, or with `cuda_graphs` off, the same code runs eagerly, call by call.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,9 @@ class Replay:
         self.eager_calls = 0
         self._ready_calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        # When the capture ended (wall clock): `torch.cuda.graph` synchronizes before it records, and recording runs
+        # nothing, so the GPU is idle then and this is when the first replay starts, known without a sync of its own.
+        self.captured_at: float | None = None
         self._out: Any = None
         self._side: torch.cuda.Stream | None = None
 
@@ -100,6 +104,7 @@ class Replay:
             warnings.warn(f"{self.name}: CUDA graph capture failed, running eagerly ({reason})", stacklevel=3)
             return False
         self.graph, self._out = graph, out
+        self.captured_at = time.time()
         return True
 
 

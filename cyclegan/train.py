@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from cyclegan import checkpoint, training_state
+from cyclegan.checkpoint_writer import CheckpointWriter, PendingCheckpoint
+from cyclegan.clock import process_started
 from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass, validation_subset
@@ -35,7 +37,11 @@ from cyclegan.networks import PatchDiscriminator, build_generator
 from cyclegan.optim import make_optimizers, set_learning_rates
 from cyclegan.tensorboard import HParams, TensorBoard
 
-Report = Callable[[dict[str, Any], Callable[[Path], None]], None]
+Report = Callable[[dict[str, Any], Callable[[Path], PendingCheckpoint]], None]
+# What each epoch's metrics say about time rather than about the model (they differ between two equal runs).
+# The fixed costs of a run (`fixed_costs`), for `search.throughput`: wall-clock times are seconds since the epoch.
+TIMING_METRICS = ("train_seconds", "val_seconds", "pairs_per_second", "process_started", "first_step_at",
+                  "startup_seconds", "warmup_seconds", "warmup_steps", "graphed")
 
 
 @dataclass
@@ -96,7 +102,8 @@ class ImagePool:
         return torch.cat(out)
 
     def state(self) -> dict[str, Any]:
-        return {"count": self.count, "images": self.images.cpu() if self.images is not None else None}
+        # The images stay where they are: the checkpoint writer copies them to host memory without a sync.
+        return {"count": self.count, "images": self.images}
 
     def load(self, state: dict[str, Any], device: torch.device) -> None:
         self.count = state["count"]
@@ -283,7 +290,10 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         stream: bool = False) -> FitResult:
     """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
 
-    `save(path)` writes the checkpoint of that epoch to `path`; the caller decides when to call it.
+    `save(path)` writes the checkpoint of that epoch to `path`, off the training path (`checkpoint_writer`): it
+    returns a `PendingCheckpoint` once the state is copied, and `wait()` on it is what says the file is whole.
+    The caller decides when to call it; `fit` returns once the last write is done. Each epoch's metrics carry
+    the run's fixed costs too (`fixed_costs`).
     `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. `derived` adds metrics computed
     from each epoch's (the search's objective) before they are logged and reported. With `log_dir`, TensorBoard
     events go there (`cyclegan.tensorboard`): the losses, the metrics, sample translations and the HParams
@@ -294,6 +304,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     memory and each batch is copied over ahead of its step: what `cyclegan.memory.plan_data` says where the
     memory estimate with them resident does not fit the trial's budget.
     """
+    started = process_started()
     t = Trainer.build(cfg, device)
     dev, models = t.device, t.models
     start = 0
@@ -318,10 +329,13 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         "device_bytes": feed.device_bytes + sum(x.numel() * x.element_size()
                                                 for x in (val.t1, val.t2, val.t1_head, val.t2_head)),
         "val_slices": [len(val.t1), len(val.t2)]})
+    writer = CheckpointWriter()
+    first_step_at: float | None = None
     epochs = range(start + 1, cfg.epochs + 1)
     bar = _progress(epochs) if progress else None
     for epoch in bar if bar is not None else epochs:
         clock = [time.perf_counter()]
+        first_step_at = first_step_at or time.time()
         order1 = epoch_order(len(train.t1), steps, cfg.batch_size, cfg.seed, epoch)
         order2 = epoch_order(len(train.t2), steps, cfg.batch_size, cfg.seed + 1, epoch)
         means = runner.run_epoch(order1, order2)
@@ -331,7 +345,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         train_s = clock[1] - clock[0]
         metrics = {"epoch": epoch, **means, **dict(zip(IMAGE_METRICS, values.tolist())), "paired": val.paired,
                    "train_seconds": train_s, "pairs_per_second": steps * cfg.batch_size / train_s,
-                   "val_seconds": time.perf_counter() - clock[1]}
+                   "val_seconds": time.perf_counter() - clock[1],
+                   **fixed_costs(runner, t.graphs, started, first_step_at)}
         if derived is not None:
             metrics.update(derived(metrics))
         result.history.append(metrics)
@@ -343,16 +358,38 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         clock.append(time.perf_counter())
         if report is not None:
             state = partial(training_state.capture, cfg, epoch, t, data, metrics)
-            report(metrics, partial(_save, state=state))
+            report(metrics, partial(_save, state=state, writer=writer))
         clock.append(time.perf_counter())
         result.timings.append(dict(zip(("train", "val", "log", "report"), (b - a for a, b in zip(clock, clock[1:])))))
     if tb is not None:
         tb.close()
+    # After an error the thread still ends its write before the process exits; a caller that reports the
+    # checkpoint waits for it itself (search/trainable.py).
+    writer.close()
     return result
 
 
-def _save(path: Path, state: Callable[[], dict[str, Any]]) -> None:
-    checkpoint.save(path, state())
+def _save(path: Path, state: Callable[[], dict[str, Any]], writer: CheckpointWriter) -> PendingCheckpoint:
+    return writer.save(path, state())
+
+
+def fixed_costs(runner: StepRunner, graphs: bool, started: float, first_step_at: float) -> dict[str, Any]:
+    """What a run spends before it trains at full speed, for `search.throughput`, read without a host sync.
+
+    `startup_seconds`: from the process start to the first training step (imports, CUDA context, data, networks;
+    for a resumed run the checkpoint's load too). `warmup_seconds`: from the first step to the first replay of the
+    captured step (cuDNN's benchmark, the eager steps that fill the image pools, the captures), `warmup_steps` of
+    them eager; while the step is not yet captured, the time so far; 0 where the step is never captured (the CPU,
+    `cuda_graphs` off, a capture that failed). `graphed`: the step is a replayed graph from now on.
+    """
+    replay = runner.replay
+    costs = {"process_started": started, "first_step_at": first_step_at, "startup_seconds": first_step_at - started,
+             "warmup_seconds": 0.0, "warmup_steps": 0, "graphed": replay.captured}
+    if replay.captured_at is not None:
+        costs.update(warmup_seconds=replay.captured_at - first_step_at, warmup_steps=replay.eager_calls)
+    elif graphs and replay.enabled:
+        costs.update(warmup_seconds=time.time() - first_step_at, warmup_steps=replay.eager_calls)
+    return costs
 
 
 

@@ -2,7 +2,8 @@
 
 Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
 device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a space of several objectives)
-go to `tune.report`, with a checkpoint every `checkpoint_every` epochs and at the end. A retried or resumed
+go to `tune.report`, with a checkpoint every `checkpoint_every` epochs and at the end (written off the
+training path, and reported with its epoch once whole: `search/checkpoint_reports.py`). A retried or resumed
 trial restarts from `tune.get_checkpoint()`, or, where that one is damaged, from the newest older checkpoint
 of the trial that still reads.
 
@@ -40,7 +41,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -53,11 +53,13 @@ import torch
 from ray import tune
 
 from cyclegan import checkpoint
+from cyclegan.checkpoint_writer import PendingCheckpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.memory import DataSize, check_fits, estimate_memory, plan_data
 from cyclegan.tensorboard import TABLE3, HParams
 from cyclegan.train import fit
+from search.checkpoint_reports import CheckpointReports
 from search.packing import AutoResources, FixedShare, allocator_fraction, needed_bytes, trial_budget, trial_config
 from search.space import OBJECTIVE, POINT_NAME
 
@@ -108,19 +110,16 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
     resume = restore(restored, trial_dir) if restored is not None else None
     faults = _faults(cfg)
 
-    def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
+    # Checkpoints are written off the training path and reported once whole (search/checkpoint_reports.py).
+    reports = CheckpointReports(trial_dir / METRICS)
+
+    def report(metrics: dict[str, Any], save: Callable[[Path], PendingCheckpoint]) -> None:
+        reports.flush()  # the previous epoch's checkpoint first, as a synchronous write had reported it by now
         for fault in faults:
             if fault.get("epoch") == metrics["epoch"] and not (fault.get("once") and resume is not None):
                 _fail(fault, cfg, metrics["epoch"])
-        with (trial_dir / METRICS).open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if metrics["epoch"] % checkpoint_every and metrics["epoch"] != cfg.epochs:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save(Path(tmp) / checkpoint.CHECKPOINT)
-            shutil.copy(trial_dir / METRICS, Path(tmp) / METRICS)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        due = not metrics["epoch"] % checkpoint_every or metrics["epoch"] == cfg.epochs
+        reports.epoch(metrics, save, with_checkpoint=due)
 
     def objectives(metrics: dict[str, Any]) -> Mapping[str, float]:
         value = objective(metrics)
@@ -129,8 +128,13 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
     try:
         # The trial writes its own TensorBoard run into its folder (search.run turns Ray's logger off): one run
         # a trial, with grouped tags and the objective logged beside the metrics it is made of.
-        fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir, hparams=hparams, derived=objectives,
-            stream=record.get("data_placement") == "streamed")
+        try:
+            fit(cfg, dataset, report=report, resume=resume, log_dir=trial_dir, hparams=hparams, derived=objectives,
+                stream=record.get("data_placement") == "streamed")
+        except Exception:
+            reports.flush_on_error()
+            raise
+        reports.flush()
     except torch.OutOfMemoryError as e:
         # Ray records the exception's last line as the trial's error: make it say what did not fit. The same
         # type is raised again, so the failure is still an out-of-memory one to Ray and to anyone catching it.

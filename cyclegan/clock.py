@@ -1,0 +1,25 @@
+"""When this process started, as wall-clock seconds since the epoch, to time a trial's start-up from it.
+
+A trial's start-up (its process start to its first training step: Python imports, CUDA context, data) costs
+GPU time no training step shows; `fit` reports it (`startup_seconds`) and `search.throughput` sums it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_IMPORTED = time.time()  # the fallback where /proc is missing: this module's import, early in a trial
+
+
+def process_started() -> float:
+    """The OS's start time of this process (Linux: /proc), else the time this module was first imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
