@@ -23,17 +23,20 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
+from cyclegan.clock import process_started
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, load_data
 from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
 from search.cluster import NoGpuError, gpus_for_trials
+from search.mps import mps_note, mps_running
 from search.packing import check_trials_fit, driver_gpu_bytes, trial_config
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store, reconcile_study
@@ -204,6 +207,8 @@ def tidy_output() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # When this command started and where its time went, for `search.throughput` (STORAGE/NAME/driver.json).
+    driver: dict[str, Any] = {"started": process_started()}
     args = parse_args(argv)
     try:
         space, storage, name = prepare(args)
@@ -229,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         ray.shutdown()
         return 2
+    driver.update(ray_started=time.time(), gpus=ray.cluster_resources().get("GPU", 0.0),
+                  max_concurrent=space.max_concurrent)
+    if args.address is None:  # a cluster's workers are not this machine; cluster.yaml starts MPS on them
+        concurrent = min(space.max_concurrent or space.num_samples, space.num_samples)
+        note = mps_note(space.gpus_per_trial, space.trials_per_gpu, concurrent, driver["gpus"], mps_running())
+        if note:
+            print(note, file=sys.stderr)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, resources=resources,
@@ -256,20 +268,26 @@ def main(argv: list[str] | None = None) -> int:
     quiet = _DropRayResumeHint()
     logging.getLogger("ray.tune.tune").addFilter(quiet)
     with tidy_output():  # to the end: Ray's log thread brings the trials' last lines while the summary is made
+        driver["trials_started"] = time.time()
         try:
             results = tuner.fit()
         finally:
+            driver["trials_ended"] = time.time()
             logging.getLogger("ray.tune.tune").removeFilter(quiet)
         if _interrupted.is_set():
             # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
             # study is left as it is: the trials it holds as running continue on --resume, and are told then.
             ray.shutdown()
-            return interrupted(results, space, args, run_path, study, argv)
-        if study is not None:
-            close_study(study)
-            reconcile_study(study, results)
-        code = summarise(results, space, args.data, run_path, study)
-        ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
+            code = interrupted(results, space, args, run_path, study, argv, tail=driver)
+        else:
+            if study is not None:
+                close_study(study)
+                reconcile_study(study, results)
+            code = summarise(results, space, args.data, run_path, study, tail=driver)
+            ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
+    from search.throughput import record_driver
+
+    record_driver(run_path, {**driver, "ended": time.time(), "exit_code": code})
     return code
 
 
@@ -325,7 +343,7 @@ class _DropRayResumeHint(logging.Filter):
 
 
 def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: str, study: StudyStore | None,
-                argv: list[str] | None) -> int:
+                argv: list[str] | None, tail: dict[str, Any] | None = None) -> int:
     """Says how far an interrupted search got and how to continue it; summarises and exports only if asked."""
     from search.select import outcome
 
@@ -336,7 +354,7 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     done = len(outcomes) - len(running)
     code = INTERRUPTED
     if args.export_on_interrupt:
-        summarise(results, space, args.data, run_path, study, outcomes=outcomes)
+        summarise(results, space, args.data, run_path, study, outcomes=outcomes, tail=tail)
     command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
     again = shlex.join(["python", "-m", "search.run", *command, *([] if args.resume else ["--resume"])])
     print(f"interrupted: {done} of {len(outcomes)} trials ended, {len(running)} interrupted"
@@ -345,8 +363,9 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
 
 
 def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None,
-              outcomes: list | None = None) -> int:
-    """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code."""
+              outcomes: list | None = None, tail: dict[str, Any] | None = None) -> int:
+    """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code. `tail`
+    gets the seconds the final re-scoring (`rescore_seconds`) and the export (`export_seconds`) took."""
     import tempfile
 
     from search.export import SELECTION, export
@@ -359,10 +378,15 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     summary.mkdir(parents=True, exist_ok=True)
     if outcomes is None:
         outcomes = [outcome(r, space.objective.mode) for r in results]
+    tail = {} if tail is None else tail
+    clock = time.perf_counter()
     winner, finalists = choose(outcomes, space.objective, data, space.top_k)
+    tail["rescore_seconds"] = time.perf_counter() - clock
     samples = None
     if winner is not None:
+        clock = time.perf_counter()
         best = export(winner, data, run_dir / "best")
+        tail["export_seconds"] = time.perf_counter() - clock
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"
         curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)

@@ -3,7 +3,9 @@
 Training loss says little about image quality (the study picked V4 by it). The `top_k` trials by the val
 objective they reported while training (in bf16 on a GPU) are the finalists; each is re-scored on val
 from its best checkpoint at full precision (fp32, autocast and TF32 off, every val slice), and the winner
-is the best by that re-score, ties broken by the matching PSNRs. Only then is test scored, for the winner
+is the best by that re-score, ties broken by the matching PSNRs. The finalists are independent, so they are scored side
+by side (threads; on a GPU each on a CUDA stream of its own, the data decoded once for all), their results
+kept in rank order whatever order they finish in. Only then is test scored, for the winner
 and the other finalists: the test split makes no decision, so its figures are one honest draw, not the
 best of k noisy ones. The val figures, which steered the search (ASHA's stops, Optuna's draws), stay
 optimistic; the test figures are what to quote.
@@ -14,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,42 +111,50 @@ def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
     return sorted(usable, key=lambda o: o.val_objective, reverse=mode == "max")
 
 
-def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = "test") -> dict[str, float]:
+def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = "test",
+            datasets: Datasets | None = None) -> dict[str, float]:
     """The trial's best checkpoint scored on a split ("val" or "test") of its own data and size, every slice of it,
-    at full precision (fp32, no autocast, no TF32), with the spread over slices."""
+    at full precision (fp32, no autocast, no TF32), with the spread over slices. `datasets` keeps the data
+    decoded for trials that share it."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         cfg, g_t1_t2, g_t2_t1 = checkpoint.load_generators(Path(d), dev)
-    dataset = load_data(data, resize=cfg.resize, seed=cfg.seed)
+    dataset = (datasets or Datasets(data)).get(cfg.resize, cfg.seed)
     with tf32(False):  # training scored val in bf16 on a GPU; a decision made here should not hang on rounding
         return evaluate(g_t1_t2, g_t2_t1, {"val": dataset.val, "test": dataset.test}[split].to(dev), spread=True)
+
+
+class Datasets:
+    """One data folder decoded once per (resize, seed), for the threads that score finalists."""
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+        self._loaded: dict[tuple[int, int], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, resize: int, seed: int) -> Any:
+        with self._lock:  # one decode a key, the others wait for it
+            if (resize, seed) not in self._loaded:
+                self._loaded[resize, seed] = load_data(self.data, resize=resize, seed=seed)
+            return self._loaded[resize, seed]
 
 
 Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split
 
 
 def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None,
-           score: Scorer | None = None) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
+           score: Scorer | None = None, workers: int | None = None) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
     """Picks the winner on val and only then scores test; returns (winner, the finalists best first).
 
     The finalists are the top_k trials by the val objective they reported while training; each is re-scored
     on val from its best checkpoint (`score(o, "val")`, by default `rescore`: fp32, all val slices) into
     `o.val_rescore`, and ranked by that objective, ties broken by the matching PSNRs. The winner is fixed
     before any test slice is scored; then every finalist is scored on test (`o.test`) for the report.
+    Up to `workers` trials are scored at once (default: top_k), each result kept in rank order.
     """
-    score = score or (lambda o, split: rescore(o, data, device, split))
+    datasets = Datasets(data)
+    score = _own_stream(score or (lambda o, split: rescore(o, data, device, split, datasets)), device)
     mode = objective.mode
-    finalists = []
-    for o in rank_by_val(outcomes, mode):
-        if len(finalists) == top_k:
-            break
-        try:
-            o.val_rescore = _scored(score(o, "val"), objective)
-        except checkpoint.CheckpointError as e:
-            # A damaged best checkpoint costs that trial its place among the finalists, not the whole search.
-            print(f"warning: trial {o.trial_id} left out of the final choice: {e}", file=sys.stderr)
-            continue
-        finalists.append(o)
     psnr_twin = {k.replace("ssim_", "psnr_", 1): w for k, w in objective.weights.items()}
 
     def key(o: TrialOutcome) -> tuple[float, float]:
@@ -150,10 +162,48 @@ def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, devic
         sign = 1 if mode == "max" else -1
         return (sign * _number(o.val_rescore["objective"], mode), sign * tie)
 
-    ranked = sorted(finalists, key=key, reverse=True)
-    for o in ranked:  # the order is fixed: test is reported, never ranked on
-        o.test = _scored(score(o, "test"), objective)
+    finalists: list[TrialOutcome] = []
+    candidates = rank_by_val(outcomes, mode)
+    # TF32 off once around all threads: each rescore's own switch then saves and restores this same setting,
+    # where threads each switching the global one could restore it to on under another's scoring.
+    with ThreadPoolExecutor(max_workers=max(1, workers or top_k)) as pool, tf32(False):
+        while len(finalists) < top_k and candidates:  # the next best replace any whose checkpoint is damaged
+            batch, candidates = candidates[:top_k - len(finalists)], candidates[top_k - len(finalists):]
+            for o, scored in zip(batch, pool.map(lambda o: _or_error(score, o, "val"), batch)):
+                if isinstance(scored, checkpoint.CheckpointError):
+                    # A damaged best checkpoint costs that trial its place among the finalists, not the whole search.
+                    print(f"warning: trial {o.trial_id} left out of the final choice: {scored}", file=sys.stderr)
+                    continue
+                o.val_rescore = _scored(scored, objective)
+                finalists.append(o)
+        ranked = sorted(finalists, key=key, reverse=True)
+        # The winner is fixed before test is read; test is reported, never ranked on.
+        for o, scored in zip(ranked, pool.map(lambda o: score(o, "test"), ranked)):
+            o.test = _scored(scored, objective)
     return (ranked[0] if ranked else None), ranked
+
+
+def _own_stream(score: Scorer, device: str | None) -> Scorer:
+    """`score` run on a CUDA stream of the calling thread's own, so that finalists scored side by side overlap on
+    one GPU instead of queueing on its default stream; as it is on the CPU."""
+    if not torch.cuda.is_available() or (device is not None and not str(device).startswith("cuda")):
+        return score
+
+    def scored(o: TrialOutcome, split: str) -> dict[str, float]:
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            out = score(o, split)
+        stream.synchronize()
+        return out
+
+    return scored
+
+
+def _or_error(score: Scorer, o: TrialOutcome, split: str) -> dict[str, float] | checkpoint.CheckpointError:
+    try:
+        return score(o, split)
+    except checkpoint.CheckpointError as e:
+        return e
 
 
 def _scored(metrics: dict[str, float], objective) -> dict[str, float]:

@@ -1,49 +1,252 @@
-"""How fast a finished (or running) search trained: `python -m search.throughput RUN_DIR`.
+"""How efficiently a search used its machines: `python -m search.throughput RUN_DIR [--json] [--peak PAIRS_PER_S]`.
 
-Per trial: the image pairs it trained on and its mean training speed (pairs/s, the training step alone).
-Aggregate: all trials' pairs over the wall time from the first trial's start to the last report, which is
-what sharing GPUs between trials buys. Read from each trial's `result.json` (Ray Tune's own log).
+What a user pays for is the command's whole wall time, so that is what pairs are counted against: image pairs
+trained over the command's wall time (from `driver.json`, which `search.run` writes: when the command started and
+ended, when the trials ran, how long the final re-scoring and export took; summed over a resumed run's commands)
+and over the trial window (first trial's start to last trial's end). Then where the rest went, per trial and
+summed, in seconds and in GPU-seconds (seconds times the trial's GPU share; the driver's own time times the
+GPUs Ray saw):
+
+- start-up: a trial's process start to its first training step (imports, CUDA context, data, networks);
+- warm-up: the training time of the epochs before the step runs at full speed (cuDNN's benchmark, the eager
+  steps that fill the image pools, the CUDA graph captures) beyond what those pairs take at full speed; the
+  trainer's own figure, first step to first graphed step, is shown beside it;
+- checkpoints: the training loop's time on them (the copy to host memory and any wait for the write);
+- validation: each epoch's val pass;
+- other: the rest of a trial's wall time (logging, Ray's reports, the process's end);
+- idle gaps: a slot (one trial's place on the machines) left empty between one trial's end and the next one's
+  start on it;
+- driver start-up (the command's start to the first trial's) and tail (the last trial's end to the command's end:
+  the final re-scoring, the export, Ray's shutdown).
+
+Read from each trial's `result.json` (Ray Tune's log of its reports, where the trainer's timing fields are) and
+`resources.json` (search/trainable.py), and the run's `driver.json`. `--peak` (the packed peak, pairs/s, e.g.
+from `python -m cyclegan.bench --sections processes`) adds each rate as a share of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+from typing import Any
+
+DRIVER = "driver.json"
+LOSSES = ("startup", "warmup_lost", "checkpoint", "validation")
 
 
-def trial_rows(run_dir: Path) -> list[dict]:
+def record_driver(run_path: str, session: dict[str, Any]) -> None:
+    """Appends one command's times to RUN/driver.json (a folder or a URI such as s3://bucket/runs/NAME)."""
+    import pyarrow.fs
+
+    if "://" in run_path:
+        fs, path = pyarrow.fs.FileSystem.from_uri(f"{run_path.rstrip('/')}/{DRIVER}")
+    else:
+        fs, path = pyarrow.fs.LocalFileSystem(), str(Path(run_path).resolve() / DRIVER)
+    sessions = []
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            sessions = json.loads(f.read()).get("sessions", [])
+    with fs.open_output_stream(path) as f:
+        f.write((json.dumps({"sessions": [*sessions, session]}, indent=1) + "\n").encode())
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _attempts(reports: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A trial's reports split by the process that made them (a retried or resumed trial has several)."""
+    runs: list[list[dict[str, Any]]] = []
+    for r in reports:
+        if not runs or r.get("process_started") != runs[-1][-1].get("process_started"):
+            runs.append([])
+        runs[-1].append(r)
+    return runs
+
+
+def _warmup_lost(attempt: list[dict[str, Any]]) -> float:
+    """Training seconds of the epochs before the first at full speed, beyond what their pairs take at full speed
+    (the median rate of the later epochs). Full speed: after the epoch whose step was captured, or after the first
+    epoch where the step is never captured. 0 where no later epoch gives the rate."""
+    graphs = any(r.get("warmup_steps", 0) > 0 or r.get("graphed") for r in attempt)
+    if graphs:
+        first = next((i for i, r in enumerate(attempt) if r.get("graphed")), len(attempt) - 1)
+    else:
+        first = 0
+    steady = [r["pairs_per_second"] for r in attempt[first + 1:] if r.get("pairs_per_second")]
+    if not steady:
+        return 0.0
+    rate = statistics.median(steady)
+    return sum(max(0.0, r["train_seconds"] - r["pairs_per_second"] * r["train_seconds"] / rate)
+               for r in attempt[:first + 1])
+
+
+def trial_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One row a trial that reported: its pairs, its wall time and where that time went (seconds)."""
     rows = []
     for result in sorted(run_dir.glob("trial_*/result.json")):
-        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        reports = _lines(result)
         if not reports:
             continue
+        try:
+            resources = json.loads((result.parent / "resources.json").read_text())
+        except (OSError, ValueError):
+            resources = {}
+        attempts = _attempts(reports)
+        timed = [a for a in attempts if "first_step_at" in a[0]]
+        end = max(reports[-1]["timestamp"], resources.get("ended") or 0.0)
         pairs = sum(r["pairs_per_second"] * r["train_seconds"] for r in reports)
-        train_s = sum(r["train_seconds"] for r in reports)
-        rows.append({"trial": result.parent.name, "epochs": reports[-1]["epoch"], "pairs": pairs,
-                     "pairs_per_second": pairs / train_s if train_s else 0.0,
-                     "start": reports[0]["timestamp"] - reports[0]["time_total_s"], "end": reports[-1]["timestamp"],
-                     "config": {k: reports[-1]["config"].get(k) for k in ("resize", "batch_size", "unet_depth")}})
+        rows.append({
+            "trial": result.parent.name, "epochs": reports[-1]["epoch"], "pairs": pairs,
+            "gpu_share": float(resources.get("gpu_share") or 0.0),
+            # A process's start where the trainer recorded it; else (a run from before it did) Ray's own count.
+            "process_starts": [a[0]["process_started"] for a in timed],
+            "first_steps": [a[0]["first_step_at"] for a in timed],
+            "start": min([a[0]["process_started"] for a in timed]
+                         or [reports[0]["timestamp"] - reports[0]["time_total_s"]]),
+            "end": end,
+            "train": sum(r["train_seconds"] for r in reports),
+            "validation": sum(r.get("val_seconds", 0.0) for r in reports),
+            "checkpoint": sum(r.get("checkpoint_seconds", 0.0) for r in reports),
+            "checkpoint_write": sum(r.get("checkpoint_write_seconds", 0.0) for r in reports),
+            "warmup": sum(max(r.get("warmup_seconds", 0.0) for r in a) for a in timed),
+            "warmup_lost": sum(_warmup_lost(a) for a in timed),
+            "config": {k: reports[-1].get("config", {}).get(k) for k in ("resize", "batch_size", "unet_depth")},
+        })
+    _own_starts(rows)
+    for r in rows:
+        r["wall"] = r["end"] - r["start"]
+        r["pairs_per_second"] = r["pairs"] / r["train"] if r["train"] else 0.0
+        r["other"] = r["wall"] - r["startup"] - r["train"] - r["validation"] - r["checkpoint"]
+        for k in ("process_starts", "first_steps"):
+            del r[k]
     return rows
+
+
+def _own_starts(rows: list[dict[str, Any]]) -> None:
+    """Start-up from the process start, or, where Ray ran an earlier trial in the same process (it can reuse one),
+    from that trial's end."""
+    ends = {}  # process start -> the ends of trials that ran in that process
+    for r in rows:
+        for p in r["process_starts"]:
+            ends.setdefault(p, []).append(r["end"])
+    for r in rows:
+        starts = [max([p, *(e for e in ends[p] if e <= f)]) for p, f in zip(r["process_starts"], r["first_steps"])]
+        r["startup"] = sum(f - s for s, f in zip(starts, r["first_steps"]))
+        if starts:
+            r["start"] = min(starts)
+
+
+def idle_gaps(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """(seconds, GPU-seconds) of slots left empty between trials: each trial takes the slot freed last before its
+    start (as Ray gives a freed place to the next trial), or a new slot where none is free."""
+    slots: list[float] = []
+    seconds = gpu_seconds = 0.0
+    for r in sorted(rows, key=lambda r: r["start"]):
+        free = [i for i, end in enumerate(slots) if end <= r["start"]]
+        if not free:
+            slots.append(r["end"])
+            continue
+        i = max(free, key=lambda i: slots[i])
+        seconds += r["start"] - slots[i]
+        gpu_seconds += (r["start"] - slots[i]) * r["gpu_share"]
+        slots[i] = r["end"]
+    return seconds, gpu_seconds
+
+
+def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
+    rows = trial_rows(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"{run_dir}: no trial_*/result.json to read")
+    sessions = _lines_json(run_dir / DRIVER)
+    first, last = min(r["start"] for r in rows), max(r["end"] for r in rows)
+    pairs = sum(r["pairs"] for r in rows)
+    gpu = lambda key: sum(r[key] * r["gpu_share"] for r in rows)  # noqa: E731
+    out: dict[str, Any] = {"trials": rows, "pairs": pairs, "window_seconds": last - first,
+                           "pairs_per_second_window": pairs / (last - first) if last > first else 0.0}
+    lost = {k: sum(r[k] for r in rows) for k in LOSSES}
+    lost_gpu = {k: gpu(k) for k in LOSSES}
+    lost["idle_gaps"], lost_gpu["idle_gaps"] = idle_gaps(rows)
+    if sessions:
+        gpus = max(s.get("gpus", 0.0) for s in sessions)
+        command = sum(s["ended"] - s["started"] for s in sessions)
+        tail = sessions[-1]
+        lost["driver_startup"] = first - sessions[0]["started"]
+        lost["tail"] = max(0.0, tail["ended"] - last)
+        lost_gpu["driver_startup"], lost_gpu["tail"] = lost["driver_startup"] * gpus, lost["tail"] * gpus
+        out.update(command_seconds=command, pairs_per_second_command=pairs / command, gpus=gpus,
+                   rescore_seconds=tail.get("rescore_seconds"), export_seconds=tail.get("export_seconds"))
+    out.update(lost_seconds=lost, lost_gpu_seconds=lost_gpu if any(r["gpu_share"] for r in rows) else None)
+    if peak:
+        out["peak_pairs_per_second"] = peak
+        for key in ("pairs_per_second_command", "pairs_per_second_window"):
+            if key in out:
+                out[key.replace("pairs_per_second", "of_peak")] = out[key] / peak
+    return out
+
+
+def _lines_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text()).get("sessions", [])
+    except (OSError, ValueError):
+        return []
+
+
+def table(e: dict[str, Any]) -> str:
+    head = ("trial", "epochs", "pairs", "pairs/s", "wall s", "start-up", "warm-up (lost)", "train", "val",
+            "ckpt", "other", "GPU")
+    lines = ["  ".join(f"{h:>14}" if i == 6 else f"{h:>8}" if i else f"{h:<16}" for i, h in enumerate(head))]
+    rows = e["trials"]
+    total = {k: sum(r[k] for r in rows) for k in ("pairs", "wall", "startup", "warmup", "warmup_lost", "train",
+                                                 "validation", "checkpoint", "other")}
+    for r in [*rows, {**total, "trial": "all trials", "epochs": sum(r["epochs"] for r in rows),
+                      "pairs_per_second": total["pairs"] / total["train"] if total["train"] else 0.0,
+                      "gpu_share": None}]:
+        warm = f"{r['warmup']:.1f} ({r['warmup_lost']:.1f})"
+        share = "" if r["gpu_share"] is None else f"{r['gpu_share']:g}"
+        lines.append(f"{r['trial']:<16}  {r['epochs']:>8}  {r['pairs']:>8.0f}  {r['pairs_per_second']:>8.1f}  "
+                     f"{r['wall']:>8.1f}  {r['startup']:>8.1f}  {warm:>14}  {r['train']:>8.1f}  "
+                     f"{r['validation']:>8.1f}  {r['checkpoint']:>8.1f}  {r['other']:>8.1f}  {share:>8}")
+    lines.append("")
+    of = lambda key: f" ({e[key]:.0%} of the peak)" if key in e else ""  # noqa: E731
+    if "command_seconds" in e:
+        lines.append(f"command: {e['command_seconds']:.1f} s, {e['pairs']:.0f} pairs: "
+                     f"{e['pairs_per_second_command']:.1f} pairs/s{of('of_peak_command')}")
+    lines.append(f"trial window: {e['window_seconds']:.1f} s: {e['pairs_per_second_window']:.1f} pairs/s"
+                 f"{of('of_peak_window')}")
+    names = {"driver_startup": "driver start-up", "startup": "trial start-ups", "warmup_lost": "warm-up",
+             "checkpoint": "checkpoints", "validation": "validation", "idle_gaps": "idle gaps between trials",
+             "tail": "tail (re-score, export, shutdown)"}
+    gpu = e["lost_gpu_seconds"]
+    lines.append("time lost, seconds" + (" (GPU-seconds)" if gpu else "") + ":")
+    for key, name in names.items():
+        if key in e["lost_seconds"]:
+            extra = f" ({gpu[key]:.1f})" if gpu else ""
+            lines.append(f"  {name:<36} {e['lost_seconds'][key]:>8.1f}{extra}")
+    if e.get("rescore_seconds") is not None:
+        lines.append(f"  of the tail: final re-scoring {e['rescore_seconds']:.1f} s, export "
+                     f"{e.get('export_seconds') or 0.0:.1f} s")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.throughput", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    p.add_argument("--peak", type=float, metavar="PAIRS_PER_S", help="the packed peak, to show rates as a share of")
     args = p.parse_args(argv)
-    rows = trial_rows(args.run_dir)
-    if not rows:
-        print(f"error: {args.run_dir}: no trial_*/result.json to read", file=sys.stderr)
+    try:
+        e = efficiency(args.run_dir, args.peak)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    wall = max(r["end"] for r in rows) - min(r["start"] for r in rows)
-    for r in rows:
-        print(f"{r['trial']}: {r['epochs']} epochs, {r['pairs']:.0f} pairs, {r['pairs_per_second']:.1f} pairs/s "
-              f"{r['config']}")
-    total = sum(r["pairs"] for r in rows)
-    print(json.dumps({"trials": len(rows), "wall_seconds": round(wall, 1), "pairs": round(total),
-                      "aggregate_pairs_per_second": round(total / wall, 1),
-                      "mean_trial_pairs_per_second": round(sum(r["pairs_per_second"] for r in rows) / len(rows), 1)}))
+    print(json.dumps(e, indent=1) if args.json else table(e))
     return 0
 
 

@@ -1,0 +1,117 @@
+"""`python -m search.throughput RUN` accounts for a search's wall time: pairs trained, and where the rest went.
+
+A run folder laid out as a search leaves it (each trial's result.json and resources.json, the driver's
+driver.json), with times chosen so that every figure is known; and a real search's folder, read as a user would.
+
+    python -m pytest tests/search/test_throughput.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.throughput import efficiency, main, record_driver
+from tests.paths import pythonpath
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _trial(run: Path, name: str, process: float, first_step: float, epochs: list[dict], end: float,
+           share: float = 0.25) -> None:
+    folder = run / name
+    folder.mkdir(parents=True)
+    lines = []
+    for i, e in enumerate(epochs, 1):
+        lines.append({"epoch": i, "timestamp": int(end), "time_total_s": 0.0, "process_started": process,
+                      "first_step_at": first_step, "startup_seconds": first_step - process, "val_seconds": 0.5,
+                      "checkpoint_seconds": 0.25, "config": {"batch_size": 2}, **e})
+    (folder / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "resources.json").write_text(json.dumps({"gpu_share": share, "ended": end}))
+
+
+def _epoch(seconds: float, rate: float, *, warmup: float = 0.0, steps: int = 0, graphed: bool = True) -> dict:
+    return {"train_seconds": seconds, "pairs_per_second": rate, "warmup_seconds": warmup, "warmup_steps": steps,
+            "graphed": graphed}
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """Two trials one after the other on one slot, a third beside them; the command from t=0 to t=100."""
+    run = tmp_path / "run"
+    # Trial a: process at 10, first step at 13 (3 s start-up); epoch 1 is warm-up (captured in it: 2 s for 40 pairs
+    # that take 1 s at the steady 40 pairs/s: 1 s lost), epochs 2-3 steady. Ends at 25.
+    steady = _epoch(1.0, 40.0)
+    _trial(run, "trial_a", 10.0, 13.0, [_epoch(2.0, 20.0, warmup=1.5, steps=27), steady, steady], end=25.0)
+    # Trial b takes a's slot 2 s after a ended (an idle gap of 2 s), starts up in 4 s, never graphed (the CPU).
+    cpu = _epoch(1.0, 40.0, graphed=False)
+    _trial(run, "trial_b", 27.0, 31.0, [_epoch(1.5, 40.0 / 1.5, graphed=False), cpu], end=40.0)
+    # Trial c runs beside them from 12 to 60 on a slot of its own.
+    _trial(run, "trial_c", 12.0, 14.0, [steady] * 4, end=60.0, share=0.5)
+    record_driver(str(run), {"started": 0.0, "gpus": 1.0, "rescore_seconds": 20.0, "export_seconds": 5.0,
+                             "ended": 100.0})
+    return run
+
+
+def test_every_second_of_the_command_is_accounted_for(run: Path) -> None:
+    e = efficiency(run, peak=10.0)
+    rows = {r["trial"]: r for r in e["trials"]}
+    a, b, c = rows["trial_a"], rows["trial_b"], rows["trial_c"]
+    assert (a["pairs"], b["pairs"], c["pairs"]) == pytest.approx((120.0, 80.0, 160.0))
+    assert (a["startup"], b["startup"], c["startup"]) == pytest.approx((3.0, 4.0, 2.0))
+    assert (a["warmup"], a["warmup_lost"]) == pytest.approx((1.5, 1.0))
+    assert b["warmup_lost"] == pytest.approx(0.5) and c["warmup_lost"] == 0.0  # b's first epoch; c never warmed
+    assert a["wall"] == pytest.approx(15.0) and a["other"] == pytest.approx(15.0 - 3 - 4 - 1.5 - 0.75)
+    assert e["command_seconds"] == 100.0 and e["window_seconds"] == pytest.approx(50.0)
+    assert e["pairs_per_second_command"] == pytest.approx(3.6) and e["of_peak_command"] == pytest.approx(0.36)
+    assert e["pairs_per_second_window"] == pytest.approx(7.2)
+    lost, gpu = e["lost_seconds"], e["lost_gpu_seconds"]
+    assert lost["driver_startup"] == pytest.approx(10.0) and lost["tail"] == pytest.approx(40.0)
+    assert lost["idle_gaps"] == pytest.approx(2.0) and gpu["idle_gaps"] == pytest.approx(0.5)
+    assert lost["startup"] == pytest.approx(9.0) and gpu["startup"] == pytest.approx(0.75 + 1.0 + 1.0)
+    assert lost["checkpoint"] == pytest.approx(0.25 * 9) and lost["validation"] == pytest.approx(0.5 * 9)
+    assert gpu["driver_startup"] == pytest.approx(10.0)  # the one GPU, idle while the driver started
+
+
+def test_a_process_ray_reused_counts_its_start_up_from_the_earlier_trials_end(run: Path) -> None:
+    # Trial d ran in trial a's process (the same process start), its first step 1 s after a ended.
+    _trial(run, "trial_d", 10.0, 26.0, [_epoch(1.0, 40.0)], end=30.0)
+    rows = {r["trial"]: r for r in efficiency(run)["trials"]}
+    assert rows["trial_d"]["startup"] == pytest.approx(1.0) and rows["trial_a"]["startup"] == pytest.approx(3.0)
+
+
+def test_the_table_and_json_say_the_same(run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(run), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["pairs"] == pytest.approx(360.0)
+    assert main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "command: 100.0 s, 360 pairs: 3.6 pairs/s" in out and "trial window: 50.0 s" in out
+    assert "driver start-up" in out and "idle gaps between trials" in out and "final re-scoring 20.0 s" in out
+    assert main([str(run.parent / "nothing")]) == 2
+    assert "no trial_*/result.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real search in a subprocess
+def test_a_real_search_reports_its_fixed_costs(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "OMP_NUM_THREADS": "1"}
+    args = ["spaces/unet_depth.yaml", "--num-samples", "2", "--max-concurrent", "1", "--gpus-per-trial", "0",
+            "--storage", str(tmp_path), "--name", "run"]
+    for knob in ("resize=32", "unet_depth=5", "disc_layers=2", "ngf=8", "ndf=8", "epochs=3", "pool_size=4"):
+        args += ["--set", knob]
+    p = subprocess.run([sys.executable, "-m", "search.run", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    e = efficiency(tmp_path / "run")
+    assert len(e["trials"]) == 2 and e["command_seconds"] > e["window_seconds"] > 0
+    for r in e["trials"]:
+        assert r["epochs"] == 3 and r["pairs"] > 0 and r["startup"] > 0 and r["checkpoint"] > 0
+        assert 0 < r["train"] + r["startup"] + r["validation"] + r["checkpoint"] <= r["wall"]
+    lost = e["lost_seconds"]
+    assert lost["driver_startup"] > 0 and lost["tail"] > 0 and lost["idle_gaps"] >= 0
+    assert e["rescore_seconds"] > 0 and e["export_seconds"] > 0
