@@ -424,17 +424,20 @@ def section_epoch(args: argparse.Namespace, dev: torch.device, res: dict[str, An
     cfg = trial_config(args, args.epoch_batch, epochs=args.epochs)
     fresh(dev)
     saves: dict[int, float] = {}
+    copies: dict[int, float] = {}  # what the loop pays for a checkpoint written off the training path
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         trial = Path(tmp)
 
-        def report(metrics: dict[str, Any], save_checkpoint: Callable[[Path], None]) -> None:
+        def report(metrics: dict[str, Any], save_checkpoint: Callable[[Path], Any]) -> None:
             # What search/trainable.py does each epoch, less Ray: a metrics line and a checkpoint.
             with (trial / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if args.checkpoint_every and metrics["epoch"] % args.checkpoint_every == 0:
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory(dir=trial) as d:
-                    save_checkpoint(Path(d) / checkpoint.CHECKPOINT)
+                    pending = save_checkpoint(Path(d) / checkpoint.CHECKPOINT)
+                    copies[metrics["epoch"]] = time.perf_counter() - t0
+                    pending.wait()  # the whole write, copy included, before its folder goes
                 saves[metrics["epoch"]] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -453,6 +456,7 @@ def section_epoch(args: argparse.Namespace, dev: torch.device, res: dict[str, An
     res["epoch"] = {
         "data": str(args.data), "batch": cfg.batch_size, "epochs": cfg.epochs, "steps_per_epoch": steps,
         "total_s": total, "mean_s": mean, "checkpoint_every": args.checkpoint_every, "checkpoint_each_s": each,
+        "checkpoint_copy_each_s": statistics.median(copies.values()) if copies else 0.0,
         "val_log_share": (mean["val"] + mean["log"]) / epoch_s,
         # The search's default writes a checkpoint every epoch: what share of the epoch that would be.
         "checkpoint_share_every_epoch": each / (epoch_s + each),

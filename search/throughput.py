@@ -143,20 +143,26 @@ def _own_starts(rows: list[dict[str, Any]]) -> None:
             r["start"] = min(starts)
 
 
-def idle_gaps(rows: list[dict[str, Any]]) -> tuple[float, float]:
+def idle_gaps(rows: list[dict[str, Any]], most: int | None = None) -> tuple[float, float]:
     """(seconds, GPU-seconds) of slots left empty between trials: each trial takes the slot freed last before its
-    start (as Ray gives a freed place to the next trial), or a new slot where none is free."""
+    start (as Ray gives a freed place to the next trial), else a new slot; with all `most` slots taken (the
+    search's max_concurrent), the one that frees first, whose trial was still ending as this one's process
+    started (Ray starts the next trial's process while the last one shuts down)."""
     slots: list[float] = []
     seconds = gpu_seconds = 0.0
     for r in sorted(rows, key=lambda r: r["start"]):
         free = [i for i, end in enumerate(slots) if end <= r["start"]]
-        if not free:
+        if free:
+            i = max(free, key=lambda i: slots[i])
+        elif most is not None and len(slots) >= most:
+            i = min(range(len(slots)), key=lambda i: slots[i])
+        else:
             slots.append(r["end"])
             continue
-        i = max(free, key=lambda i: slots[i])
-        seconds += r["start"] - slots[i]
-        gpu_seconds += (r["start"] - slots[i]) * r["gpu_share"]
-        slots[i] = r["end"]
+        gap = max(0.0, r["start"] - slots[i])
+        seconds += gap
+        gpu_seconds += gap * r["gpu_share"]
+        slots[i] = max(slots[i], r["end"])
     return seconds, gpu_seconds
 
 
@@ -172,7 +178,8 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
                            "pairs_per_second_window": pairs / (last - first) if last > first else 0.0}
     lost = {k: sum(r[k] for r in rows) for k in LOSSES}
     lost_gpu = {k: gpu(k) for k in LOSSES}
-    lost["idle_gaps"], lost_gpu["idle_gaps"] = idle_gaps(rows)
+    lost["idle_gaps"], lost_gpu["idle_gaps"] = idle_gaps(rows, max((s.get("max_concurrent") or 0 for s in sessions),
+                                                                   default=0) or None)
     if sessions:
         gpus = max(s.get("gpus", 0.0) for s in sessions)
         command = sum(s["ended"] - s["started"] for s in sessions)

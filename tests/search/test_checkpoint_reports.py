@@ -28,7 +28,8 @@ def trial(config: dict) -> None:
     try:
         for epoch in (1, 2, 3):
             state = {"config": {}, "epoch": epoch, "w": torch.full((1000,), float(epoch))}
-            reports.epoch({"epoch": epoch, "objective": float(epoch)}, lambda path: writer.save(path, state), True)
+            save = lambda path, state=state: writer.save(path, state)  # noqa: E731
+            reports.epoch({"epoch": epoch, "objective": float(epoch)}, save, True)
             if epoch == config["crash_after"]:
                 raise RuntimeError(f"crashed in epoch {epoch + 1}, before epoch {epoch} was reported")
     except Exception:

@@ -127,3 +127,13 @@ def test_a_finalist_whose_checkpoint_is_damaged_drops_out_before_any_test_score(
     winner, finalists = choose(outcomes, OBJECTIVE, DATA, top_k=2, device="cpu")
     assert winner.trial_id == "ok" and [o.trial_id for o in finalists] == ["ok"] and outcomes[0].test == {}
 
+
+
+def test_scoring_side_by_side_chooses_and_scores_as_one_at_a_time(two_checkpoints):
+    def run(workers: int) -> list[tuple[str, dict, dict]]:
+        made = enumerate(two_checkpoints.items())
+        outcomes = [finalist(name, folder, 0.5 + i / 10) for i, (name, (folder, _)) in made]
+        _, finalists = choose(outcomes, OBJECTIVE, DATA, top_k=2, device="cpu", workers=workers)
+        return [(o.trial_id, o.val_rescore, o.test) for o in finalists]
+
+    assert run(2) == run(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from search.throughput import efficiency, main, record_driver
+from search.throughput import efficiency, idle_gaps, main, record_driver
 from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +85,16 @@ def test_a_process_ray_reused_counts_its_start_up_from_the_earlier_trials_end(ru
     assert rows["trial_d"]["startup"] == pytest.approx(1.0) and rows["trial_a"]["startup"] == pytest.approx(3.0)
 
 
+def test_a_trial_whose_process_starts_as_the_last_one_ends_takes_its_slot() -> None:
+    rows = [{"start": 0.0, "end": 10.0, "gpu_share": 0.5}, {"start": 9.5, "end": 20.0, "gpu_share": 0.5},
+            {"start": 23.0, "end": 30.0, "gpu_share": 0.5}]
+    # One trial at a time: the second is a hand-over (no gap), the third waited 3 s on the slot.
+    assert idle_gaps(rows, most=1) == pytest.approx((3.0, 1.5))
+    # Unbounded, the second took a slot of its own, and the third the one freed last (the second's).
+    assert idle_gaps(rows) == pytest.approx((3.0, 1.5))
+    assert idle_gaps(rows[:2] + [{"start": 12.0, "end": 30.0, "gpu_share": 1.0}]) == pytest.approx((2.0, 2.0))
+
+
 def test_the_table_and_json_say_the_same(run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(run), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
@@ -97,15 +107,24 @@ def test_the_table_and_json_say_the_same(run: Path, capsys: pytest.CaptureFixtur
     assert "no trial_*/result.json" in capsys.readouterr().err
 
 
+SPACE = """
+objective: {metric: ssim_t1_t1, mode: max}
+search: {max_concurrent: 1}
+scheduler: {type: none}
+resources: {gpus_per_trial: 0, cpus_per_trial: 1}
+checkpoint: {every: 1, keep: 2}
+select: {top_k: 2}
+fixed: {epochs: 3, resize: 32, unet_depth: 5, disc_layers: 2, ngf: 8, ndf: 8, batch_size: 4, pool_size: 4}
+points: [{seed: 1}, {seed: 2}]
+"""
+
+
 @pytest.mark.slow  # a real search in a subprocess
 def test_a_real_search_reports_its_fixed_costs(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text(SPACE)
     env = {**os.environ, "PYTHONPATH": pythonpath(), "OMP_NUM_THREADS": "1"}
-    args = ["spaces/unet_depth.yaml", "--num-samples", "2", "--max-concurrent", "1", "--gpus-per-trial", "0",
-            "--storage", str(tmp_path), "--name", "run"]
-    for knob in ("resize=32", "unet_depth=5", "disc_layers=2", "ngf=8", "ndf=8", "epochs=3", "pool_size=4"):
-        args += ["--set", knob]
-    p = subprocess.run([sys.executable, "-m", "search.run", *args], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "search.run", str(tmp_path / "space.yaml"), "--storage", str(tmp_path),
+                        "--name", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     e = efficiency(tmp_path / "run")
     assert len(e["trials"]) == 2 and e["command_seconds"] > e["window_seconds"] > 0
