@@ -146,10 +146,11 @@ def test_the_example_space_loads() -> None:
 TINY_PBT = f"""
 objective: {{weights: {{contrast_t1_t2: 0.5, contrast_t2_t1: 0.5}}, mode: max}}
 search: {{num_samples: 2, seed: 0}}
-# Two members, the lower half copies the upper at every epoch, all at once: an exploit at epoch 1 for certain.
+# Two members that look at each other once, both at epoch 2 (synch): the lower copies the upper, for certain, and
+# trains epoch 3 with mutated knobs (a look at the last epoch would only copy, and restarting trials is what costs).
 scheduler:
   type: pbt
-  perturbation_interval: 1
+  perturbation_interval: 2
   quantile_fraction: 0.5
   synch: true
   resample_probability: 0
@@ -159,7 +160,7 @@ scheduler:
 resources: {{gpus_per_trial: 0, cpus_per_trial: 1}}
 checkpoint: {{every: 10}}      # no checkpoint of their own before the end: only those PBT's looks ask for
 select: {{top_k: 1}}
-fixed: {json.dumps({**TINY, "epochs": 2})}
+fixed: {json.dumps({**TINY, "epochs": 3})}
 """
 
 
@@ -183,13 +184,17 @@ def test_a_pbt_search_exploits_and_the_winner_s_schedule_is_exported_reported_an
         log = (d / "restore.log").read_text() if (d / "restore.log").is_file() else ""
         for m in re.finditer(r"continued trial (\S+)'s checkpoint of epoch (\d+): (.*)", log):
             exploits.append((t, m.group(1), int(m.group(2)), m.group(3)))
-    first = next(e for e in exploits if e[2] == 1)
+    first = next(e for e in exploits if e[2] == 2)
     member, clone, epoch, changes = first
     assert clone != member and clone in trials
     after = next(r for r in reported[member] if r["epoch"] == epoch + 1)
     before = next(r for r in reported[clone] if r["epoch"] == epoch)
     assert after[TRAINED_BY] == member and before[TRAINED_BY] == clone
     assert after[KNOBS] != before[KNOBS]  # mutated: each knob x0.8 or x1.2 of the clone's, kept in its range
+    # Its metrics.jsonl is its lineage: the clone's epochs, then its own with the new knobs.
+    lineage = [(r["epoch"], r[TRAINED_BY], r[KNOBS]) for r in _rows(trials[member] / "metrics.jsonl")]
+    assert lineage[:epoch + 1] == [*((r["epoch"], clone, r[KNOBS]) for r in reported[clone][:epoch]),
+                                   (epoch + 1, member, after[KNOBS])]
     for knob, value in after[KNOBS].items():
         assert f"{knob} {before[KNOBS][knob]!r} -> {value!r}" in changes
         ratio = value / before[KNOBS][knob]
@@ -199,7 +204,7 @@ def test_a_pbt_search_exploits_and_the_winner_s_schedule_is_exported_reported_an
     best = run_dir / "best"
     schedule = Schedule.load(best / SCHEDULE)
     winner = json.loads((best / "metrics.json").read_text())["trial_id"]
-    assert schedule.knobs == ("lr", "lambda_cycle") and schedule.last_epoch == 2
+    assert schedule.knobs == ("lr", "lambda_cycle") and schedule.last_epoch in (2, 3)  # the best checkpoint's
     for row in schedule.epochs:
         trained = next(r for r in reported[row[TRAINED_BY]] if r["epoch"] == row["epoch"])
         assert trained[KNOBS] == {k: row[k] for k in schedule.knobs}
