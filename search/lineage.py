@@ -77,7 +77,8 @@ def schedule_lines(schedule: Schedule, picture: str | None) -> list[str]:
             values = [schedule.epochs[e - 1][knob] for e in range(first, last + 1)]
             shown = f"{values[0]:.4g}" if len(set(values)) == 1 else f"{values[0]:.4g} .. {values[-1]:.4g}"
             knob_changes.append(shown)
-        lines.append(f"| {first}-{last} | `{trial}` | " + " | ".join(knob_changes) + " |")
+        epochs = str(first) if first == last else f"{first}-{last}"
+        lines.append(f"| {epochs} | `{trial}` | " + " | ".join(knob_changes) + " |")
     lines.append("")
     if picture:
         lines += [f"![each mutated knob by epoch: the winner's lineage and every trial]({picture})", ""]
