@@ -174,6 +174,16 @@ class TrainConfig:
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(TrainConfig)}
+# Number knobs fixed for a run's whole life: they set the networks' shapes (resize, depths, filters), the shapes of
+# the state a checkpoint carries (the image pools), the data (the split and the batch order follow the seed) or the
+# memory a run was sized for (batch_size). A new number knob that shapes a network belongs here too;
+# tests/cyclegan/test_continuable.py builds the networks at two values of every other one to check.
+FIXED_FOR_RUN: tuple[str, ...] = ("resize", "batch_size", "unet_depth", "disc_layers", "ngf", "ndf", "pool_size",
+                                  "seed")
+# The number knobs that may change between a checkpoint and the run that continues it (population-based training's
+# exploit, a resume with --set, a replayed schedule): they act through the optimisers, the losses and the loop.
+CONTINUABLE: tuple[str, ...] = tuple(name for name in FIELD_NAMES
+                                     if FIELD_TYPES[name] in ("int", "float") and name not in FIXED_FOR_RUN)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Scores a pair of generators on a split: the study's Table 3 rows, on the whole image and in the head,
-and the metrics that need no pairs (cyclegan/unpaired.py): contrast, realism, anatomy kept, noisy cycle.
+and the metrics that need no pairs (cyclegan/unpaired.py): contrast, per-tissue contrast, realism, anatomy kept,
+noisy cycle.
 
 Same-contrast rows are cycle reconstructions (T1 -> T2 -> T1 against the T1 input). Cross-contrast rows
 compare the translation with the true other contrast when the split is paired (the phantom), and with
@@ -32,7 +33,7 @@ from cyclegan.config import ConfigError
 from cyclegan.data import DataError, SliceSet, load_data
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim, ssim_from_map, ssim_map
 from cyclegan.precision import tf32
-from cyclegan.unpaired import anatomy, anatomy_coarse, cycle_noise, swd
+from cyclegan.unpaired import anatomy, anatomy_coarse, cycle_noise, swd, tissue, tissue_masks
 
 EVAL_BATCH = 16
 # Val slices per domain scored every epoch. The per-epoch score steers ASHA and Optuna, so it must be the same
@@ -148,9 +149,13 @@ def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
     """The image metrics of `translations(...)` as one tensor in `IMAGE_METRICS` order, without a host sync."""
     slices = per_slice(outs, s)
     fake_t2, fake_t1, t1, t2 = ((x + 1) / 2 for x in (outs["fake_t2"], outs["fake_t1"], s.t1, s.t2))
-    # Translations keep the input's anatomy, so the input's head mask is theirs.
+    # Translations keep the input's anatomy, so the input's head mask and tissue classes are theirs. Each set's
+    # classes serve both directions: as the input's in one, as the target's in the other.
+    classes_t1, classes_t2 = tissue_masks(t1, s.t1_head), tissue_masks(t2, s.t2_head)
     pooled = {"contrast_t1_t2": contrast(fake_t2, s.t1_head, t2, s.t2_head),
               "contrast_t2_t1": contrast(fake_t1, s.t2_head, t1, s.t1_head),
+              "tissue_t1_t2": tissue(fake_t2, classes_t1, t2, classes_t2),
+              "tissue_t2_t1": tissue(fake_t1, classes_t2, t1, classes_t1),
               "swd_t1_t2": swd(fake_t2, t2), "swd_t2_t1": swd(fake_t1, t1)}
     return torch.stack([pooled[k] if k in pooled else slices[k].mean() for k in IMAGE_METRICS])
 

@@ -1,5 +1,8 @@
 """Trains one CycleGAN: `python -m cyclegan.train [--data DIR|synthetic] [--set key=value ...] --out DIR`.
 
+`--schedule FILE` replays a schedule (`cyclegan/schedule.py`: a population-based search's winner's knobs, epoch by
+epoch) as one run.
+
 The names follow the study: G translates T1 -> T2 (`g_t1_t2`), F translates T2 -> T1 (`g_t2_t1`), D_T2
 judges T2 slices and D_T1 judges T1 slices. (In the reference code these are G_A, G_B, D_A, D_B with
 A = T1 and B = T2.) `fit` is the loop; it takes a `report` callable, so the CLI, Ray Tune and the tests
@@ -35,6 +38,7 @@ from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, build_generator
 from cyclegan.optim import make_optimizers, set_learning_rates
+from cyclegan.schedule import KNOBS, Schedule, ScheduleError, knobs_of
 from cyclegan.tensorboard import HParams, TensorBoard
 
 Report = Callable[[dict[str, Any], Callable[[Path], PendingCheckpoint]], None]
@@ -287,8 +291,8 @@ class FitResult:
 def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = None, report: Report | None = None,
         resume: dict[str, Any] | None = None, log_dir: Path | None = None, hparams: HParams | None = None,
         derived: Callable[[dict[str, Any]], Mapping[str, float]] | None = None, progress: bool = False,
-        stream: bool = False) -> FitResult:
-    """Trains for `cfg.epochs`, calling `report(metrics, save)` after every epoch.
+        stream: bool = False, until: int | None = None) -> FitResult:
+    """Trains for `cfg.epochs` (or up to epoch `until`), calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`, off the training path (`checkpoint_writer`): it
     returns a `PendingCheckpoint` once the state is copied, and `wait()` on it is what says the file is whole.
@@ -297,7 +301,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. `derived` adds metrics computed
     from each epoch's (the search's objective) before they are logged and reported. With `log_dir`, TensorBoard
     events go there (`cyclegan.tensorboard`): the losses, the metrics, sample translations and the HParams
-    session of `hparams` (default: every knob of `cfg`).
+    session of `hparams` (default: every knob of `cfg`). `until` stops early without changing the run's length,
+    which the linear learning-rate decay is timed by: a replayed schedule trains a stretch of epochs at a time.
 
     On the device go the training slices, compact (`cyclegan.feed`), and the val slices scored every epoch
     (`evaluate.validation_subset`); test stays on the host. With `stream` the training slices stay in pinned host
@@ -331,7 +336,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         "val_slices": [len(val.t1), len(val.t2)]})
     writer = CheckpointWriter()
     first_step_at: float | None = None
-    epochs = range(start + 1, cfg.epochs + 1)
+    epochs = range(start + 1, (cfg.epochs if until is None else min(until, cfg.epochs)) + 1)
     bar = _progress(epochs) if progress else None
     for epoch in bar if bar is not None else epochs:
         clock = [time.perf_counter()]
@@ -413,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config knob, e.g. --set resize=64 (repeatable)")
-    p.add_argument("--config", type=Path, help="a config.json to start from (default: with --resume, the run's own)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--config", type=Path,
+                       help="a config.json to start from (default: with --resume, the run's own)")
+    start.add_argument("--schedule", type=Path,
+                       help="a schedule.json (a population-based search's export) to replay: its config, with its "
+                            "knobs changed at the epochs it names; training stops at its last epoch")
     p.add_argument("--out", type=Path, required=True, help="the run's folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, with OUT/config.json")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -428,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         done = _epochs_done(args.out / "metrics.jsonl")
         print(f"\ninterrupted{f' after epoch {done}' if done else ''}; continue with: python -m cyclegan.train "
-              f"--out {args.out} --resume" + ("" if args.data == "synthetic" else f" --data {args.data}"),
+              f"--out {args.out} --resume" + ("" if args.data == "synthetic" else f" --data {args.data}")
+              + ("" if args.schedule is None else f" --schedule {args.schedule}"),
               file=sys.stderr)
         return 130
 
@@ -439,7 +450,8 @@ def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, tor
         if state is None and (args.out / checkpoint.CHECKPOINT).exists():
             raise checkpoint.CheckpointError(f"{args.out} already holds a run; pass --resume to continue it "
                                               "or choose another --out")
-        cfg = _config(args, state)
+        schedule = Schedule.load(args.schedule) if args.schedule is not None else None
+        cfg = _config(args, state, schedule)
         if state is not None:
             try:
                 training_state.check_resumable(state, cfg, networks=lambda c: CycleGAN.build(c).named())
@@ -450,7 +462,7 @@ def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, tor
             raise DataError(f"--data {args.data}: not the slices {args.out} was trained on "
                             f"({state.get('split', {}).get('source', 'unknown')}); pass the --data it was trained on")
         args.out.mkdir(parents=True, exist_ok=True)
-    except (ConfigError, DataError, checkpoint.CheckpointError, OSError, json.JSONDecodeError) as e:
+    except (ConfigError, DataError, checkpoint.CheckpointError, ScheduleError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg.save(args.out / "config.json")
@@ -459,7 +471,14 @@ def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, tor
     # A progress bar on a terminal; piped (a log file, a job), one line an epoch instead of nothing for minutes.
     bar = sys.stderr.isatty()
 
+    # A replay trains each stretch of epochs with one set of knobs as a run of its own that continues the last
+    # stretch's checkpoint, as a population-based search's exploit continues a checkpoint with new knobs.
+    start = int(state["epoch"]) if state is not None else 0
+    stretches = schedule.stretches(start, cfg.epochs) if schedule is not None else [(cfg.epochs, cfg)]
+
     def report(metrics: dict[str, Any], save: Callable[[Path], None]) -> None:
+        if schedule is not None:
+            metrics[KNOBS] = knobs_of(stretch, schedule.knobs)
         with metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         save(args.out / checkpoint.CHECKPOINT)
@@ -467,19 +486,35 @@ def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, tor
             print(epoch_line(metrics, cfg.epochs), file=sys.stderr, flush=True)
 
     try:
-        fit(cfg, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb", progress=bar,
-            stream=streamed(cfg, data, pick_device(args.device)))
+        stream = streamed(cfg, data, pick_device(args.device))
+        for i, (last, stretch) in enumerate(stretches):
+            if i:
+                state = checkpoint.load(args.out / checkpoint.CHECKPOINT)  # the report saved it at the last epoch
+            fit(stretch, data, device=args.device, report=report, resume=state, log_dir=args.out / "tb",
+                progress=bar, until=last, stream=stream)
     except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not metrics_file.is_file():
+        print(f"error: {metrics_file}: no epoch was trained, and none is recorded", file=sys.stderr)
         return 2
     last = json.loads(metrics_file.read_text().splitlines()[-1])
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}))
     return 0
 
 
-def _config(args: argparse.Namespace, state: dict[str, Any] | None) -> TrainConfig:
-    """The run's config: --config, else on --resume the run's own config.json (or its checkpoint's), else the
-    defaults; then the --set overrides. Resuming with other settings than the checkpoint's is refused later."""
+def _config(args: argparse.Namespace, state: dict[str, Any] | None, schedule: Schedule | None = None) -> TrainConfig:
+    """The run's config: --config, or a schedule's config at its first epoch to train, else on --resume the run's
+    own config.json (or its checkpoint's), else the defaults; then the --set overrides, which may not name a knob
+    that the schedule sets. Resuming with other fixed settings than the checkpoint's is refused later."""
+    overrides = parse_overrides(args.overrides)
+    if schedule is not None:
+        scheduled = [k for k in overrides if k in schedule.knobs]
+        if scheduled:
+            raise ConfigError(f"--set {scheduled[0]}: the schedule {args.schedule} sets {scheduled[0]} epoch by epoch; "
+                              "--set may change only the knobs it does not schedule")
+        start = int(state["epoch"]) if state is not None else 0
+        return schedule.config_at(min(start + 1, schedule.last_epoch)).replace(**overrides)
     if args.config is not None:
         base = TrainConfig.load(args.config)
     elif state is not None:
@@ -490,7 +525,7 @@ def _config(args: argparse.Namespace, state: dict[str, Any] | None) -> TrainConf
             raise ConfigError(f"{own}: {e}") from None
     else:
         base = TrainConfig()
-    return base.replace(**parse_overrides(args.overrides))
+    return base.replace(**overrides)
 
 
 def _slices(split: dict[str, Any]) -> dict[str, Any]:

@@ -49,9 +49,10 @@ class CheckpointReports:
         self.metrics_file = metrics_file
         self._pending: _Pending | None = None
 
-    def epoch(self, metrics: dict[str, Any], save: Callable[[Path], PendingCheckpoint], with_checkpoint: bool
-              ) -> None:
-        """Reports an epoch now, or `with_checkpoint` starts its checkpoint and reports it at the next call."""
+    def epoch(self, metrics: dict[str, Any], save: Callable[[Path], PendingCheckpoint], with_checkpoint: bool,
+              at_once: bool = False) -> None:
+        """Reports an epoch now, or `with_checkpoint` starts its checkpoint and reports it at the next call (or,
+        `at_once`, once its write is done: for a scheduler that decides on this very report, such as PBT)."""
         self.flush()
         if not with_checkpoint:
             self._report({**metrics, "checkpoint_seconds": 0.0, "checkpoint_write_seconds": 0.0}, None)
@@ -62,6 +63,8 @@ class CheckpointReports:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        if at_once:
+            self.flush()
 
     def flush(self) -> None:
         """Waits for the pending checkpoint's write, then reports its epoch with it."""

@@ -4,7 +4,9 @@
 
 An export is self-describing: `model.pt` (both generators, the resolved config, the metrics it was
 chosen on and the data split it was scored on), the same config, metrics and split as JSON beside it,
-and `samples.png`, a grid of test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)), each row and column
+for a trial of a population-based search `schedule.json` (the knobs its lineage trained with, epoch by epoch, up to
+the exported checkpoint; `python -m cyclegan.train --schedule best/schedule.json --out DIR` replays it), and
+`samples.png`, a grid of test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2)), each row and column
 named (the columns by the slices' names).
 """
 
@@ -27,7 +29,9 @@ from cyclegan import checkpoint
 from cyclegan.data import DataError, SliceSet, load_data
 from cyclegan.evaluate import translations
 from cyclegan.images import grid, label_grid, save_png
+from cyclegan.schedule import SCHEDULE, Schedule
 from search.select import TrialOutcome, outcome, rescore
+from search.trainable import METRICS
 
 SELECTION = "selection.json"
 
@@ -36,7 +40,10 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     """Writes trial `o`'s best checkpoint as an export in `out` (replaced whole, never half-written)."""
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
+        history = Path(d) / METRICS  # the rows of the epochs that led to this checkpoint (search/trainable.py)
+        rows = _rows(history.read_text()) if history.is_file() else []
     cfg, g_t1_t2, g_t2_t1 = checkpoint.generators(state)
+    schedule = Schedule.from_rows(cfg, rows)
     dataset = load_data(data, cfg.resize, cfg.seed)
     # Whether the cross-contrast figures compare with the true other contrast (paired) or the input slice.
     metrics = {"trial_id": o.trial_id, "epoch": state["epoch"], "val": state["metrics"],
@@ -49,12 +56,24 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (tmp / "split.json").write_text(json.dumps(state["split"], indent=1) + "\n")
+    if schedule is not None:
+        schedule.save(tmp / SCHEDULE)
     save_png(labelled_samples(g_t1_t2, g_t2_t1, dataset.test), tmp / "samples.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _rows(text: str) -> list[dict]:
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short ends the history
+    return rows
 
 
 def sample_grid(g_t1_t2, g_t2_t1, s: SliceSet, n: int = 4) -> torch.Tensor:

@@ -190,11 +190,12 @@ def parse_params(src: str, raw: Any, fixed: dict[str, Any]) -> dict[str, Param]:
             fail(src, key, "unknown knob", ", ".join(FIELD_NAMES))
         if name in fixed:
             fail(src, key, "is also in fixed", "each knob either fixed or searched")
-        params[name] = _param(src, key, name, spec)
+        params[name] = parse_param(src, key, name, spec)
     return params
 
 
-def _param(src: str, key: str, name: str, spec: Any) -> Param:
+def parse_param(src: str, key: str, name: str, spec: Any) -> Param:
+    """One knob's distribution (`{choice: [...]}`, `{int: [low, high], ...}` or `{float: ...}`), each value checked."""
     if not isinstance(spec, dict):
         fail(src, key, f"expected a distribution, got {show(spec)}", _DISTRIBUTION_HELP)
     kinds = [k for k in _DISTRIBUTIONS if k in spec]

@@ -178,13 +178,14 @@ CURVE_LOSSES = ("loss_G", "loss_D", "loss_cycle", "loss_identity")
 CURVE_SCORES = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
 
 
-def read_metrics(trial_path: str) -> list[dict[str, Any]]:
-    """A trial's `metrics.jsonl` (one line per epoch), from a local folder or a storage URI; [] if missing."""
+def read_metrics(trial_path: str, name: str = METRICS) -> list[dict[str, Any]]:
+    """A trial's `metrics.jsonl` (one line per epoch; or another JSON-lines file of it, such as Ray's `result.json`),
+    from a local folder or a storage URI; [] if missing."""
     import pyarrow.fs
 
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(trial_path if "://" in trial_path else Path(trial_path).resolve())
-        with fs.open_input_stream(f"{path}/{METRICS}") as f:
+        with fs.open_input_stream(f"{path}/{name}") as f:
             text = f.read().decode()
     except (OSError, ValueError):
         return []
@@ -393,7 +394,8 @@ def read_split(trial_path: str) -> dict[str, Any]:
 
 def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome | None, finalists: list[TrialOutcome],
                  space: Any, data: str, plots: list[str], samples: str | None, study: StudyStore | None = None,
-                 run_dir: str = "RUN_DIR", plots_source: str = "") -> None:
+                 run_dir: str = "RUN_DIR", plots_source: str = "", schedule: list[str] | None = None) -> None:
+    """`schedule`: the lines of the winner's schedule under PBT (`search.lineage.schedule_lines`)."""
     knobs = varied_knobs(outcomes) or sorted({k for o in outcomes for k in o.config})[:6]
     knobs = [k for k in knobs if k != "epochs"]  # the table's `epochs` column shows them: run of planned
     if space.multi_objective:
@@ -434,6 +436,7 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
             lines += [f"![test slices: T1, G(T1), F(G(T1)), T2, F(T2), G(F(T2))]({samples})", ""]
         if (path.parent / CURVES).is_file():
             lines += [f"![the winner's training losses and val scores by epoch]({CURVES})", ""]
+        lines += schedule or []
     if space.multi_objective:
         lines += _pareto_lines(outcomes, winner, space, path.parent, run_dir)
     named = [o for o in outcomes if o.name]
@@ -455,7 +458,8 @@ def write_report(path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome 
             lines.append(f"| {o.name} | " + " | ".join(shown) + f" | {o.last.get('epoch', 0)} of {knob(o, 'epochs')} | "
                          + " | ".join(losses + tests) + " |")
         lines.append("")
-    lines += _repeat_lines(outcomes)
+    if not getattr(space, "mutated", ()):  # under PBT, equal configs at the end are copies, not repeats
+        lines += _repeat_lines(outcomes)
     lines += ["## Finalists, ranked by the val re-score (test reported, not ranked on)", "",
               "| trial | val objective (training) | val objective (re-scored, fp32) | test objective | "
               + " | ".join(f"test ssim_{d}" for d in DIRECTIONS) + " |", "|---" * (4 + len(DIRECTIONS)) + "|"]

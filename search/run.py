@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space, storage, name = prepare(args)
         study = open_study_store(args.optuna_storage, storage, name, resume=args.resume,
-                                 sampled=space.trial_points() is None)
+                                 sampled=space.uses_optuna)
     except (SpaceError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, resources=resources,
-                             view=tensorboard_view(space)),
+                             view=tensorboard_view(space), scheduled=space.mutated,
+                             looks=space.population.looks if space.population else None),
         resources)
     # Each trial writes its own TensorBoard run (search/trainable.py). Ray's logger would add a second one per
     # trial, its tags `ray/tune/...` mixed with its own bookkeeping (`done`, `should_checkpoint`, ...) and an
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                                     failure_config=space.failure_config(),
                                     sync_config=tune.SyncConfig(sync_artifacts=True),
                                     callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), WatchInterrupt()])
-        tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+        tuner = tune.Tuner(trainable, param_space=space.param_space(), tune_config=tune_config, run_config=run_config)
     quiet = _DropRayResumeHint()
     logging.getLogger("ray.tune.tune").addFilter(quiet)
     with tidy_output():  # to the end: Ray's log thread brings the trials' last lines while the summary is made
@@ -298,10 +299,11 @@ def tensorboard_view(space: Space) -> TensorBoardView:
 
     points = space.trial_points()
     if points is None:
-        varied = tuple(space.params)
+        varied = (*space.params, *space.mutated)
     else:
         keys = sorted({k for p in points for k in p})
-        varied = tuple(k for k in keys if len({json.dumps(p.get(k)) for p in points}) > 1)
+        varied = (*(k for k in keys if len({json.dumps(p.get(k)) for p in points}) > 1 and k not in space.mutated),
+                  *space.mutated)
     reported = space.reported_objectives()
     weighed = [m for o in space.objectives for m in o.weights]
     return TensorBoardView(varied, tuple(dict.fromkeys([*reported.keys, *weighed, *TABLE3])))
@@ -368,7 +370,9 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     gets the seconds the final re-scoring (`rescore_seconds`) and the export (`export_seconds`) took."""
     import tempfile
 
+    from cyclegan.schedule import SCHEDULE, Schedule
     from search.export import SELECTION, export
+    from search.lineage import schedule_lines, schedule_plot
     from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
     from search.select import choose, outcome, status_counts
 
@@ -382,7 +386,7 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
     clock = time.perf_counter()
     winner, finalists = choose(outcomes, space.objective, data, space.top_k)
     tail["rescore_seconds"] = time.perf_counter() - clock
-    samples = None
+    samples = schedule = None
     if winner is not None:
         clock = time.perf_counter()
         best = export(winner, data, run_dir / "best")
@@ -390,10 +394,15 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"
         curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)
+        if (best / SCHEDULE).is_file():
+            lineage = Schedule.load(best / SCHEDULE)
+            # Every epoch each trial trained, as it reported it (its metrics.jsonl keeps only its last lineage).
+            reported = {o.trial_id: read_metrics(o.path, "result.json") for o in outcomes}
+            schedule = schedule_lines(lineage, schedule_plot(lineage, reported, summary))
     plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
     write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path,
-                 plots_source)
+                 plots_source, schedule)
     (summary / SELECTION).write_text(json.dumps({
         "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
         "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported

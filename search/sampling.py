@@ -6,7 +6,8 @@
 - `points:`, and `params:` with sampler grid (expanded to every allowed combination): `PointsSearcher` hands out
   one point per trial, in order. Unlike `tune.grid_search`, which would nest them under one key, each trial's
   config is the point itself.
-- `scheduler: {type: asha, ...}` stops trials early by the first objective; `{type: none}` runs each to the end.
+- `scheduler: {type: asha, ...}` stops trials early by the first objective; `{type: none}` runs each to the end;
+  `{type: pbt, ...}` and `{type: pb2, ...}` are population-based training (search/population.py).
 
     python -m pytest tests/search/test_space.py -q
 """
@@ -25,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search.knobs import DEFAULTS, Param, applies, depth_limit, grid
+from search.population import ASHA_KEYS
 from search.schema import SchedulerSection, SearchSection, fail
 
 MAX_GRID_POINTS = 10_000
@@ -79,14 +81,15 @@ class PointsSearcher(Searcher):
 
 
 
-def check_sampler(src: str, search: SearchSection, params: dict[str, Param], points: list | None) -> str | None:
-    """The sampler's name (tpe unless named), or None for a points space, which runs its points as listed."""
+def check_sampler(src: str, search: SearchSection, params: dict[str, Param], points: list | None,
+                  default: str = "tpe") -> str | None:
+    """The sampler's name (`default` unless named), or None for a points space, which runs its points as listed."""
     if points is not None:
         if search.sampler is not None:
             fail(src, "search.sampler", "a points space runs its points as listed",
                  "no sampler with points:, or params: with sampler grid")
         return None
-    sampler = search.sampler or "tpe"
+    sampler = search.sampler or default
     if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
         fail(src, "search.sampler", "Optuna's CMA-ES needs the cmaes package, which is not installed",
              "tpe, random or grid, or `pip install cmaes`")
@@ -146,8 +149,13 @@ def check_schedule(src: str, raw: dict, section: SchedulerSection, longest: int,
     if kind == "none":
         for key in raw:
             if key != "type":
-                fail(src, f"scheduler.{key}", "only ASHA takes it", "scheduler: {type: none}, or type asha")
+                takes = "ASHA" if key in ASHA_KEYS else "PBT"
+                fail(src, f"scheduler.{key}", f"only {takes} takes it", "scheduler: {type: none}, or type "
+                     + ("asha" if takes == "ASHA" else "pbt or pb2"))
         return Schedule(kind)
+    for key in raw:
+        if key != "type" and key not in ASHA_KEYS:
+            fail(src, f"scheduler.{key}", "only PBT and PB2 take it", f"with type asha: {', '.join(ASHA_KEYS)}")
     grace_period, reduction_factor = section.grace_period, section.reduction_factor
     if section.max_t is not None:
         if section.max_t < grace_period:

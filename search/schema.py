@@ -20,7 +20,7 @@ AUTO = "auto"  # `gpus_per_trial: auto`: each trial's share from its estimated m
 # A point may carry a label (`name: V1`); it travels in the trial's config beside the knobs, for the report.
 POINT_NAME = "name"
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "grid")
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("asha", "pbt", "pb2", "none")
 
 
 class SpaceError(ValueError):
@@ -63,6 +63,7 @@ def _to_number(value: Any) -> Any:
 # A finite number, as `number` reads one; ints stay ints (strict) so that `1.5` is refused where an int is wanted.
 Number = Annotated[float, BeforeValidator(_to_number), Field(strict=True, allow_inf_nan=False)]
 Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
 
 
 class Section(BaseModel):
@@ -79,10 +80,19 @@ class SearchSection(Section):
 
 
 class SchedulerSection(Section):
-    type: Literal["asha", "none"] | None = Field(None, description=", ".join(SCHEDULERS))
+    type: Literal["asha", "pbt", "pb2", "none"] | None = Field(None, description=", ".join(SCHEDULERS))
+    # ASHA's (search/sampling.py)
     grace_period: Int = Field(10, ge=1, description="an int >= 1")
     reduction_factor: Number = Field(3.0, gt=1, description="a number > 1")
     max_t: Int | None = Field(None, ge=1, description="an int >= 1, at least grace_period")
+    # Population-based training's and PB2's (search/population.py), in epochs
+    perturbation_interval: Int | None = Field(None, ge=1, description="an int >= 1 (epochs between a trial's looks "
+                                                                       "at the population)")
+    burn_in_period: Int = Field(0, ge=0, description="an int >= 0 (epochs before the first look)")
+    quantile_fraction: Number = Field(0.25, gt=0, le=0.5, description="a number in (0, 0.5]")
+    resample_probability: Number = Field(0.25, ge=0, le=1, description="a number in [0, 1]")
+    synch: Bool = Field(False, description="true or false")
+    mutations: dict[Any, Any] | None = Field(None, description="a mapping of knob: distribution")
 
 
 class CheckpointSection(Section):

@@ -62,7 +62,10 @@ def outcome(result: tune.Result, mode: str) -> TrialOutcome:
     """Summarises a Ray Tune `Result` (from `Tuner.fit()` or `Result.from_path`)."""
     config = {k: v for k, v in (result.config or {}).items() if k in FIELD_NAMES}
     last = dict(result.metrics or {})
-    trial_id = str(last.get("trial_id") or Path(result.path).name)
+    # The trial's folder names it (search.run's `trial_<id>`). Its last metrics may be another trial's: PBT hands a
+    # trial that copies another's checkpoint that trial's last result too.
+    folder = Path(result.path).name
+    trial_id = folder.removeprefix("trial_") if folder.startswith("trial_") else str(last.get("trial_id") or folder)
     best: dict[str, Any] = {}
     ckpt = None
     if result.best_checkpoints:

@@ -15,12 +15,17 @@ The file's shape is DESIGN.md's ("The search space file"); every section is opti
 `points:`. A file that cannot run is refused with a `SpaceError` whose message is one line:
 `FILE: key.path: what is wrong; allowed: what would be accepted`. The parts live in their own modules:
 `schema.py` (the refusals and the plain sections, with pydantic), `knobs.py` (fixed, params, points and the
-depth rules), `objective.py`, `sampling.py` (samplers, the points searcher, ASHA) and `resources.py`.
+depth rules), `objective.py`, `sampling.py` (samplers, the points searcher, ASHA), `population.py` (PBT and PB2)
+and `resources.py`.
 
 What a trial receives: its Ray config is always a flat dict of knob -> value, the field names of
 `cyclegan.config.TrainConfig`: the `fixed:` knobs plus those drawn or listed for that trial. Knobs it does not
 name keep the config's defaults, so `TrainConfig.from_dict(config)` is the trial's whole configuration. The
-Tuner's `param_space` stays empty: the searcher supplies the whole config.
+Tuner's `param_space` stays empty: the searcher supplies the whole config. Under PBT or PB2 (`scheduler: {type:
+pbt, ...}`) Ray takes no searcher: the initial population (`initial_population`) goes to Tune's
+BasicVariantGenerator as its points to evaluate, one trial each, and PBT then changes the mutated knobs of trials'
+configs as they run. A PBT space may leave out both `params:` and `points:`: its members then differ only in the
+mutated knobs, each drawn from its range.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import optuna
 import yaml
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from cyclegan.config import UNET_KNOBS, TrainConfig
 from cyclegan.memory import DataSize
@@ -65,6 +70,7 @@ from search.objective import (
     parse_objectives,
 )
 from search.packing import AutoResources, FixedShare
+from search.population import PBT_CHECKPOINTS_KEPT, POPULATION_KINDS, Population, check_population
 from search.resources import AUTO_ONLY, Resources, ResourcesSection, parse_resources
 from search.sampling import (
     DEFAULT_NUM_SAMPLES,
@@ -108,6 +114,7 @@ __all__ = [
 ]
 # Ray's pickles (a run's searcher state) name the class they hold; runs begun before it moved to study.py resume.
 StoredOptunaSearch = FidelityOptunaSearch
+DEFAULT_CONFIG = TrainConfig()
 _PLAIN_SECTIONS = {"search": SearchSection, "scheduler": SchedulerSection, "resources": ResourcesSection,
                    "checkpoint": CheckpointSection, "select": SelectSection, "failure": FailureSection}
 TOP_KEYS: tuple[str, ...] = ("objective", *_PLAIN_SECTIONS, "fixed", "params", "points")
@@ -139,6 +146,7 @@ class Space:
     params: dict[str, Param]  # file order; empty for a points space
     points: list[dict[str, Any]] | None  # as listed (without `fixed`), or None
     raw: dict[str, Any] = field(repr=False, compare=False)  # the mapping it was built from, for overrides
+    population: Population | None = None  # PBT's or PB2's settings and mutations (scheduler pbt or pb2)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Space:
         """Applies `--set key=value` values (typed by `cyclegan.config.parse_overrides`) to every trial.
@@ -159,15 +167,22 @@ class Space:
             for name in dropped:
                 point.pop(name, None)
         raw["fixed"] = {**{k: v for k, v in (raw.get("fixed") or {}).items() if k not in dropped}, **overrides}
+        population = self.population is not None
+        if population:
+            # A mutated knob that --set fixes (or a ResNet leaves out) is no longer mutated; with none left, the
+            # space is no longer PBT.
+            mutations = {k: v for k, v in raw["scheduler"]["mutations"].items() if k not in dropped}
+            raw["scheduler"] = {**raw["scheduler"], "mutations": mutations} if mutations else {"type": "none"}
+            population = bool(mutations)
         params = raw.get("params")
         if isinstance(params, dict):
             for name in dropped:
                 params.pop(name, None)
             if not params:
-                del raw["params"]
-                raw["points"] = [{}]
-                raw["search"] = {k: v for k, v in (raw.get("search") or {}).items()
-                                 if k not in ("sampler", "num_samples")}
+                del raw["params"]  # a PBT space needs none: its members differ in the mutated knobs
+        if "params" not in raw and "points" not in raw and not population:
+            raw["points"] = [{}]
+            raw["search"] = {k: v for k, v in (raw.get("search") or {}).items() if k not in ("sampler", "num_samples")}
         setting = " ".join(f"--set {k}={v!r}" for k, v in overrides.items())
         return space_from_dict(raw, self.path, f"{self.path} with {setting}")
 
@@ -232,9 +247,47 @@ class Space:
             configs.append(config)
         return configs
 
+    @property
+    def mutated(self) -> tuple[str, ...]:
+        """The knobs PBT or PB2 mutates while trials train (none for other schedulers)."""
+        return tuple(self.population.mutations) if self.population is not None else ()
+
+    @property
+    def uses_optuna(self) -> bool:
+        """Whether Optuna's sampler chooses the trials (and a study records them): not for points, grid or PBT."""
+        return self.population is None and self.trial_points() is None
+
+    def initial_population(self) -> list[dict[str, Any]]:
+        """PBT's first members: the points or grid configs, or configs drawn at random from `params:` (Optuna's
+        RandomSampler, seeded by `search.seed`, through the same define-by-run function as a sampled space, so
+        depth follows resize), each mutated knob not in `fixed:` drawn from its mutation's range."""
+        if self.population is None:
+            raise ValueError(f"{self.path} is not a PBT or PB2 space")
+        points = self.trial_points()
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
+        members = []
+        for i in range(self.num_samples):
+            trial = study.ask()
+            config = dict(points[i]) if points is not None else self.define_by_run()(trial)
+            for p in self.population.mutations.values():
+                if p.name not in config:
+                    config[p.name] = p.suggest(trial)
+            members.append(config)
+        return members
+
+    def param_space(self) -> dict[str, Any]:
+        """The Tuner's `param_space`: empty (the searcher supplies each trial's whole config) except under PBT,
+        where Tune's BasicVariantGenerator takes only points whose keys its param_space has; each knob is there at
+        the config's default, which a member that does not set it trains with anyway."""
+        if self.population is None:
+            return {}
+        keys = {k for member in self.initial_population() for k in member}
+        return {k: "" if k == POINT_NAME else getattr(DEFAULT_CONFIG, k) for k in sorted(keys)}
+
     def make_searcher(self, storage: optuna.storages.BaseStorage | None = None, study_name: str | None = None
-                      ) -> Searcher:
-        """OptunaSearch for sampled spaces, PointsSearcher for points and grid spaces.
+                      ) -> Searcher | SearchAlgorithm:
+        """OptunaSearch for sampled spaces, PointsSearcher for points and grid spaces, and for PBT and PB2 (which
+        refuse a searcher) Tune's BasicVariantGenerator with the initial population as its points.
 
         With `storage` (e.g. `optuna.storages.RDBStorage("sqlite:///runs/NAME/optuna.db")`) the Optuna study
         `study_name` lives there: OptunaSearch creates it, or loads it if it exists (`load_if_exists=True`), and
@@ -245,6 +298,9 @@ class Space:
 
         Not wrapped in a ConcurrencyLimiter: `tune_config()` passes `max_concurrent_trials`, which does that.
         """
+        if self.population is not None:
+            return BasicVariantGenerator(points_to_evaluate=self.initial_population(),
+                                         max_concurrent=self.max_concurrent or 0)
         points = self.trial_points()
         if points is not None:
             return PointsSearcher(points, metric=OBJECTIVE, mode=self.objective.mode)
@@ -260,7 +316,9 @@ class Space:
         return optuna_sampler(self.sampler, self.seed)
 
     def make_scheduler(self) -> TrialScheduler:
-        """ASHA on the reported `epoch`, or FIFO; metric and mode come from the TuneConfig."""
+        """ASHA, PBT or PB2 on the reported `epoch`, or FIFO; metric and mode come from the TuneConfig."""
+        if self.population is not None:
+            return self.population.make()
         return Schedule(self.scheduler, self.grace_period, self.reduction_factor, self.max_t).make()
 
     def tune_config(self, storage: optuna.storages.BaseStorage | None = None, study_name: str | None = None
@@ -269,7 +327,8 @@ class Space:
         return tune.TuneConfig(metric=OBJECTIVE, mode=self.objective.mode,
                                search_alg=self.make_searcher(storage, study_name),
                                scheduler=self.make_scheduler(), num_samples=self.num_samples,
-                               max_concurrent_trials=self.max_concurrent)
+                               # PBT's BasicVariantGenerator limits itself (Tune wraps only a Searcher).
+                               max_concurrent_trials=None if self.population else self.max_concurrent)
 
     @property
     def auto_gpus(self) -> bool:
@@ -317,9 +376,11 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
     if not isinstance(raw, dict):
         fail(src, "(top level)", f"expected a mapping, got {show(raw)}", f"a mapping of {', '.join(TOP_KEYS)}")
     check_keys(src, "", raw, TOP_KEYS)
-    if ("params" in raw) == ("points" in raw):
+    scheduler_raw = raw.get("scheduler")
+    population = isinstance(scheduler_raw, dict) and scheduler_raw.get("type") in POPULATION_KINDS
+    if "params" in raw and "points" in raw or not ("params" in raw or "points" in raw or population):
         fail(src, "(top level)", "has both params and points" if "params" in raw else "has neither params nor points",
-             "params: (knobs to search) or points: (configurations to run), one of them")
+             "params: (knobs to search) or points: (configurations to run), one of them (PBT: or neither)")
     if isinstance(raw.get("objective"), dict):
         check_keys(src, "objective", raw["objective"], OBJECTIVE_KEYS)
     search, scheduler, resources, checkpoint, select, failure = (
@@ -330,18 +391,27 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
         check_unet_knobs(src, generators(fixed, params), fixed, params)
         check_depths(src, fixed, params)
         check_together(src, fixed, params)
-    else:
+    elif "points" in raw:
         params, points = {}, parse_points(src, raw["points"], fixed)
+    else:
+        params, points = {}, None  # a PBT space whose members differ only in the mutated knobs
 
     objectives = parse_objectives(src, raw.get("objective"))
-    sampler = check_sampler(src, search, params, points)
+    sampler = check_sampler(src, search, params, points, default="random" if population else "tpe")
     if sampler == "cmaes" and len(objectives) > 1:
         fail(src, "search.sampler", "Optuna's CMA-ES optimises one objective, and the space names several",
              "tpe or nsga2 (multi-objective), random or grid")
     n_points = len(points) if points is not None else grid_size(src, params, fixed) if sampler == "grid" else None
     num_samples = search.num_samples or (DEFAULT_NUM_SAMPLES if n_points is None else n_points)
-    schedule = check_schedule(src, raw.get("scheduler") or {}, scheduler, max_epochs(fixed, params, points),
-                              default="asha" if points is None else "none")
+    pbt = None
+    if population:
+        pbt = check_population(src, scheduler_raw, scheduler, fixed, params, search.sampler, num_samples)
+        schedule = Schedule(scheduler.type)
+        if "keep" not in (raw.get("checkpoint") or {}):
+            checkpoint = checkpoint.model_copy(update={"keep": PBT_CHECKPOINTS_KEPT})
+    else:
+        schedule = check_schedule(src, scheduler_raw or {}, scheduler, max_epochs(fixed, params, points),
+                                  default="asha" if points is None else "none")
     share = parse_resources(src, raw.get("resources") or {}, resources)
     return Space(
         path=path,
@@ -366,4 +436,5 @@ def space_from_dict(raw: Any, path: str = "<dict>", source: str | None = None) -
         params=params,
         points=points,
         raw=copy.deepcopy(raw),
+        population=pbt,
     )

@@ -7,6 +7,13 @@ training path, and reported with its epoch once whole: `search/checkpoint_report
 trial restarts from `tune.get_checkpoint()`, or, where that one is damaged, from the newest older checkpoint
 of the trial that still reads.
 
+Under population-based training (search/population.py) each metrics row also names the knobs the epoch was
+trained with (`knobs`: the mutated ones) and the trial that trained it (`trained_by`), and the trial checkpoints at
+every epoch at which PBT looks at it. A trial that PBT tells to continue another's checkpoint with mutated knobs
+starts again with its new config, restores that checkpoint (which `cyclegan.training_state` continues with the new
+learning rates, betas and loss weights), takes its history as its own, and notes the change in `restore.log`; its
+`metrics.jsonl` is then its lineage's schedule, epoch by epoch (`cyclegan/schedule.py`).
+
 Each checkpoint carries the trial's `metrics.jsonl` up to its epoch. Ray runs a trial in a working folder of
 its session and copies it to the run's storage; a trial resumed in a new session (after `--resume`) starts
 in an empty folder, whose `metrics.jsonl` would replace the stored one. Restoring puts the history that led
@@ -54,13 +61,15 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.checkpoint_writer import PendingCheckpoint
-from cyclegan.config import TrainConfig
+from cyclegan.config import CONTINUABLE, TrainConfig
 from cyclegan.data import load_data
 from cyclegan.memory import DataSize, check_fits, estimate_memory, plan_data
+from cyclegan.schedule import KNOBS, TRAINED_BY, knobs_of
 from cyclegan.tensorboard import TABLE3, HParams
 from cyclegan.train import fit
 from search.checkpoint_reports import CheckpointReports
 from search.packing import AutoResources, FixedShare, allocator_fraction, needed_bytes, trial_budget, trial_config
+from search.population import Looks
 from search.space import OBJECTIVE, POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
@@ -75,11 +84,14 @@ MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf
 def train_trial(config: dict[str, Any], *, data: str,
                 objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
                 checkpoint_every: int = 1, resources: Mapping[str, float] | AutoResources | None = None,
-                view: TensorBoardView | None = None) -> None:
+                view: TensorBoardView | None = None, scheduled: tuple[str, ...] = (),
+                looks: Looks | None = None) -> None:
     """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
     every objective metric to report. `resources` is what the trainable was given to `tune.with_resources`
     (`Space.resources()`), used for the GPU share only where Ray does not say it. `view` says which knobs the
-    search varies and which metrics HParams compares trials by (default: none varied, the objective first)."""
+    search varies and which metrics HParams compares trials by (default: none varied, the objective first).
+    Under PBT, `scheduled` names the mutated knobs each metrics row records, and `looks` the epochs at which PBT
+    looks at the trial, at each of which it checkpoints."""
     cfg = trial_config(config)
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
@@ -92,7 +104,7 @@ def train_trial(config: dict[str, Any], *, data: str,
     shown = {k: knobs[k] for k in view.varied if k in knobs} or knobs
     hparams = HParams(shown, view.metrics, frozenset(view.varied), trial_dir.name)
     try:
-        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams, record)
+        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams, record, scheduled, looks)
     finally:
         record["ended"] = time.time()
         (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
@@ -100,14 +112,18 @@ def train_trial(config: dict[str, Any], *, data: str,
 
 def _train(cfg: TrainConfig, trial_dir: Path, data: str,
            objective: Callable[[dict[str, Any]], float | Mapping[str, float]], checkpoint_every: int,
-           gpu_share: float, hparams: HParams, record: dict[str, Any] | None = None) -> None:
+           gpu_share: float, hparams: HParams, record: dict[str, Any] | None = None, scheduled: tuple[str, ...] = (),
+           looks: Looks | None = None) -> None:
     dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
     record = record if record is not None else {}
     _budget(cfg, DataSize.of(dataset), gpu_share, record)
 
+    trial_id = tune.get_context().get_trial_id() or trial_dir.name
     restored = tune.get_checkpoint()
     resume = restore(restored, trial_dir) if restored is not None else None
+    if resume is not None:
+        note_continuation(trial_dir, resume, cfg, trial_id)
     faults = _faults(cfg)
 
     # Checkpoints are written off the training path and reported once whole (search/checkpoint_reports.py).
@@ -118,8 +134,14 @@ def _train(cfg: TrainConfig, trial_dir: Path, data: str,
         for fault in faults:
             if fault.get("epoch") == metrics["epoch"] and not (fault.get("once") and resume is not None):
                 _fail(fault, cfg, metrics["epoch"])
-        due = not metrics["epoch"] % checkpoint_every or metrics["epoch"] == cfg.epochs
-        reports.epoch(metrics, save, with_checkpoint=due)
+        if scheduled:
+            metrics[TRAINED_BY] = trial_id
+            metrics[KNOBS] = knobs_of(cfg, scheduled)
+        looked_at = looks is not None and metrics["epoch"] in looks
+        due = not metrics["epoch"] % checkpoint_every or metrics["epoch"] == cfg.epochs or looked_at
+        # PBT decides on a look's own report, so that one waits for its write: a trial it exploits trains no
+        # epoch in between.
+        reports.epoch(metrics, save, with_checkpoint=due, at_once=looked_at)
 
     def objectives(metrics: dict[str, Any]) -> Mapping[str, float]:
         value = objective(metrics)
@@ -155,6 +177,24 @@ def _budget(cfg: TrainConfig, size: DataSize, gpu_share: float, record: dict[str
                   estimated_bytes=estimate_memory(cfg, size, placement == "streamed"),
                   data=asdict(size))
     return budget
+
+
+def note_continuation(trial_dir: Path, state: dict[str, Any], cfg: TrainConfig, trial_id: str) -> None:
+    """Adds a line to `restore.log` where the checkpoint is another trial's (PBT's exploit) or was trained with
+    other knobs than the trial's config now has: which trial, which epoch, and each knob's old and new value."""
+    try:
+        origin = json.loads((trial_dir / METRICS).read_text().splitlines()[-1]).get(TRAINED_BY)
+    except (OSError, IndexError, ValueError, AttributeError):
+        origin = None  # a run without PBT's records, or a history cut short
+    saved = state.get("config", {})
+    changed = [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in CONTINUABLE
+               if k in saved and saved[k] != getattr(cfg, k) and k != "epochs"]
+    if origin in (None, trial_id) and not changed:
+        return
+    whose = f"trial {origin}'s" if origin not in (None, trial_id) else "its own"
+    line = f"continued {whose} checkpoint of epoch {state.get('epoch')}: " + (", ".join(changed) or "same knobs")
+    with (trial_dir / RESTORE_LOG).open("a") as f:
+        f.write(line + "\n")
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,34 @@
-"""The unpaired metrics: SWD, MIND anatomy and the noisy cycle against plain numpy/scipy references, their
-behaviour on images whose answer is known, and a validation pass that stays free of host syncs."""
+"""The unpaired metrics: SWD, MIND anatomy, per-tissue contrast and the noisy cycle against plain
+numpy/scipy/scikit-image references, their behaviour on images whose answer is known, and a validation pass that
+stays free of host syncs."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
+from skimage.filters import threshold_multiotsu
 from torch import nn
 
 from cyclegan import unpaired as U
-from cyclegan.data import load_data
+from cyclegan.anatomy import write_benchmark
+from cyclegan.data import head_mask, load_data, read_image
 from cyclegan.evaluate import evaluate, per_slice, resample, scores, translations, validation_pass
-from cyclegan.metrics import IMAGE_METRICS, LOWER_IS_BETTER, POOLED_METRICS, SLICE_METRICS, SWD_METRICS, ssim
+from cyclegan.metrics import (
+    IMAGE_METRICS,
+    LOWER_IS_BETTER,
+    POOLED_METRICS,
+    SLICE_METRICS,
+    SWD_METRICS,
+    TISSUE_METRICS,
+    contrast,
+    ssim,
+)
 from cyclegan.train import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -149,6 +162,168 @@ def test_coarse_anatomy_is_mind_one_level_down_and_weighs_the_noise_less(phantom
     assert 1 - coarse < 0.9 * (1 - fine) and moved < coarse - 0.02, (fine, coarse, moved)
 
 
+# --- per-tissue contrast ------------------------------------------------------------------------------------------
+
+_BINS = U.TISSUE_BINS
+
+
+def _otsu_ref(counts: np.ndarray) -> np.ndarray:
+    """skimage's multi-Otsu cuts of a histogram over [0, 1] in _BINS bins.
+
+    skimage trims empty end bins and then counts the first bin's first moment as if it sat at index 1; a
+    negligible dummy bin in front keeps both from moving the cuts, so this is the textbook search.
+    """
+    counts = np.concatenate([[1e-3], counts, [1e-3] if counts[-1] == 0 else []])
+    centres = (np.arange(-1, len(counts) - 1) + 0.5) / _BINS
+    return threshold_multiotsu(hist=(counts, centres), classes=3)
+
+
+def _between_class_variance(counts: np.ndarray, cuts: np.ndarray) -> float:
+    a, b = np.round(cuts * _BINS - 0.5).astype(int)
+    p, i = counts / counts.sum(), np.arange(len(counts))
+    classes = [(p[lo:hi + 1], i[lo:hi + 1]) for lo, hi in ((0, a), (a + 1, b), (b + 1, len(p) - 1))]
+    return sum((pk * ik).sum() ** 2 / pk.sum() for pk, ik in classes if pk.sum() > 0)
+
+
+def _histogram(v: np.ndarray) -> np.ndarray:
+    return np.bincount(np.minimum((v * _BINS).astype(int), _BINS - 1), minlength=_BINS).astype(np.float64)
+
+
+def test_multi_otsu_equals_scikit_image():
+    rng = np.random.default_rng(3)
+    hists = []
+    for k in range(120):
+        modes = [rng.normal(rng.uniform(0.1, 0.9), rng.uniform(0.01, 0.1), rng.integers(50, 2000))
+                 for _ in range(rng.integers(1, 4))]
+        v = np.concatenate(modes).clip(0, 1)
+        hists.append(_histogram(v**2 if k % 3 == 0 else v))  # every third piles up in the first bins
+    got = U.multi_otsu(torch.tensor(np.array(hists), dtype=torch.float32)).numpy()
+    same = 0
+    for h, cuts in zip(hists, got):
+        ref = _otsu_ref(h)
+        same += np.array_equal(cuts, ref)
+        # Where they differ, it is an fp32 tie: both cuts separate the classes equally well.
+        assert _between_class_variance(h, cuts) == pytest.approx(_between_class_variance(h, ref), rel=1e-6)
+    assert same >= 0.97 * len(hists)
+
+
+def _tissue_masks_ref(x: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """numpy/scipy/skimage reference of `U.tissue_masks` for [N, H, W] slices: [N, 3, H, W] bool."""
+    square, cross = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)
+    out = np.zeros((len(x), 3, *x.shape[1:]), bool)
+    for n, (img, h) in enumerate(zip(x, head)):
+        depth, m = np.zeros(img.shape), h.copy()
+        for k in range(int(np.ceil(U.BRAIN_DEPTH * np.sqrt(img.size)))):
+            m = ndimage.binary_erosion(m, cross if k % 2 else square, border_value=0)
+            depth += m
+        brain = depth >= max(1, U.BRAIN_DEPTH * np.sqrt(h.sum()))
+        if brain.sum() < U.MIN_BRAIN_SHARE * img.size:
+            continue
+        level = np.digitize(img, _otsu_ref(_histogram(img[brain])))
+        for k in range(3):
+            out[n, k] = ndimage.binary_erosion((level == k) & brain, cross, border_value=0)
+    return out
+
+
+def _brain_slices(n: int, seed: int, size: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """n heads: a bright scalp ring around a brain of three noisy tissues in random blobs, and their head masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(yy, xx)
+    images, heads = [], []
+    for _ in range(n):
+        blobs = ndimage.gaussian_filter(rng.random((size, size)), 2)
+        tissue = np.digitize(blobs, np.quantile(blobs, [0.2, 0.5]))
+        img = np.choose(tissue, rng.uniform([0.15, 0.4, 0.65], [0.25, 0.5, 0.75])) + rng.normal(0, 0.03, r.shape)
+        img = np.where(r < 15, img, np.where(r < 18, 0.9, 0.0))
+        images.append(img.clip(0, 1))
+        heads.append(r < 18)
+    return np.array(images, np.float32), np.array(heads)
+
+
+def test_tissue_equals_a_numpy_reference():
+    x, xh = _brain_slices(3, 0)
+    y, yh = _brain_slices(2, 1)
+    fake = (1 - x + np.random.default_rng(2).normal(0, 0.05, x.shape)).clip(0, 1).astype(np.float32)
+    t = lambda a: torch.tensor(a)[:, None]  # noqa: E731
+    xm, ym = U.tissue_masks(t(x), t(xh)), U.tissue_masks(t(y), t(yh))
+    ref_x, ref_y = _tissue_masks_ref(x, xh), _tissue_masks_ref(y, yh)
+    assert np.array_equal(xm.numpy() > 0, ref_x) and np.array_equal(ym.numpy() > 0, ref_y)
+    assert ref_x.any(axis=(0, 2, 3)).all() and not (ref_x.sum(1) > 1).any()  # every class found, none overlapping
+    # The binned W1 is the exact one of the values moved to their bins' lower edges.
+    edge = lambda a: np.minimum(np.floor(a * _BINS), _BINS - 1) / _BINS  # noqa: E731
+    w1 = [wasserstein_distance(edge(fake[ref_x[:, k]]), edge(y[ref_y[:, 2 - k]])) for k in range(3)]
+    got = U.tissue(t(fake), xm, t(y), ym).item()
+    assert got == pytest.approx(1 - np.mean(w1), abs=1e-5)
+    exact = [wasserstein_distance(fake[ref_x[:, k]], y[ref_y[:, 2 - k]]) for k in range(3)]
+    assert got == pytest.approx(1 - np.mean(exact), abs=1 / _BINS)
+
+
+def test_the_brain_leaves_out_scalp_and_slices_with_little_brain():
+    x, head = _brain_slices(2, 4)
+    brain = U.brain_mask(torch.tensor(head)[:, None])[:, 0].numpy() > 0
+    scalp = head & ~(np.hypot(*(np.mgrid[:40, :40] - 19.5)) < 15)
+    assert not (brain & scalp).any() and brain.sum() > 0.6 * (head & ~scalp).sum()
+    small = np.zeros_like(head)
+    small[0, 18:24, 18:24] = True  # a head of 36 pixels: no brain worth classifying; and a slice without a head
+    assert U.tissue_masks(torch.tensor(x)[:, None], torch.tensor(small)[:, None]).sum() == 0
+    assert U.brain_mask(torch.tensor(small)[:, None])[1].sum() == 0
+
+
+@pytest.fixture
+def real_anatomy(study_data: Path, tmp_path: Path) -> tuple[torch.Tensor, ...]:
+    """A few pairs of the real-anatomy benchmark (`python -m cyclegan.phantom --from`), as T1, T2 in [0, 1] and
+    their head masks [N, 1, H, W]."""
+    root = tmp_path
+    for side, names in {"T1": ("slice_020", "slice_030", "slice_040"), "T2": ("slice_080", "slice_100")}.items():
+        (root / "src" / side).mkdir(parents=True)
+        for n in names:
+            (root / "src" / side / f"{n}.png").symlink_to(study_data / side / f"{n}.png")
+    write_benchmark(root / "src", root / "out", seed=0)
+    names = sorted(p.name for p in (root / "out" / "T1").iterdir())
+    t1, t2 = (np.array([read_image(root / "out" / d / n) for n in names], np.float32) for d in ("T1", "T2"))
+    heads = [np.array([head_mask(s) for s in x]) for x in (t1, t2)]
+    return tuple(torch.tensor(a)[:, None] for a in (t1, t2, *heads))
+
+
+def _histogram_matched(x: torch.Tensor, x_head: torch.Tensor, ref: torch.Tensor, ref_head: torch.Tensor
+                       ) -> torch.Tensor:
+    """x remapped monotonically so that its head's intensities (pooled) take ref's head's distribution."""
+    xv, rv = x[x_head].numpy(), np.sort(ref[ref_head].numpy())
+    ranks = np.argsort(np.argsort(xv, kind="stable"), kind="stable") / (len(xv) - 1)
+    out = x.clone()
+    out[x_head] = torch.tensor(np.interp(ranks * (len(rv) - 1), np.arange(len(rv)), rv), dtype=torch.float32)
+    return out
+
+
+def test_tissue_sees_the_tissue_mapping_that_contrast_misses(real_anatomy):
+    t1, t2, t1_head, t2_head = real_anatomy
+    for x, x_head, y, y_head in ((t1, t1_head, t2, t2_head), (t2, t2_head, t1, t1_head)):
+        _check_tissue_against_histogram(x, x_head, y, y_head)
+
+
+def _check_tissue_against_histogram(x, x_head, y, y_head) -> None:
+    x_masks, y_masks = U.tissue_masks(x, x_head), U.tissue_masks(y, y_head)
+    candidates = {"truth": y, "copy": x, "inverted": 1 - x,
+                  # the target's histogram with the input's tissue order: CSF where the other contrast's WM is
+                  "matched": _histogram_matched(x, x_head, y, y_head)}
+    by_tissue = {k: U.tissue(v, x_masks, y, y_masks).item() for k, v in candidates.items()}
+    by_histogram = {k: contrast(v, x_head, y, y_head).item() for k, v in candidates.items()}
+    assert by_tissue["truth"] > 0.9 and by_tissue["copy"] < by_tissue["truth"] - 0.15, by_tissue
+    assert by_tissue["inverted"] < by_tissue["truth"] - 0.05, by_tissue
+    assert by_tissue["matched"] < by_tissue["truth"] - 0.15, by_tissue
+    # The point of the metric: the whole head's histogram scores the wrong mapping as well as the truth.
+    assert by_histogram["matched"] > by_histogram["truth"] - 0.01, by_histogram
+
+
+def test_tissue_ranks_the_truth_first_on_the_phantom(phantom):
+    x, y = _01(phantom.val.t1), _01(phantom.val.t2)
+    x_masks, y_masks = U.tissue_masks(x, phantom.val.t1_head), U.tissue_masks(y, phantom.val.t2_head)
+    score = lambda v: U.tissue(v, x_masks, y, y_masks).item()  # noqa: E731
+    matched = _histogram_matched(x, phantom.val.t1_head, y, phantom.val.t2_head)
+    assert score(y) > 0.95 and score(y) > max(score(x), score(1 - x), score(matched)) + 0.1
+
+
 # --- the noisy cycle -----------------------------------------------------------------------------------------------
 
 class _Affine(nn.Module):
@@ -202,10 +377,12 @@ def test_the_validation_pass_gives_every_metric_and_spreads_only_per_slice_ones(
     assert values.shape == (len(IMAGE_METRICS),) and torch.isfinite(values).all()
     assert {"rec_t1_noisy", "rec_t2_noisy"} <= set(outs)
     assert set(per_slice(outs, data.val)) == set(SLICE_METRICS)
-    assert set(SWD_METRICS) <= set(POOLED_METRICS) and not set(SWD_METRICS) & set(SLICE_METRICS)
+    assert set(SWD_METRICS + TISSUE_METRICS) <= set(POOLED_METRICS)
+    assert not set(SWD_METRICS + TISSUE_METRICS) & set(SLICE_METRICS)
     assert set(LOWER_IS_BETTER) == set(SWD_METRICS)
     got = evaluate(t.models.g_t1_t2, t.models.g_t2_t1, data.test, spread=True)
     assert {"anatomy_t1_t2_sd", "ssim_t2_t2_noisy_sd"} <= set(got) and "swd_t1_t2_sd" not in got
+    assert "tissue_t1_t2_sd" not in got and 0 < got["tissue_t1_t2"] <= 1
 
 
 @needs_cuda

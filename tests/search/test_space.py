@@ -24,6 +24,7 @@ import cyclegan.metrics
 from cyclegan.config import CHOICES, FIELD_NAMES, FIELD_TYPES, TrainConfig
 from cyclegan.memory import DataSize
 from search.packing import FixedShare
+from search.population import MUTABLE
 from search.space import (
     DEFAULT_WEIGHTS,
     POINT_NAME,
@@ -69,8 +70,10 @@ def test_shipped_space_loads_and_opens_with_a_comment(path: Path) -> None:
 
 
 def test_shipped_spaces_are_the_three_of_the_design() -> None:
-    # ... and an example that compares the generators, which full.yaml leaves at the U-Net until a GPU run has.
-    assert [p.name for p in SPACES] == ["full.yaml", "generators.yaml", "study_v1_v4.yaml", "unet_depth.yaml"]
+    # ... an example that compares the generators, which full.yaml leaves at the U-Net until a GPU run has, and one of
+    # population-based training.
+    assert [p.name for p in SPACES] == ["full.yaml", "generators.yaml", "pbt.yaml", "study_v1_v4.yaml",
+                                        "unet_depth.yaml"]
     assert "generator" not in load_space(ROOT / "spaces/full.yaml").params
     generators = load_space(ROOT / "spaces/generators.yaml")
     assert set(generators.params["generator"].choices) == {"unet", "resnet_9blocks", "resnet_6blocks"}
@@ -553,7 +556,8 @@ def test_reported_metrics_are_the_trainers_and_the_objective() -> None:
 
 _WORDS = [*TOP_KEYS, *FIELD_NAMES, *REPORTED_METRICS, "choice", "int", "float", "step", "log", "metric", "weights",
           "mode", "max", "min", "sampler", "tpe", "grid", "random", "cmaes", "num_samples", "type", "asha", "none",
-          "grace_period", "max_t", "gpus_per_trial", "lsgan", "bce", "transpose"]
+          "grace_period", "max_t", "gpus_per_trial", "lsgan", "bce", "transpose", "pbt", "pb2", "perturbation_interval",
+          "mutations", "synch", "quantile_fraction"]
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 600), st.integers(), st.floats(), st.text(max_size=8),
                      st.sampled_from(_WORDS))
 _keys = st.one_of(st.sampled_from(_WORDS), st.text(max_size=6), st.integers(-2, 2))
@@ -584,6 +588,26 @@ def _knob_values(name: str) -> st.SearchStrategy:
 @st.composite
 def _plausible_spaces(draw: st.DrawFn) -> dict:
     names = st.sampled_from(FIELD_NAMES)
+    params = draw(_plausible_params())
+    raw: dict = {"params": params, "fixed": draw(st.dictionaries(names, st.deferred(lambda: _any_knob), max_size=3))}
+    if draw(st.booleans()):
+        raw["search"] = {"sampler": draw(st.sampled_from(["tpe", "random", "grid"]))}
+    if draw(st.booleans()):
+        del raw["params"]
+        raw["points"] = draw(st.lists(st.dictionaries(names, st.deferred(lambda: _any_knob), max_size=3),
+                                      min_size=1, max_size=3))
+        raw.pop("search", None)
+    if draw(st.booleans()):
+        raw["scheduler"] = {"type": "pbt", "perturbation_interval": draw(st.integers(0, 3)),
+                            "mutations": draw(_plausible_params(knobs=st.sampled_from(MUTABLE + ("ngf",))))}
+        if draw(st.booleans()):
+            raw.pop("params", None)
+    return raw
+
+
+@st.composite
+def _plausible_params(draw: st.DrawFn, knobs: st.SearchStrategy | None = None) -> dict:
+    names = st.sampled_from(FIELD_NAMES) if knobs is None else knobs
     params = {}
     for name in draw(st.lists(names, min_size=1, max_size=4, unique=True)):
         values = _knob_values(name)
@@ -598,15 +622,7 @@ def _plausible_spaces(draw: st.DrawFn) -> dict:
         if draw(st.booleans()):
             spec["log"] = True
         params[name] = spec
-    raw: dict = {"params": params, "fixed": draw(st.dictionaries(names, st.deferred(lambda: _any_knob), max_size=3))}
-    if draw(st.booleans()):
-        raw["search"] = {"sampler": draw(st.sampled_from(["tpe", "random", "grid"]))}
-    if draw(st.booleans()):
-        del raw["params"]
-        raw["points"] = draw(st.lists(st.dictionaries(names, st.deferred(lambda: _any_knob), max_size=3),
-                                      min_size=1, max_size=3))
-        raw.pop("search", None)
-    return raw
+    return params
 
 
 _any_knob = st.sampled_from(FIELD_NAMES).flatmap(_knob_values)
@@ -618,7 +634,12 @@ _spaces = st.one_of(
         "points": st.lists(st.dictionaries(st.sampled_from(FIELD_NAMES), _scalars, max_size=4), max_size=3),
         "fixed": st.dictionaries(st.sampled_from(FIELD_NAMES), _scalars, max_size=3),
         "search": st.dictionaries(st.sampled_from(["sampler", "num_samples", "seed"]), _scalars, max_size=2),
-        "scheduler": st.dictionaries(st.sampled_from(["type", "grace_period", "max_t"]), _scalars, max_size=2),
+        "scheduler": st.one_of(
+            st.dictionaries(st.sampled_from(["type", "grace_period", "max_t"]), _scalars, max_size=2),
+            st.fixed_dictionaries({"type": st.sampled_from(["pbt", "pb2"]), "perturbation_interval": _scalars},
+                                  optional={"mutations": st.dictionaries(st.sampled_from(FIELD_NAMES), _distribution,
+                                                                         max_size=3),
+                                            "quantile_fraction": _scalars, "synch": _scalars})),
         "objective": st.dictionaries(st.sampled_from(["metric", "weights", "mode"]), _values, max_size=2),
     }),
 )
@@ -636,6 +657,9 @@ def test_loader_returns_a_space_or_a_space_error(raw: object) -> None:
     # A space that loads runs: every trial it can produce is a valid config.
     for config in space.trial_points() or []:
         TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
+    if space.population is not None:
+        for config in space.initial_population():
+            TrainConfig.from_dict({k: v for k, v in config.items() if k != POINT_NAME})
     if space.points is None and space.sampler != "grid":
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
         for _ in range(3):
