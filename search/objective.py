@@ -1,7 +1,8 @@
 """What a search selects on: one objective (a metric, or a weighted sum of several), or several.
 
     objective: {metric: ssim_t1_t2_head, mode: max}
-    objective: {weights: {contrast_t1_t2: 0.5, contrast_t2_t1: 0.5}, mode: max}       # the default
+    objective: {weights: {contrast_t1_t2: 0.45, contrast_t2_t1: 0.45, tissue_t1_t2: 0.05, tissue_t2_t1: 0.05},
+                mode: max}                                                          # the default
     objective: {metrics: [ssim_t1_t2_head, loss_cycle], modes: [max, min]}           # or a list of the single forms
 
 A trial reports the first as `objective`: ASHA stops trials by it, checkpoints are ranked by it and the winner is
@@ -28,9 +29,11 @@ REPORTED_METRICS: tuple[str, ...] = (*TRAINER_METRICS, OBJECTIVE)
 # An objective may weigh any of the trainer's metrics except the epoch counter.
 SELECTABLE: tuple[str, ...] = tuple(m for m in TRAINER_METRICS if m != "epoch")
 # The objective measured to rank trials closest to the truth on the paired benchmarks (docs/selection.md): how
-# closely the head's intensities in each translation follow real slices of the other contrast, both directions
-# alike. Cycle SSIM, the old partner, rewards a generator that hides its input in its output.
-DEFAULT_WEIGHTS: dict[str, float] = {"contrast_t1_t2": 0.5, "contrast_t2_t1": 0.5}
+# closely the head's intensities follow real slices of the other contrast (contrast_*), and whether each tissue class
+# of the input becomes the one it must (tissue_*, whose spread over trials is ~10x contrast's). Cycle SSIM, the old
+# partner, rewards a generator that hides its input in its output.
+DEFAULT_WEIGHTS: dict[str, float] = {"contrast_t1_t2": 0.45, "contrast_t2_t1": 0.45, "tissue_t1_t2": 0.05,
+                                     "tissue_t2_t1": 0.05}
 _OBJECTIVE_HELP = ("{metric: NAME, mode: max}, {weights: {NAME: w, ...}, mode: max}, or several: "
                    "{metrics: [NAME, NAME, ...], modes: [max, min, ...]} or a list of the single forms")
 
