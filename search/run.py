@@ -23,6 +23,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 
 from cyclegan.config import ConfigError, parse_overrides
-from cyclegan.data import SYNTHETIC, DataError, load_data
+from cyclegan.data import SYNTHETIC, DataError, Slices, read_data, source_name
 from cyclegan.tensorboard import TABLE3
 from search.packing import driver_gpu_bytes
 from search.space import AUTO, Space, SpaceError, load_space
@@ -50,7 +51,9 @@ _interrupted = threading.Event()
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("space", type=Path, help="a search space file, e.g. spaces/unet_depth.yaml")
-    p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
+    p.add_argument("--data", default="synthetic",
+                   help="a folder holding T1/ and T2/, an s3://, gs:// or file:// URI of one, or 'synthetic' "
+                        "(default); read once here and handed to the trials through Ray's object store")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
     p.add_argument("--gpus-per-trial", type=number_or_auto, metavar="F|auto",
@@ -90,7 +93,8 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     """Checks everything the user gave before Ray starts; returns (space, storage, name).
 
     For `gpus_per_trial: auto` it also sets `args.gpu_bytes`, the memory of this machine's GPU (None without one):
-    joining a cluster (`--address`) with neither that nor `gpu_memory_gib` is refused here.
+    joining a cluster (`--address`) with neither that nor `gpu_memory_gib` is refused here. It reads `--data` (the
+    only read of it: see `read_trial_data`) into `args.trial_data`.
     """
     space = load_space(args.space).with_overrides(parse_overrides(args.overrides))
     space = space.replace_search(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
@@ -101,9 +105,6 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         args.gpu_bytes = driver_gpu_bytes()
         if args.address is not None:
             space.resources(args.gpu_bytes)  # a cluster's GPUs may not have started yet: refuse now, not later
-    load_data(args.data, 32)  # refuses a missing or unreadable folder now, not in every trial
-    if args.data != SYNTHETIC:
-        args.data = str(Path(args.data).resolve())  # trials run in folders of their own
     name = args.name or args.space.stem
     storage = args.storage
     if "://" not in storage:
@@ -111,6 +112,7 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         if root.exists() and not root.is_dir():
             raise DataError(f"--storage {storage}: is a file; expected a folder for runs")
         run_dir = root / name
+        fresh = not run_dir.exists()
         started = run_dir.is_dir() and any(run_dir.glob(EXPERIMENT_STATE_GLOB))
         if started and not args.resume:
             raise DataError(f"{run_dir}: a run of this name exists; pass --resume to continue it, or --name")
@@ -121,7 +123,31 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         except OSError as e:
             raise DataError(f"--storage {storage}: cannot create {run_dir} ({e.strerror})") from None
         storage = str(root)
+    if args.data != SYNTHETIC and "://" not in args.data:
+        args.data = str(Path(args.data).expanduser().resolve())  # named so in the report, whatever the cwd
+    try:  # last, as the slowest check: a large data set is read only once the rest is known to be right
+        args.trial_data, args.read_seconds = read_trial_data(args.data)
+    except DataError:
+        if "://" not in storage and fresh:
+            run_dir.rmdir()  # made just above, still empty: a refused run leaves nothing behind
+        raise
     return space, storage, name
+
+
+def read_trial_data(data: str) -> tuple[Slices | str, float]:
+    """What every trial builds its data from: the folder (or URI) `data` read once, here, or "synthetic".
+
+    The slices go to the trials through Ray's object store (`tune.with_parameters` puts them there once), so a
+    trial on any node of a cluster starts from memory and never reads `--data`, which a worker node may not
+    have. A missing or unreadable folder is refused here, before Ray starts. The phantom is not read but drawn
+    in each trial: it is a function of the trial's resize and seed, takes about a second, and reads no file.
+    Returns the data and the seconds its reading took.
+    """
+    if data == SYNTHETIC:
+        return data, 0.0
+    start = time.perf_counter()
+    slices = read_data(data)
+    return slices, time.perf_counter() - start
 
 
 # Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
@@ -202,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.trainable import train_trial
 
+    if isinstance(args.trial_data, Slices):
+        print(f"data: {args.trial_data.count} slices ({args.trial_data.nbytes / 2**20:.1f} MiB) read from "
+              f"{args.data} in {args.read_seconds:.1f} s", file=sys.stderr)
     quiet_console()
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)
@@ -217,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         return 2
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
+        tune.with_parameters(train_trial, data=args.trial_data, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, resources=resources,
                              view=tensorboard_view(space)),
         resources)
@@ -255,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if study is not None:
             close_study(study)
             reconcile_study(study, results)
-        code = summarise(results, space, args.data, run_path, study)
+        code = summarise(results, space, args.trial_data, run_path, study)
         ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
     return code
 
@@ -323,7 +352,7 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     done = len(outcomes) - len(running)
     code = INTERRUPTED
     if args.export_on_interrupt:
-        summarise(results, space, args.data, run_path, study, outcomes=outcomes)
+        summarise(results, space, args.trial_data, run_path, study, outcomes=outcomes)
     command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
     again = shlex.join(["python", "-m", "search.run", *command, *([] if args.resume else ["--resume"])])
     print(f"interrupted: {done} of {len(outcomes)} trials ended, {len(running)} interrupted"
@@ -331,9 +360,12 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     return code
 
 
-def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None,
+def summarise(results: Any, space: Space, data: Slices | str, run_path: str, study: StudyStore | None = None,
               outcomes: list | None = None) -> int:
-    """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code."""
+    """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code.
+
+    `data` is what the trials were handed (`read_trial_data`): the finalists are scored on it, not on `--data`.
+    """
     import tempfile
 
     from search.export import SELECTION, export
@@ -355,10 +387,10 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
         curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)
     plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
-    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path,
-                 plots_source)
+    write_report(summary / "report.md", outcomes, winner, finalists, space, source_name(data), plots, samples, study,
+                 run_path, plots_source)
     (summary / SELECTION).write_text(json.dumps({
-        "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
+        "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": source_name(data),
         "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported
         "trials": [{"trial_id": o.trial_id, "path": o.path, "status": o.status, "rescore_val": o.val_rescore,
                     "test": o.test} for o in outcomes],

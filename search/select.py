@@ -24,7 +24,7 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.config import FIELD_NAMES, TrainConfig
-from cyclegan.data import load_data
+from cyclegan.data import Slices, load_data
 from cyclegan.evaluate import evaluate
 from cyclegan.precision import tf32
 from search.space import POINT_NAME
@@ -107,7 +107,7 @@ def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
     return sorted(usable, key=lambda o: o.val_objective, reverse=mode == "max")
 
 
-def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = "test") -> dict[str, float]:
+def rescore(o: TrialOutcome, data: str | Slices, device: str | None = None, split: str = "test") -> dict[str, float]:
     """The trial's best checkpoint scored on a split ("val" or "test") of its own data and size, every slice of it,
     at full precision (fp32, no autocast, no TF32), with the spread over slices."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,7 +121,7 @@ def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = 
 Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split
 
 
-def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None,
+def choose(outcomes: list[TrialOutcome], objective, data: str | Slices, top_k: int, device: str | None = None,
            score: Scorer | None = None) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
     """Picks the winner on val and only then scores test; returns (winner, the finalists best first).
 

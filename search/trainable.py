@@ -1,10 +1,11 @@
 """The Ray Tune function trainable: one trial is one `cyclegan.fit` run.
 
-Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
-device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a space of several objectives)
-go to `tune.report`, with a checkpoint every `checkpoint_every` epochs and at the end. A retried or resumed
-trial restarts from `tune.get_checkpoint()`, or, where that one is damaged, from the newest older checkpoint
-of the trial that still reads.
+Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the trial builds its data set at its
+resize from the slices the driver read once (`search.run.read_trial_data`, handed over through Ray's object
+store by `tune.with_parameters`: a trial never reads `--data`), and every epoch's metrics (plus `objective`, and
+`objective_<i>` for a space of several objectives) go to `tune.report`, with a checkpoint every
+`checkpoint_every` epochs and at the end. A retried or resumed trial restarts from `tune.get_checkpoint()`, or,
+where that one is damaged, from the newest older checkpoint of the trial that still reads.
 
 Each checkpoint carries the trial's `metrics.jsonl` up to its epoch. Ray runs a trial in a working folder of
 its session and copies it to the run's storage; a trial resumed in a new session (after `--resume`) starts
@@ -15,8 +16,9 @@ Each trial's GPU share is the one Ray gave it (`tune.get_context().get_trial_res
 `gpus_per_trial`, or for `auto` the share `search.packing` sized from its estimated memory), and its memory is
 capped to that share, its CUDA context included (`search.packing.allocator_fraction`). `resources.json` in its
 folder records what it was given: the share, the allocator's cap, its estimated memory, the GPU ids Ray
-assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), and
-when it started and ended (a trial that ASHA stops may be copied to storage before its end is written).
+assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), how
+long it took to build its data set (`data_seconds`), and when it started and ended (a trial that ASHA stops may
+be copied to storage before its end is written).
 
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
@@ -50,7 +52,7 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
-from cyclegan.data import load_data
+from cyclegan.data import SYNTHETIC, Dataset, Slices, build_dataset, synthetic_data
 from cyclegan.tensorboard import TABLE3, HParams
 from cyclegan.train import fit
 from search.packing import AutoResources, allocator_fraction, needed_bytes, trial_config
@@ -65,11 +67,12 @@ MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf
                 "compile")
 
 
-def train_trial(config: dict[str, Any], *, data: str,
+def train_trial(config: dict[str, Any], *, data: Slices | str,
                 objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
                 checkpoint_every: int = 1, resources: Mapping[str, float] | AutoResources | None = None,
                 view: TensorBoardView | None = None) -> None:
-    """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
+    """`data` is the slices the driver read, or "synthetic" (the phantom, drawn here at the trial's resize and seed).
+    `objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
     every objective metric to report. `resources` is what the trainable was given to `tune.with_resources`
     (`Space.resources()`), used for the GPU share only where Ray does not say it. `view` says which knobs the
     search varies and which metrics HParams compares trials by (default: none varied, the objective first)."""
@@ -85,16 +88,31 @@ def train_trial(config: dict[str, Any], *, data: str,
     shown = {k: knobs[k] for k in view.varied if k in knobs} or knobs
     hparams = HParams(shown, view.metrics, frozenset(view.varied), trial_dir.name)
     try:
-        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams)
+        start = time.perf_counter()
+        dataset = trial_dataset(data, cfg)
+        record["data_seconds"] = round(time.perf_counter() - start, 3)  # what the trial spent on its data
+        _train(cfg, trial_dir, dataset, objective, checkpoint_every, gpu_share, hparams)
     finally:
         record["ended"] = time.time()
         (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
 
 
-def _train(cfg: TrainConfig, trial_dir: Path, data: str,
+def trial_dataset(data: Slices | str, cfg: TrainConfig) -> Dataset:
+    """The trial's data set at its resize, from the slices the driver read, or the phantom at its seed.
+
+    A path is refused: on a cluster it names a folder of the driver's machine, which the trial's may not have.
+    """
+    if isinstance(data, Slices):
+        return build_dataset(data, cfg.resize)
+    if data == SYNTHETIC:
+        return synthetic_data(cfg.resize, cfg.seed)
+    raise TypeError(f"a trial takes the slices search.run read (cyclegan.data.read_data) or {SYNTHETIC!r}, "
+                    f"not {data!r}")
+
+
+def _train(cfg: TrainConfig, trial_dir: Path, dataset: Dataset,
            objective: Callable[[dict[str, Any]], float | Mapping[str, float]], checkpoint_every: int,
            gpu_share: float, hparams: HParams) -> None:
-    dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
 
     restored = tune.get_checkpoint()
