@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     from search.trainable import train_trial
 
     if isinstance(args.trial_data, Slices):
-        print(f"data: {args.trial_data.count} slices ({args.trial_data.nbytes / 2**20:.1f} MiB) read from "
-              f"{args.data} in {args.read_seconds:.1f} s", file=sys.stderr)
+        print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, val "
+              f"and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray", file=sys.stderr)
     quiet_console()
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)

@@ -91,10 +91,11 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
         start = time.perf_counter()
         dataset = trial_dataset(data, cfg)
         record["data_seconds"] = round(time.perf_counter() - start, 3)  # what the trial spent on its data
+        write_record(trial_dir / RESOURCES, record)  # before the first report syncs the folder
         _train(cfg, trial_dir, dataset, objective, checkpoint_every, gpu_share, hparams)
     finally:
         record["ended"] = time.time()
-        (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
+        write_record(trial_dir / RESOURCES, record)
 
 
 def trial_dataset(data: Slices | str, cfg: TrainConfig) -> Dataset:
@@ -261,8 +262,16 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
         context = ray.get_runtime_context()
         record.update(gpu_ids=[str(i) for i in ray.get_gpu_ids()], assigned=context.get_assigned_resources(),
                       node_id=context.get_node_id())
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(path, record)
     return share, record
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Writes `record` as JSON whole or not at all: Ray copies the trial's folder to storage while the trial
+    runs, and a trial stopped by ASHA is ended wherever it is; a copy or an end mid-write left an empty file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def cap_gpu_memory(share: float) -> float | None:
