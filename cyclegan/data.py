@@ -153,26 +153,30 @@ def load_data(source: str | Path | Slices, resize: int, seed: int = 0) -> Datase
 
 @dataclass(frozen=True)
 class Slices:
-    """A data folder read once: every slice decoded, scaled to [0, 1] at its own size, and split.
+    """A data folder read once: every slice decoded, scaled to [0, 1] and split; val and test also squared at the
+    eval size and their heads masked.
 
-    What `read_data` leaves is the same for every trial of a search (whatever its resize or seed): the files'
-    reading, 16-bit scaling, NIfTI decoding, pairing and split. `build_dataset` does the rest, squaring and
-    resizing. `search.run` reads a folder once and hands this to every trial through Ray's object store.
+    All of it is the same for every trial of a search (whatever its resize or seed): the files' reading, 16-bit
+    scaling, NIfTI decoding, pairing, split, and the held-out slices, which every trial scores at one size.
+    `build_dataset` does the rest, squaring and resizing the training slices. `search.run` reads a folder once
+    and hands this to every trial through Ray's object store (numpy arrays: read there without a copy).
     """
 
     source: str
     paired: bool
     eval_size: int
-    parts: dict[str, dict[str, list[tuple[str, str, np.ndarray]]]]  # part -> domain -> (subject, name, slice)
+    names: dict[str, dict[str, list[tuple[str, str]]]]  # part -> domain -> (subject, name) of each slice
+    train: dict[str, list[np.ndarray]]  # domain -> its training slices at their own sizes, float32 in [0, 1]
+    held_out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # val/test -> domain -> ([N, S, S], head masks)
 
     @property
     def count(self) -> int:
-        return sum(len(slices) for domains in self.parts.values() for slices in domains.values())
+        return sum(len(names) for domains in self.names.values() for names in domains.values())
 
     @property
     def nbytes(self) -> int:
-        return sum(img.nbytes for domains in self.parts.values() for slices in domains.values()
-                   for _, _, img in slices)
+        return (sum(img.nbytes for slices in self.train.values() for img in slices)
+                + sum(a.nbytes for domains in self.held_out.values() for pair in domains.values() for a in pair))
 
 
 def read_data(source: str | Path) -> Slices:
@@ -192,16 +196,34 @@ def read_data(source: str | Path) -> Slices:
     else:
         stacks = {d: [s.take(s.head) for s in ss] for d, ss in read.items()}
         labels = split_stacks(stacks)
+    eval_size = evaluation_size(stacks)
     slices = {d: [(s.subject, name, img) for s in ss for name, img in zip(s.names, s.images)]
               for d, ss in stacks.items()}
-    parts = {}
+    names, train, held_out = {}, {}, {}
     for part in PARTS:
-        parts[part] = {d: [one for one, lab in zip(slices[d], labels[d]) if lab == part] for d in DOMAINS}
-        if paired and not all(parts[part].values()):
+        picked = {d: [one for one, lab in zip(slices[d], labels[d]) if lab == part] for d in DOMAINS}
+        if paired and not all(picked.values()):
             raise DataError(f"{root}: too few {part} slices to give each contrast its own; a paired folder needs "
                             f"more than {MIN_SLICES} slices")
+        names[part] = {d: [(subject, name) for subject, name, _ in picked[d]] for d in DOMAINS}
+        images = {d: [img for _, _, img in picked[d]] for d in DOMAINS}
+        if part == "train":
+            train = images
+        else:  # scored at one size by every trial: squared and masked once, here, not in each trial
+            held_out[part] = {d: _squares(images[d], eval_size) for d in DOMAINS}
     # A URI as typed (a query such as ?region= included), so that search.export can read it again.
-    return Slices(str(source) if "://" in str(source) else str(root), paired, evaluation_size(stacks), parts)
+    return Slices(str(source) if "://" in str(source) else str(root), paired, eval_size, names, train, held_out)
+
+
+def _squares(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, size, size] squares of `images` (`to_square`) in [0, 1], and their head masks."""
+    def one(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        square = to_square(image, size)
+        return square, head_mask(square)
+
+    done = _in_parallel(one, images)
+    return (np.stack([sq for sq, _ in done]) if done else np.zeros((0, size, size), np.float32),
+            np.stack([m for _, m in done]) if done else np.zeros((0, size, size), bool))
 
 
 def source_name(data: str | Path | Slices) -> str:
@@ -210,16 +232,17 @@ def source_name(data: str | Path | Slices) -> str:
 
 
 def build_dataset(data: Slices, resize: int) -> Dataset:
-    """`data` as tensors: train padded to squares and resized to `resize`, val and test to the eval size."""
-    parts, subjects = {}, {}
-    for part in PARTS:
-        size = resize if part == "train" else data.eval_size
-        picked = data.parts[part]
-        arrays = [np.stack([to_square(img, size) for _, _, img in picked[d]]) if picked[d]
-                  else np.zeros((0, size, size), np.float32) for d in DOMAINS]
-        names = [[name for _, name, _ in picked[d]] for d in DOMAINS]
-        parts[part] = _slice_set(*arrays, *names, paired=data.paired and part != "train", resize=resize)
-        subjects[part] = {d: sorted({subject for subject, _, _ in picked[d]}) for d in DOMAINS}
+    """`data` as tensors: train padded to squares and resized to `resize`; val and test as read, at the eval size."""
+    parts = {"train": _slice_set(*[np.stack([to_square(img, resize) for img in data.train[d]]) if data.train[d]
+                                   else np.zeros((0, resize, resize), np.float32) for d in DOMAINS],
+                                 *[[name for _, name in data.names["train"][d]] for d in DOMAINS],
+                                 paired=False, resize=resize)}
+    for part, domains in data.held_out.items():
+        (t1, t1_head), (t2, t2_head) = (domains[d] for d in DOMAINS)
+        parts[part] = _slice_set(t1, t2, *[[name for _, name in data.names[part][d]] for d in DOMAINS],
+                                 paired=data.paired, resize=resize, heads=(t1_head, t2_head))
+    subjects = {part: {d: sorted({subject for subject, _ in names}) for d, names in domains.items()}
+                for part, domains in data.names.items()}
     return Dataset(parts["train"], parts["val"], parts["test"], source=data.source, eval_size=data.eval_size,
                    subjects=subjects)
 
@@ -544,11 +567,14 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     return labels == largest
 
 
-def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int) -> SliceSet:
-    """A SliceSet from [N, S, S] arrays in [0, 1]."""
+def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int,
+               heads: tuple[np.ndarray, np.ndarray] | None = None) -> SliceSet:
+    """A SliceSet from [N, S, S] arrays in [0, 1], and their head masks where they are drawn already."""
     images = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None] * 2 - 1) for x in (t1, t2)]
-    masks = [torch.from_numpy(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape)[:, None])
-             for x in (t1, t2)]
+    if heads is None:
+        heads = tuple(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape) for x in (t1, t2))
+    # A copy: arrays from Ray's object store are read-only views of shared memory.
+    masks = [torch.from_numpy(np.array(m, dtype=bool)[:, None]) for m in heads]
     return SliceSet(*images, *masks, tuple(t1_names), tuple(t2_names), paired, resize)
 
 
