@@ -12,10 +12,11 @@ the translations back). `eval_size` is the folder's own square side when all its
 (217 for 181x217 slices), else EVAL_SIZE. The whole set is a handful of megabytes, so it lives as one
 tensor per split on the training device and batches are gathered by index: no DataLoader.
 
-A folder is a local path or an s3://, gs:// or file:// URI (`cyclegan.files`). Reading it, `read_data`, is
-what no trial's knobs change: the files' decoding and scaling, the pairing and the split, done once (its files on
-READ_THREADS threads) into `Slices`; `build_dataset` then pads and resizes those for one `resize`. A search reads
-once in its driver and hands the `Slices` to every trial (`search.run`); `load_data` does both in one call.
+A folder is a local path or an s3://, gs:// or file:// URI (`cyclegan.files`). Reading it, `read_data`, does
+what no trial's knobs change, once: the files' decoding and scaling (on READ_THREADS threads), the pairing, the
+split, and val and test at the eval size with their head masks, into `Slices`; `build_dataset` then pads and
+resizes the training slices for one `resize`. A search reads in its driver and hands the `Slices` to every
+trial (`search.run`); `load_data` does both in one call.
 
 A folder is paired when the two contrasts show the same anatomy slice for slice: T1/ and T2/ hold the
 same PNG file names (of the same sizes), and every subject has one T1 and one T2 volume of one shape and
