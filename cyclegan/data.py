@@ -12,6 +12,12 @@ the translations back). `eval_size` is the folder's own square side when all its
 (217 for 181x217 slices), else EVAL_SIZE. The whole set is a handful of megabytes, so it lives as one
 tensor per split on the training device and batches are gathered by index: no DataLoader.
 
+A folder is a local path or an s3://, gs:// or file:// URI (`cyclegan.files`). Reading it, `read_data`, does
+what no trial's knobs change, once: the files' decoding and scaling (on READ_THREADS threads), the pairing, the
+split, and val and test at the eval size with their head masks, into `Slices`; `build_dataset` then pads and
+resizes the training slices for one `resize`. A search reads in its driver and hands the `Slices` to every
+trial (`search.run`); `load_data` does both in one call.
+
 A folder is paired when the two contrasts show the same anatomy slice for slice: T1/ and T2/ hold the
 same PNG file names (of the same sizes), and every subject has one T1 and one T2 volume of one shape and
 affine (co-registered, as IXI and BraTS ship them). Then val and test are paired (t1[i] and t2[i] the same
@@ -36,11 +42,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -51,6 +60,7 @@ from cyclegan.common import HEAD_THRESHOLD, DataError, robust_range, robust_scal
 
 # Defined below nifti, which needs them too; PERCENTILES is re-exported for callers of this module.
 from cyclegan.common import PERCENTILES as PERCENTILES
+from cyclegan.files import Folder, open_folder
 from cyclegan.phantom import Phantom, make_phantom
 
 DOMAINS = ("T1", "T2")
@@ -66,6 +76,8 @@ SYNTHETIC = "synthetic"
 SYNTHETIC_SLICES = 60
 # The side val and test are held at when a folder's slices differ in size, and the phantom's.
 EVAL_SIZE = 256
+# Files read and decoded at once (`read_domain`): enough to hide a cloud store's delay per request.
+READ_THREADS = 16
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
 
@@ -133,11 +145,52 @@ class Dataset:
         path.write_text(json.dumps(self.split(), indent=1) + "\n")
 
 
-def load_data(source: str | Path, resize: int, seed: int = 0) -> Dataset:
-    """Loads `source` (a folder with T1/ and T2/, or "synthetic"): train at `resize`, val and test at eval size."""
+def load_data(source: str | Path | Slices, resize: int, seed: int = 0) -> Dataset:
+    """Loads `source` (a folder or URI holding T1/ and T2/, slices `read_data` read, or "synthetic"): train at
+    `resize`, val and test at eval size."""
+    if isinstance(source, Slices):
+        return build_dataset(source, resize)
     if str(source) == SYNTHETIC:
         return synthetic_data(resize, seed)
-    root = Path(source)
+    return build_dataset(read_data(source), resize)
+
+
+@dataclass(frozen=True)
+class Slices:
+    """A data folder read once: every slice decoded, scaled to [0, 1] and split; val and test also squared at the
+    eval size and their heads masked.
+
+    All of it is the same for every trial of a search (whatever its resize or seed): the files' reading, 16-bit
+    scaling, NIfTI decoding, pairing, split, and the held-out slices, which every trial scores at one size.
+    `build_dataset` does the rest, squaring and resizing the training slices. `search.run` reads a folder once
+    and hands this to every trial through Ray's object store (numpy arrays: read there without a copy).
+    """
+
+    source: str
+    paired: bool
+    eval_size: int
+    names: dict[str, dict[str, list[tuple[str, str]]]]  # part -> domain -> (subject, name) of each slice
+    train: dict[str, list[np.ndarray]]  # domain -> its training slices at their own sizes, float32 in [0, 1]
+    held_out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # val/test -> domain -> ([N, S, S], head masks)
+    bits: int = 16  # 8 where every slice is an 8-bit PNG: the training slices then sit on the GPU as uint8
+
+    @property
+    def count(self) -> int:
+        return sum(len(names) for domains in self.names.values() for names in domains.values())
+
+    @property
+    def nbytes(self) -> int:
+        return (sum(img.nbytes for slices in self.train.values() for img in slices)
+                + sum(a.nbytes for domains in self.held_out.values() for pair in domains.values() for a in pair))
+
+
+def read_data(source: str | Path) -> Slices:
+    """Reads a folder, or an s3://, gs:// or file:// URI (`cyclegan.files`), holding T1/ and T2/, and splits it.
+
+    Every problem with the data (a missing folder, an unreadable file, too few slices) is raised here as a
+    DataError naming it; `build_dataset` then cannot fail on the data.
+    """
+    root = open_folder(source)
     if not root.is_dir():
         raise DataError(f"{root}: no such data folder; expected a folder holding T1/ and T2/, or 'synthetic'")
     read = {domain: read_domain(root / domain) for domain in DOMAINS}
@@ -151,21 +204,53 @@ def load_data(source: str | Path, resize: int, seed: int = 0) -> Dataset:
     eval_size = evaluation_size(stacks)
     slices = {d: [(s.subject, name, img) for s in ss for name, img in zip(s.names, s.images)]
               for d, ss in stacks.items()}
-    parts, subjects = {}, {}
+    names, train, held_out = {}, {}, {}
     for part in PARTS:
-        size = resize if part == "train" else eval_size
         picked = {d: [one for one, lab in zip(slices[d], labels[d]) if lab == part] for d in DOMAINS}
         if paired and not all(picked.values()):
             raise DataError(f"{root}: too few {part} slices to give each contrast its own; a paired folder needs "
                             f"more than {MIN_SLICES} slices")
-        arrays = [np.stack([to_square(img, size) for _, _, img in picked[d]]) if picked[d]
-                  else np.zeros((0, size, size), np.float32) for d in DOMAINS]
-        names = [[name for _, name, _ in picked[d]] for d in DOMAINS]
-        parts[part] = _slice_set(*arrays, *names, paired=paired and part != "train", resize=resize)
-        subjects[part] = {d: sorted({subject for subject, _, _ in picked[d]}) for d in DOMAINS}
+        names[part] = {d: [(subject, name) for subject, name, _ in picked[d]] for d in DOMAINS}
+        images = {d: [img for _, _, img in picked[d]] for d in DOMAINS}
+        if part == "train":
+            train = images
+        else:  # scored at one size by every trial: squared and masked once, here, not in each trial
+            held_out[part] = {d: _squares(images[d], eval_size) for d in DOMAINS}
     bits = max(s.bits for ss in stacks.values() for s in ss)
-    return Dataset(parts["train"], parts["val"], parts["test"], source=str(root), eval_size=eval_size,
-                   subjects=subjects, bits=bits)
+    # A URI as typed (a query such as ?region= included), so that search.export can read it again.
+    return Slices(str(source) if "://" in str(source) else str(root), paired, eval_size, names, train, held_out, bits)
+
+
+def _squares(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, size, size] squares of `images` (`to_square`) in [0, 1], and their head masks."""
+    def one(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        square = to_square(image, size)
+        return square, head_mask(square)
+
+    done = _in_parallel(one, images)
+    return (np.stack([sq for sq, _ in done]) if done else np.zeros((0, size, size), np.float32),
+            np.stack([m for _, m in done]) if done else np.zeros((0, size, size), bool))
+
+
+def source_name(data: str | Path | Slices) -> str:
+    """Where data came from, as the user named it: a folder, a URI or "synthetic"."""
+    return data.source if isinstance(data, Slices) else str(data)
+
+
+def build_dataset(data: Slices, resize: int) -> Dataset:
+    """`data` as tensors: train padded to squares and resized to `resize`; val and test as read, at the eval size."""
+    parts = {"train": _slice_set(*[np.stack([to_square(img, resize) for img in data.train[d]]) if data.train[d]
+                                   else np.zeros((0, resize, resize), np.float32) for d in DOMAINS],
+                                 *[[name for _, name in data.names["train"][d]] for d in DOMAINS],
+                                 paired=False, resize=resize)}
+    for part, domains in data.held_out.items():
+        (t1, t1_head), (t2, t2_head) = (domains[d] for d in DOMAINS)
+        parts[part] = _slice_set(t1, t2, *[[name for _, name in data.names[part][d]] for d in DOMAINS],
+                                 paired=data.paired, resize=resize, heads=(t1_head, t2_head))
+    subjects = {part: {d: sorted({subject for subject, _ in names}) for d, names in domains.items()}
+                for part, domains in data.names.items()}
+    return Dataset(parts["train"], parts["val"], parts["test"], source=data.source, eval_size=data.eval_size,
+                   subjects=subjects, bits=data.bits)
 
 
 def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES, eval_size: int = EVAL_SIZE
@@ -336,29 +421,52 @@ class Stack:
                        head=self.head[idx])
 
 
-def read_domain(folder: Path) -> list[Stack]:
+def read_domain(folder: Folder | Path | str) -> list[Stack]:
     """Reads one domain's PNG slices (a stack a subject, sorted by slice number) and volumes (one stack each).
 
-    PNG slices whose names carry no subject (`png_subject`) are one head, "<domain> PNG slices".
+    PNG slices whose names carry no subject (`png_subject`) are one head, "<domain> PNG slices". The files are
+    read and decoded on READ_THREADS threads: a cloud store answers each request after a delay of its own, and
+    PNG and gzip decoding let other threads run.
     """
+    folder = folder if isinstance(folder, Folder) else open_folder(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; a data folder must hold {' and '.join(d + '/' for d in DOMAINS)}")
     from cyclegan import nifti  # nibabel only where there are volumes
 
-    pngs = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
-    volumes = sorted(p for p in folder.iterdir() if nifti.is_nifti(p) and p.is_file())
+    entries = folder.entries()
+    # A folder named like a slice is a slice that cannot be read; one named like a volume is passed over.
+    pngs = sorted((n for n in entries if Path(n).suffix.lower() in IMAGE_SUFFIXES), key=_slice_order)
+    volumes = sorted(n for n, is_file in entries.items() if nifti.is_nifti(n) and is_file)
     if not pngs and not volumes:
         raise DataError(f"{folder}: no slices; expected {'/'.join(IMAGE_SUFFIXES + nifti.NIFTI_SUFFIXES)} files")
-    heads: dict[str | None, list[Path]] = {}
-    for path in pngs:
-        heads.setdefault(png_subject(path.name), []).append(path)
-    stacks = [_png_stack(subject or f"{folder.name} PNG slices", paths)
-              for subject, paths in sorted(heads.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
-    for path in volumes:
-        vol = nifti.read_volume(path)
-        stacks.append(Stack(subject_of(path.name), vol.names, vol.slices, vol.head,
-                            (vol.data.shape, np.asarray(vol.image.affine))))
-    return stacks
+
+    def read(name: str) -> tuple[np.ndarray, bool] | Stack:
+        if not entries[name]:
+            raise DataError(f"{folder.where(name)}: not a readable image (a folder)")
+        raw = folder.read(name)
+        if not nifti.is_nifti(name):
+            return _read_pixels(io.BytesIO(raw), folder.where(name), with_depth=True)
+        vol = nifti.read_volume(folder.where(name), raw)  # only its slices are kept, not the whole volume
+        return Stack(subject_of(name), vol.names, vol.slices, vol.head,
+                     (vol.data.shape, np.asarray(vol.image.affine)))
+
+    done = dict(zip(pngs + volumes, _in_parallel(read, pngs + volumes)))
+    heads: dict[str | None, list[str]] = {}
+    for name in pngs:
+        heads.setdefault(png_subject(name), []).append(name)
+    stacks = [_png_stack(subject or f"{folder.name} PNG slices", names, [done[n] for n in names])
+              for subject, names in sorted(heads.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
+    return stacks + [done[name] for name in volumes]
+
+
+def _in_parallel(fn: Callable[[str], Any], items: list[str]) -> list[Any]:
+    """`fn` over `items` on READ_THREADS threads, in order; the first error is raised and what has not started
+    is dropped, so a bad file in a large folder is refused without reading the rest."""
+    pool = ThreadPoolExecutor(READ_THREADS)
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def subject_of(name: str) -> str:
@@ -389,7 +497,7 @@ def _less_contrast(name: str) -> str:
     return re.sub(r"[_.-]+t[12]w?$", "", name, flags=re.IGNORECASE)
 
 
-def _png_stack(subject: str, paths: list[Path]) -> Stack:
+def _png_stack(subject: str, names: list[str], read: list[tuple[np.ndarray, bool, int]]) -> Stack:
     """One subject's PNG slices in [0, 1]: 8-bit ones over 255, 16-bit ones scaled together by percentiles.
 
     The 16-bit slices are scaled per head (all of them at once), as a volume is, not each by its own: a slice's
@@ -398,12 +506,11 @@ def _png_stack(subject: str, paths: list[Path]) -> Stack:
     16-bit PNG export of a volume trains as the volume does. 12-bit data stored in 16 bits is no longer
     nearly black (over 65535), with a head mask of nearly nothing.
     """
-    read = [_read_pixels(p, with_depth=True) for p in paths]
     deep = [array for array, is_deep, _ in read if is_deep]
     low, high = robust_range(np.concatenate([a.ravel() for a in deep])) if deep else (0.0, 1.0)
     images = [robust_scale(array, low, high) if is_deep else array for array, is_deep, _ in read]
     bits = max(b for _, _, b in read)
-    return Stack(subject, [p.name for p in paths], images, np.ones(len(paths), dtype=bool), bits=bits)
+    return Stack(subject, names, images, np.ones(len(names), dtype=bool), bits=bits)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -416,9 +523,13 @@ def read_image(path: Path) -> np.ndarray:
     return robust_scale(array, *robust_range(array)) if deep else array
 
 
-def _read_pixels(path: Path, with_depth: bool = False) -> tuple:
+def _read_pixels(path: Path | BinaryIO, where: Path | str | None = None, with_depth: bool = False) -> tuple:
     """An image's grey values: 8-bit (and colour) ones in [0, 1], and whether it is 16-bit (its raw values);
-    `with_depth` adds its bits a pixel (8, or 16 for 16-bit and float images)."""
+    `with_depth` adds its bits a pixel (8, or 16 for 16-bit and float images).
+
+    `path` is a file's path or its bytes as a stream; `where` names it in messages (default: `path`).
+    """
+    where = path if where is None else where
     deep, bits = False, 8
     try:
         with Image.open(path) as img:
@@ -431,9 +542,9 @@ def _read_pixels(path: Path, with_depth: bool = False) -> tuple:
                 array = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # DecompressionBombError: a header claiming billions of pixels (PIL's guard), not an MRI slice.
-        raise DataError(f"{path}: not a readable image ({e})") from None
+        raise DataError(f"{where}: not a readable image ({e})") from None
     if array.ndim != 2 or min(array.shape) < 2:
-        raise DataError(f"{path}: a {array.shape} image is too small; expected at least 2x2 pixels")
+        raise DataError(f"{where}: a {array.shape} image is too small; expected at least 2x2 pixels")
     out = (array, True) if deep else (np.clip(array, 0.0, 1.0), False)
     return (*out, bits) if with_depth else out
 
@@ -466,15 +577,19 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     return labels == largest
 
 
-def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int) -> SliceSet:
-    """A SliceSet from [N, S, S] arrays in [0, 1]."""
+def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int,
+               heads: tuple[np.ndarray, np.ndarray] | None = None) -> SliceSet:
+    """A SliceSet from [N, S, S] arrays in [0, 1], and their head masks where they are drawn already."""
     images = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None] * 2 - 1) for x in (t1, t2)]
-    masks = [torch.from_numpy(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape)[:, None])
-             for x in (t1, t2)]
+    if heads is None:
+        heads = tuple(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape) for x in (t1, t2))
+    # A copy: arrays from Ray's object store are read-only views of shared memory.
+    masks = [torch.from_numpy(np.array(m, dtype=bool)[:, None]) for m in heads]
     return SliceSet(*images, *masks, tuple(t1_names), tuple(t2_names), paired, resize)
 
 
-def _slice_order(path: Path) -> tuple:
+def _slice_order(path: Path | str) -> tuple:
     # "slice_010.png" and "Image #10.png" sort by their number, not as text ("100" after "99").
+    path = Path(path)
     numbers = re.findall(r"\d+", path.stem)
     return (int(numbers[-1]) if numbers else -1, path.name)

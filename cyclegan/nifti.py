@@ -18,6 +18,7 @@ empty slices are not trained on, and `restore` gives them back exactly as they w
 
 from __future__ import annotations
 
+import gzip
 import re
 import struct
 import zlib
@@ -28,6 +29,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.spatialimages import HeaderDataError
 
 from cyclegan.common import HEAD_THRESHOLD, PERCENTILES, DataError, robust_range, robust_scale
 
@@ -35,11 +37,14 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 EMPTY_SLICE_FRACTION = 0.01  # a slice with fewer head voxels than this share of its voxels shows no head
 _RAS = axcodes2ornt(("R", "A", "S"))
 # Reading a damaged file fails in any of these, depending on where the damage is (header, gzip stream, data).
-_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, TypeError, zlib.error, struct.error, MemoryError)
+_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, TypeError, zlib.error, struct.error,
+                MemoryError)
+# sizeof_hdr, a NIfTI file's first 4 bytes (in either byte order): which of the two formats the bytes hold.
+_NIFTI2_HEADER_SIZE = 540
 
 
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+def is_nifti(path: Path | str) -> bool:
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def stem(name: str) -> str:
@@ -88,45 +93,57 @@ class Volume:
         return out
 
 
-def read_volume(path: Path) -> Volume:
-    """Reads a .nii or .nii.gz file; raises DataError (naming the file) for a 4-D, empty or unreadable one."""
+def read_volume(path: Path | str, raw: bytes | None = None) -> Volume:
+    """Reads a .nii or .nii.gz file; raises DataError (naming the file) for a 4-D, empty or unreadable one.
+
+    With `raw`, the file's bytes (read through `cyclegan.files`, from a folder or a URI), `path` only names it.
+    """
+    where, path = str(path), Path(path)
     try:
-        image = nib.load(path)
+        image = nib.load(path) if raw is None else _from_bytes(raw)
         data = np.asarray(image.dataobj, dtype=np.float32)
     except _READ_ERRORS as e:
-        raise DataError(f"{path}: not a readable NIfTI volume ({_one_line(e)})") from None
+        raise DataError(f"{where}: not a readable NIfTI volume ({_one_line(e)})") from None
     if not isinstance(image, nib.spatialimages.SpatialImage) or image.affine is None:
-        raise DataError(f"{path}: not a NIfTI volume with an affine")
+        raise DataError(f"{where}: not a NIfTI volume with an affine")
     shape = data.shape
     while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1): one volume saved with a time axis
         data = data[..., 0]
     if data.ndim != 3:
         hint = " (split a series into its volumes first, e.g. with fslsplit)" if data.ndim > 3 else ""
-        raise DataError(f"{path}: a {data.ndim}-D volume of shape {shape}; expected one 3-D volume{hint}")
+        raise DataError(f"{where}: a {data.ndim}-D volume of shape {shape}; expected one 3-D volume{hint}")
     ornt = io_orientation(image.affine)
     if np.isnan(ornt).any():
-        raise DataError(f"{path}: the affine {np.round(image.affine, 3).tolist()} is degenerate; expected one that "
+        raise DataError(f"{where}: the affine {np.round(image.affine, 3).tolist()} is degenerate; expected one that "
                         "maps the three array axes to three directions")
     axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # the axis closest to superior-inferior (RAS+ axis 2)
     if min(s for i, s in enumerate(data.shape) if i != axis) < 2:
-        raise DataError(f"{path}: slices of shape {shape} are too small; expected at least 2x2 voxels in-plane")
+        raise DataError(f"{where}: slices of shape {shape} are too small; expected at least 2x2 voxels in-plane")
     finite = np.isfinite(data)
     if not finite.any():
-        raise DataError(f"{path}: no head voxels (no finite value)")
+        raise DataError(f"{where}: no head voxels (no finite value)")
     # NaN outside a brain mask, as registration tools write, is background; `restore` gives back the original.
     filled = data if finite.all() else np.where(finite, data, data[finite].min())
     low, high = robust_range(filled)
     if not high > low:
-        raise DataError(f"{path}: no head voxels (the {PERCENTILES[0]}th and {PERCENTILES[1]}th percentiles are "
+        raise DataError(f"{where}: no head voxels (the {PERCENTILES[0]}th and {PERCENTILES[1]}th percentiles are "
                         f"both {low:g}); expected a volume showing a head")
     slices = robust_scale(_to_display(filled, ornt), low, high)
     head = (slices > HEAD_THRESHOLD).mean(axis=(1, 2)) >= EMPTY_SLICE_FRACTION
     if not head.any():
-        raise DataError(f"{path}: no head voxels (no slice has {EMPTY_SLICE_FRACTION:.0%} of its voxels above "
+        raise DataError(f"{where}: no head voxels (no slice has {EMPTY_SLICE_FRACTION:.0%} of its voxels above "
                         f"{HEAD_THRESHOLD:g} of the intensity range)")
     n = data.shape[axis]
     index = np.arange(n) if ornt[axis, 1] > 0 else np.arange(n)[::-1]
     return Volume(path, image, data, slices, head, index, axis, low, high)
+
+
+def _from_bytes(raw: bytes) -> nib.Nifti1Image:
+    """A .nii or .nii.gz file's bytes as nibabel reads the file (gzip is known by its magic number, not a name)."""
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    nifti2 = _NIFTI2_HEADER_SIZE in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
 
 
 def write_volume(vol: Volume, data: np.ndarray, out: Path) -> None:

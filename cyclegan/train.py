@@ -415,7 +415,8 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyclegan.train", description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
+    p.add_argument("--data", default="synthetic",
+                   help="a folder holding T1/ and T2/, an s3://, gs:// or file:// URI of one, or 'synthetic' (default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change one config knob, e.g. --set resize=64 (repeatable)")
     start = p.add_mutually_exclusive_group()

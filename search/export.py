@@ -26,7 +26,7 @@ import torch
 from ray import tune
 
 from cyclegan import checkpoint
-from cyclegan.data import DataError, SliceSet, load_data
+from cyclegan.data import DataError, Slices, SliceSet, load_data, source_name
 from cyclegan.evaluate import translations
 from cyclegan.images import grid, label_grid, save_png
 from cyclegan.schedule import SCHEDULE, Schedule
@@ -36,8 +36,10 @@ from search.trainable import METRICS
 SELECTION = "selection.json"
 
 
-def export(o: TrialOutcome, data: str, out: Path) -> Path:
-    """Writes trial `o`'s best checkpoint as an export in `out` (replaced whole, never half-written)."""
+def export(o: TrialOutcome, data: str | Slices, out: Path) -> Path:
+    """Writes trial `o`'s best checkpoint as an export in `out` (replaced whole, never half-written).
+
+    `data` is a folder, URI or "synthetic", or the slices a search already read (`cyclegan.data.read_data`)."""
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
         history = Path(d) / METRICS  # the rows of the epochs that led to this checkpoint (search/trainable.py)
@@ -48,7 +50,7 @@ def export(o: TrialOutcome, data: str, out: Path) -> Path:
     # Whether the cross-contrast figures compare with the true other contrast (paired) or the input slice.
     metrics = {"trial_id": o.trial_id, "epoch": state["epoch"], "val": state["metrics"],
                "rescore_val": o.val_rescore, "test": o.test,
-               "data": data, "evaluation": dataset.split()["evaluation"], "eval_size": dataset.eval_size}
+               "data": source_name(data), "evaluation": dataset.split()["evaluation"], "eval_size": dataset.eval_size}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     checkpoint.save(tmp / checkpoint.MODEL, {"config": state["config"], "metrics": metrics, "split": state["split"],
                                              "g_t1_t2": state["models"]["g_t1_t2"],

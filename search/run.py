@@ -32,7 +32,7 @@ from ray import tune
 
 from cyclegan.clock import process_started
 from cyclegan.config import ConfigError, parse_overrides
-from cyclegan.data import SYNTHETIC, DataError, load_data
+from cyclegan.data import SYNTHETIC, DataError, Slices, load_data, read_data, source_name
 from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
 from search.cluster import NoGpuError, gpus_for_trials
@@ -55,7 +55,9 @@ _interrupted = threading.Event()
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
     p.add_argument("space", type=Path, help="a search space file, e.g. spaces/unet_depth.yaml")
-    p.add_argument("--data", default="synthetic", help="a folder holding T1/ and T2/, or 'synthetic' (default)")
+    p.add_argument("--data", default="synthetic",
+                   help="a folder holding T1/ and T2/, an s3://, gs:// or file:// URI of one, or 'synthetic' "
+                        "(default); read once here and handed to the trials through Ray's object store")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's)")
     p.add_argument("--gpus-per-trial", type=number_or_auto, metavar="F|auto",
@@ -95,7 +97,8 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     """Checks everything the user gave before Ray starts; returns (space, storage, name).
 
     For `gpus_per_trial: auto` it also sets `args.gpu_bytes`, the memory of this machine's GPU (None without one):
-    joining a cluster (`--address`) with neither that nor `gpu_memory_gib` is refused here.
+    joining a cluster (`--address`) with neither that nor `gpu_memory_gib` is refused here. It reads `--data` (the
+    only read of it: see `read_trial_data`) into `args.trial_data`.
     """
     space = load_space(args.space).with_overrides(parse_overrides(args.overrides))
     space = space.replace_search(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
@@ -106,11 +109,6 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         args.gpu_bytes = driver_gpu_bytes()
         if args.address is not None:
             space.resources(args.gpu_bytes)  # a cluster's GPUs may not have started yet: refuse now, not later
-    # Refuses a missing or unreadable folder now, not in every trial; its size decides what fits on a GPU.
-    args.data_size = DataSize.of(load_data(args.data, 32))
-    refuse_unfit(space, args.data_size)
-    if args.data != SYNTHETIC:
-        args.data = str(Path(args.data).resolve())  # trials run in folders of their own
     name = args.name or args.space.stem
     storage = args.storage
     if "://" not in storage:
@@ -118,6 +116,7 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         if root.exists() and not root.is_dir():
             raise DataError(f"--storage {storage}: is a file; expected a folder for runs")
         run_dir = root / name
+        fresh = not run_dir.exists()
         started = run_dir.is_dir() and any(run_dir.glob(EXPERIMENT_STATE_GLOB))
         if started and not args.resume:
             raise DataError(f"{run_dir}: a run of this name exists; pass --resume to continue it, or --name")
@@ -128,6 +127,17 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
         except OSError as e:
             raise DataError(f"--storage {storage}: cannot create {run_dir} ({e.strerror})") from None
         storage = str(root)
+    if args.data != SYNTHETIC and "://" not in args.data:
+        args.data = str(Path(args.data).expanduser().resolve())  # named so in the report, whatever the cwd
+    try:  # last, as the slowest check: a large data set is read only once the rest is known to be right
+        args.trial_data, args.read_seconds = read_trial_data(args.data)
+        # What fits on a GPU depends on the data's size: a points space with its GPU memory stated is checked now.
+        args.data_size = DataSize.of(load_data(args.trial_data, 32))
+        refuse_unfit(space, args.data_size)
+    except DataError:
+        if "://" not in storage and fresh:
+            run_dir.rmdir()  # made just above, still empty: a refused run leaves nothing behind
+        raise
     return space, storage, name
 
 
@@ -141,6 +151,22 @@ def refuse_unfit(space: Space, data: DataSize) -> None:
         return
     check_trials_fit([trial_config(p) for p in points], data, float(space.gpus_per_trial),
                      int(space.gpu_memory_gib * 2**30))
+
+
+def read_trial_data(data: str) -> tuple[Slices | str, float]:
+    """What every trial builds its data from: the folder (or URI) `data` read once, here, or "synthetic".
+
+    The slices go to the trials through Ray's object store (`tune.with_parameters` puts them there once), so a
+    trial on any node of a cluster starts from memory and never reads `--data`, which a worker node may not
+    have. A missing or unreadable folder is refused here, before Ray starts. The phantom is not read but drawn
+    in each trial: it is a function of the trial's resize and seed, takes about a second, and reads no file.
+    Returns the data and the seconds its reading took.
+    """
+    if data == SYNTHETIC:
+        return data, 0.0
+    start = time.perf_counter()
+    slices = read_data(data)
+    return slices, time.perf_counter() - start
 
 
 # Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
@@ -223,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.trainable import train_trial
 
+    if isinstance(args.trial_data, Slices):
+        print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, val "
+              f"and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray", file=sys.stderr)
     quiet_console()
     ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=True, configure_logging=False)
@@ -242,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if note:
             print(note, file=sys.stderr)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=args.data, objective=space.reported_objectives(),
+        tune.with_parameters(train_trial, data=args.trial_data, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, resources=resources,
                              view=tensorboard_view(space), scheduled=space.mutated,
                              looks=space.population.looks if space.population else None),
@@ -284,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             if study is not None:
                 close_study(study)
                 reconcile_study(study, results)
-            code = summarise(results, space, args.data, run_path, study, tail=driver)
+            code = summarise(results, space, args.trial_data, run_path, study, tail=driver)
             ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
     from search.throughput import record_driver
 
@@ -356,7 +385,7 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     done = len(outcomes) - len(running)
     code = INTERRUPTED
     if args.export_on_interrupt:
-        summarise(results, space, args.data, run_path, study, outcomes=outcomes, tail=tail)
+        summarise(results, space, args.trial_data, run_path, study, outcomes=outcomes, tail=tail)
     command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
     again = shlex.join(["python", "-m", "search.run", *command, *([] if args.resume else ["--resume"])])
     print(f"interrupted: {done} of {len(outcomes)} trials ended, {len(running)} interrupted"
@@ -364,10 +393,13 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     return code
 
 
-def summarise(results: Any, space: Space, data: str, run_path: str, study: StudyStore | None = None,
+def summarise(results: Any, space: Space, data: Slices | str, run_path: str, study: StudyStore | None = None,
               outcomes: list | None = None, tail: dict[str, Any] | None = None) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code. `tail`
-    gets the seconds the final re-scoring (`rescore_seconds`) and the export (`export_seconds`) took."""
+    gets the seconds the final re-scoring (`rescore_seconds`) and the export (`export_seconds`) took.
+
+    `data` is what the trials were handed (`read_trial_data`): the finalists are scored on it, not on `--data`.
+    """
     import tempfile
 
     from cyclegan.schedule import SCHEDULE, Schedule
@@ -401,10 +433,10 @@ def summarise(results: Any, space: Space, data: str, run_path: str, study: Study
             schedule = schedule_lines(lineage, schedule_plot(lineage, reported, summary))
     plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
-    write_report(summary / "report.md", outcomes, winner, finalists, space, data, plots, samples, study, run_path,
-                 plots_source, schedule)
+    write_report(summary / "report.md", outcomes, winner, finalists, space, source_name(data), plots, samples, study,
+                 run_path, plots_source, schedule)
     (summary / SELECTION).write_text(json.dumps({
-        "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": data,
+        "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": source_name(data),
         "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported
         "trials": [{"trial_id": o.trial_id, "path": o.path, "status": o.status, "rescore_val": o.val_rescore,
                     "test": o.test} for o in outcomes],

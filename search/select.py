@@ -28,7 +28,7 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.config import FIELD_NAMES, TrainConfig
-from cyclegan.data import load_data
+from cyclegan.data import Slices, load_data
 from cyclegan.evaluate import evaluate
 from cyclegan.precision import tf32
 from search.space import POINT_NAME
@@ -114,7 +114,7 @@ def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
     return sorted(usable, key=lambda o: o.val_objective, reverse=mode == "max")
 
 
-def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = "test",
+def rescore(o: TrialOutcome, data: str | Slices, device: str | None = None, split: str = "test",
             datasets: Datasets | None = None) -> dict[str, float]:
     """The trial's best checkpoint scored on a split ("val" or "test") of its own data and size, every slice of it,
     at full precision (fp32, no autocast, no TF32), with the spread over slices. `datasets` keeps the data
@@ -130,7 +130,7 @@ def rescore(o: TrialOutcome, data: str, device: str | None = None, split: str = 
 class Datasets:
     """One data folder decoded once per (resize, seed), for the threads that score finalists."""
 
-    def __init__(self, data: str) -> None:
+    def __init__(self, data: str | Slices) -> None:
         self.data = data
         self._loaded: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
@@ -145,7 +145,7 @@ class Datasets:
 Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split
 
 
-def choose(outcomes: list[TrialOutcome], objective, data: str, top_k: int, device: str | None = None,
+def choose(outcomes: list[TrialOutcome], objective, data: str | Slices, top_k: int, device: str | None = None,
            score: Scorer | None = None, workers: int | None = None) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
     """Picks the winner on val and only then scores test; returns (winner, the finalists best first).
 

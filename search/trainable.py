@@ -1,11 +1,12 @@
 """The Ray Tune function trainable: one trial is one `cyclegan.fit` run.
 
-Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the data is loaded on the trial's
-device, and every epoch's metrics (plus `objective`, and `objective_<i>` for a space of several objectives)
-go to `tune.report`, with a checkpoint every `checkpoint_every` epochs and at the end (written off the
-training path, and reported with its epoch once whole: `search/checkpoint_reports.py`). A retried or resumed
-trial restarts from `tune.get_checkpoint()`, or, where that one is damaged, from the newest older checkpoint
-of the trial that still reads.
+Ray hands the trial a flat dict of knobs; it becomes a `TrainConfig`, the trial builds its data set at its
+resize from the slices the driver read once (`search.run.read_trial_data`, handed over through Ray's object
+store by `tune.with_parameters`: a trial never reads `--data`), and every epoch's metrics (plus `objective`, and
+`objective_<i>` for a space of several objectives) go to `tune.report`, with a checkpoint every
+`checkpoint_every` epochs and at the end (written off the training path, and reported with its epoch once whole:
+`search/checkpoint_reports.py`). A retried or resumed trial restarts from `tune.get_checkpoint()`, or, where that
+one is damaged, from the newest older checkpoint of the trial that still reads.
 
 Under population-based training (search/population.py) each metrics row also names the knobs the epoch was
 trained with (`knobs`: the mutated ones) and the trial that trained it (`trained_by`), and the trial checkpoints at
@@ -27,8 +28,9 @@ the memory estimate with them fits, and are streamed from pinned host memory oth
 a trial that does not fit even streamed fails before it trains, in one line that names the data's size, the
 budget and the knobs to change (`cyclegan.memory.check_fits`). `resources.json` in its
 folder records what it was given: the share, the allocator's cap, its estimated memory, the GPU ids Ray
-assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), and
-when it started and ended (a trial that ASHA stops may be copied to storage before its end is written).
+assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), how
+long it took to build its data set (`data_seconds`), and when it started and ended (a trial that ASHA stops may
+be copied to storage before its end is written).
 
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
@@ -62,7 +64,7 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.checkpoint_writer import PendingCheckpoint
 from cyclegan.config import CONTINUABLE, TrainConfig
-from cyclegan.data import load_data
+from cyclegan.data import SYNTHETIC, Dataset, Slices, build_dataset, synthetic_data
 from cyclegan.memory import DataSize, check_fits, estimate_memory, plan_data
 from cyclegan.schedule import KNOBS, TRAINED_BY, knobs_of
 from cyclegan.tensorboard import TABLE3, HParams
@@ -81,12 +83,13 @@ MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf
                 "compile", "generator")
 
 
-def train_trial(config: dict[str, Any], *, data: str,
+def train_trial(config: dict[str, Any], *, data: Slices | str,
                 objective: Callable[[dict[str, Any]], float | Mapping[str, float]],
                 checkpoint_every: int = 1, resources: Mapping[str, float] | AutoResources | None = None,
                 view: TensorBoardView | None = None, scheduled: tuple[str, ...] = (),
                 looks: Looks | None = None) -> None:
-    """`objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
+    """`data` is the slices the driver read, or "synthetic" (the phantom, drawn here at the trial's resize and seed).
+    `objective` gives the value reported as `objective`, or (`Space.reported_objectives()`) a mapping of
     every objective metric to report. `resources` is what the trainable was given to `tune.with_resources`
     (`Space.resources()`), used for the GPU share only where Ray does not say it. `view` says which knobs the
     search varies and which metrics HParams compares trials by (default: none varied, the objective first).
@@ -104,17 +107,33 @@ def train_trial(config: dict[str, Any], *, data: str,
     shown = {k: knobs[k] for k in view.varied if k in knobs} or knobs
     hparams = HParams(shown, view.metrics, frozenset(view.varied), trial_dir.name)
     try:
-        _train(cfg, trial_dir, data, objective, checkpoint_every, gpu_share, hparams, record, scheduled, looks)
+        start = time.perf_counter()
+        dataset = trial_dataset(data, cfg)
+        record["data_seconds"] = round(time.perf_counter() - start, 3)  # what the trial spent on its data
+        write_record(trial_dir / RESOURCES, record)  # before the first report syncs the folder
+        _train(cfg, trial_dir, dataset, objective, checkpoint_every, gpu_share, hparams, record, scheduled, looks)
     finally:
         record["ended"] = time.time()
-        (trial_dir / RESOURCES).write_text(json.dumps(record, indent=1) + "\n")
+        write_record(trial_dir / RESOURCES, record)
 
 
-def _train(cfg: TrainConfig, trial_dir: Path, data: str,
+def trial_dataset(data: Slices | str, cfg: TrainConfig) -> Dataset:
+    """The trial's data set at its resize, from the slices the driver read, or the phantom at its seed.
+
+    A path is refused: on a cluster it names a folder of the driver's machine, which the trial's may not have.
+    """
+    if isinstance(data, Slices):
+        return build_dataset(data, cfg.resize)
+    if data == SYNTHETIC:
+        return synthetic_data(cfg.resize, cfg.seed)
+    raise TypeError(f"a trial takes the slices search.run read (cyclegan.data.read_data) or {SYNTHETIC!r}, "
+                    f"not {data!r}")
+
+
+def _train(cfg: TrainConfig, trial_dir: Path, dataset: Dataset,
            objective: Callable[[dict[str, Any]], float | Mapping[str, float]], checkpoint_every: int,
            gpu_share: float, hparams: HParams, record: dict[str, Any] | None = None, scheduled: tuple[str, ...] = (),
            looks: Looks | None = None) -> None:
-    dataset = load_data(data, cfg.resize, cfg.seed)
     dataset.save_split(trial_dir / "split.json")
     record = record if record is not None else {}
     _budget(cfg, DataSize.of(dataset), gpu_share, record)
@@ -316,8 +335,16 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
         context = ray.get_runtime_context()
         record.update(gpu_ids=[str(i) for i in ray.get_gpu_ids()], assigned=context.get_assigned_resources(),
                       node_id=context.get_node_id())
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(path, record)
     return share, record
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Writes `record` as JSON whole or not at all: Ray copies the trial's folder to storage while the trial
+    runs, and a trial stopped by ASHA is ended wherever it is; a copy or an end mid-write left an empty file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def cap_gpu_memory(share: float, gpu_bytes: int | None = None) -> float | None:

@@ -18,7 +18,8 @@ from benchmarks import bigdata
 def test_bigdata_smoke_run_reports_placement_and_times(tmp_path: Path) -> None:
     out = tmp_path / "bigdata.json"
     assert bigdata.main(["--device", "cpu", "--sizes", "24", "--slices", "12", "--size", "32", "--depth", "5",
-                         "--epochs", "1", "--max-steps", "2", "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+                         "--epochs", "1", "--max-steps", "2", "--data-root", str(tmp_path / "data"),
+                         "--out", str(out)]) == 0
     size = json.loads(out.read_text())["sizes"]["24"]
     assert size["heads"] == 2 and size["read_s"] >= 0
     (trial,) = size["trials"]

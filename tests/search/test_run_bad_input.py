@@ -89,6 +89,19 @@ def test_bad_data_is_refused_before_any_trial(tmp_path: Path, capsys: pytest.Cap
     assert not list((tmp_path / "runs").glob("*/experiment_state-*"))
 
 
+@pytest.mark.parametrize("data,match", [
+    ("http://example.org/slices", "http:// is not a filesystem this can read; expected a folder, or an s3://"),
+    ("s3://", "s3://: no bucket; expected s3://BUCKET/FOLDER"),
+    ("file://host/slices", "a file:// URI takes an absolute path"),
+    ("file://TMP/nowhere", "file://TMP/nowhere: no such data folder"),
+])
+def test_a_data_uri_that_cannot_be_read_is_refused_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                     data: str, match: str) -> None:
+    refused([SPACE, "--data", data.replace("TMP", str(tmp_path)), "--storage", str(tmp_path / "runs")], capsys,
+            match.replace("TMP", str(tmp_path)))
+    assert not (tmp_path / "runs" / "unet_depth").exists()  # a refused run leaves no folder behind
+
+
 @pytest.mark.parametrize("sets,match", [
     (["epochs=2024-13-45"], "epochs='2024-13-45' has the wrong type"),  # once a ValueError traceback
     (["lr=.nan"], "lr must be a finite number"),

@@ -15,11 +15,11 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
-from cyclegan.data import load_data
+from cyclegan.data import load_data, read_data
 from cyclegan.memory import DataSize
 from cyclegan.train import fit
 from search.packing import AutoResources, needed_bytes
-from search.trainable import out_of_memory_message, record_resources, restore
+from search.trainable import out_of_memory_message, record_resources, restore, trial_dataset
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,15 @@ def test_a_trial_keeps_its_data_resident_when_it_fits_streams_it_when_not_and_re
                                         r"over its budget of 0\.11 GiB \(its share 0\.01 of a 22 GiB GPU"):
         _budget(cfg, large, 0.01, record)
     assert _budget(cfg, large, 0.0, {"cap_gpu_bytes": None}) is None  # on the CPU: no budget
+
+
+def test_a_trial_builds_its_data_from_the_slices_it_is_handed_and_refuses_a_path(tiny_cfg, study_data: Path) -> None:
+    slices = read_data(study_data)
+    for resize in (32, 64):
+        built = trial_dataset(slices, tiny_cfg.replace(resize=resize))
+        assert built.split() == load_data(study_data, resize).split() and built.train.t1.shape[-1] == resize
+    phantom = trial_dataset("synthetic", tiny_cfg)  # drawn in the trial, at its resize and seed
+    assert torch.equal(phantom.train.t1, load_data("synthetic", 32, seed=0).train.t1)
+    # A path names a folder on the driver's machine; a trial on another node may not have it.
+    with pytest.raises(TypeError, match="a trial takes the slices search.run read"):
+        trial_dataset(str(study_data), tiny_cfg)

@@ -1,0 +1,92 @@
+"""Trials get their data through Ray's object store, never from `--data`: a real search whose data folder is gone
+before any trial starts, interrupted and resumed (the resumed driver reads the folder again).
+
+    python -m pytest tests/search/test_data_handoff.py -q
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.paths import pythonpath
+
+pytestmark = pytest.mark.slow  # real searches in subprocesses, each starting Ray
+
+SPACE = """
+objective: {metric: ssim_t1_t1, mode: max}
+search: {sampler: tpe, num_samples: 2, max_concurrent: 1, seed: 0}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+checkpoint: {every: 1, keep: 2}
+select: {top_k: 2}
+resources: {gpus_per_trial: 0, cpus_per_trial: 1}
+fixed: {batch_size: 4, pool_size: 4, epochs: 3, resize: 32, unet_depth: 5, disc_layers: 2, ngf: 8, ndf: 8}
+params:
+  lr: {float: [1.0e-4, 1.0e-3], log: true}
+"""
+# search.run with its one read of --data followed by the folder's removal: whatever runs after it (the trials, the
+# finalists' scoring, the export) has only what was read.
+DRIVER = """
+import shutil, sys
+from search import run
+
+read = run.read_data
+def read_then_remove(source):
+    slices = read(source)
+    shutil.rmtree(source)
+    return slices
+run.read_data = read_then_remove
+sys.exit(run.main(sys.argv[1:]))
+"""
+ENV = {**os.environ, "PYTHONPATH": pythonpath(), "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}
+
+
+def test_trials_never_read_the_data_folder_and_a_resumed_search_reads_it_again(tmp_path: Path,
+                                                                                study_data: Path) -> None:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    data = tmp_path / "slices"
+    shutil.copytree(study_data, data)
+    command = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "space.yaml"), "--data", str(data),
+               "--storage", str(tmp_path / "runs")]
+    run_dir = tmp_path / "runs" / "space"
+    p = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:  # a trial has trained and reported an epoch
+            if any(f.stat().st_size for f in run_dir.glob("trial_*/result.json")):
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, "the search ended before its first trial reported"
+        assert not data.exists()  # gone before the trial started: it trained on what the driver read
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-3000:]
+    assert f"data: read {data} in " in err and ": 71 slices for train, val and test" in err  # 89 less gaps
+
+    shutil.copytree(study_data, data)  # the resumed driver reads it again, and removes it again
+    again = subprocess.run([*command, "--resume"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"data: read {data} in " in again.stderr and not data.exists()
+    with (run_dir / "summary" / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"finished", "stopped early"}, rows
+    assert any(r["test_objective"] for r in rows)  # finalists scored on the slices read, not the folder
+    assert json.loads((run_dir / "best" / "metrics.json").read_text())["data"] == str(data)
+    for trial in run_dir.glob("trial_*"):
+        assert str(data) not in (trial / "params.json").read_text()  # no path in what a trial is given
+        assert json.loads((trial / "split.json").read_text())["source"] == str(data)  # the name, as a record
+        assert json.loads((trial / "resources.json").read_text())["data_seconds"] >= 0
