@@ -72,9 +72,14 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+MAX_SAMPLES = 100_000
+
+
 class SearchSection(Section):
     sampler: Literal["tpe", "random", "cmaes", "nsga2", "grid"] | None = Field(None, description=", ".join(SAMPLERS))
-    num_samples: Int | None = Field(None, ge=1, description="an int >= 1")
+    # Ray lists every trial of a points or grid space (and of a PBT population) up front: a billion would hang the
+    # driver before anything ran, so the count is bounded far above any search a cluster runs.
+    num_samples: Int | None = Field(None, ge=1, le=MAX_SAMPLES, description=f"an int in 1..{MAX_SAMPLES}")
     max_concurrent: Int | None = Field(None, ge=1, description="an int >= 1")
     seed: Int = Field(0, ge=0, le=2**32 - 1, description="an int in 0..4294967295 (numpy seeds are 32-bit)")
 

@@ -684,3 +684,10 @@ def test_more_samples_than_points_repeat_the_points_with_the_next_seeds(tmp_path
     configs = load_space(path).trial_points()
     assert [(c["lr"], c.get("seed")) for c in configs] == [
         (1e-4, None), (2e-4, 7), (1e-4, 1), (2e-4, 8), (1e-4, 2)]
+
+
+def test_a_points_space_refuses_more_samples_than_a_driver_can_list() -> None:
+    # Ray lists a points space's trials up front: a billion of them hung the driver (found by the fuzz test above).
+    with pytest.raises(SpaceError, match=r"search\.num_samples: got 1000000000; allowed: an int in 1\.\.100000"):
+        load_space(ROOT / "spaces/study_v1_v4.yaml").replace_search(num_samples=10**9)
+    assert len(load_space(ROOT / "spaces/study_v1_v4.yaml").replace_search(num_samples=8).trial_points()) == 8
