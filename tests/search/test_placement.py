@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from cyclegan.config import TrainConfig
-from cyclegan.memory import GiB
+from cyclegan.data import load_data
+from cyclegan.memory import DataSize, GiB
 from search.packing import RAY_UNITS, gpu_share, ray_units
 from tests.raynodes import free_port, kill_node, ray_node, token_env, wait_for_nodes
 
@@ -132,9 +133,10 @@ def test_auto_trials_get_the_share_their_estimated_memory_asks(two_gpu_cluster: 
                                                                tmp_path: Path) -> None:
     records = search(AUTO_SPACE, two_gpu_cluster, tmp_path)
     assert len(records) == 4
+    data = DataSize.of(load_data("synthetic", 32))  # each trial's estimate counts its data and validation
     for r in records:
         cfg = TrainConfig.from_dict(r["config"])
         assert r["gpus_per_trial"] == "auto" and r["gpu_bytes"] == 3 * GiB
-        assert r["gpu_share"] == gpu_share(cfg, 3 * GiB, most_per_gpu=4), r
-    assert sorted({r["gpu_share"] for r in records}) == [0.34, 0.36]  # two sizes: two fit on a GPU, three never
+        assert r["gpu_share"] == gpu_share(cfg, 3 * GiB, most_per_gpu=4, data=data), r
+    assert sorted({r["gpu_share"] for r in records}) == [0.37, 0.39]  # two sizes: two fit on a GPU, three never
     check_placement(records)

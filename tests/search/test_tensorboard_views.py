@@ -59,9 +59,9 @@ def test_each_trial_is_one_run_with_grouped_tags_and_no_ray_internals(run_dir):
         content = events.PluginTagToContent(metadata.PLUGIN_NAME)
         experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
         columns = [m.name.tag for m in experiment.metric_infos]
-        # The objective first, then what it weighs (this space: the two contrasts), then the study's SSIM/PSNR.
-        assert columns[:5] == ["val/objective", "val/contrast_t1_t2", "val/contrast_t2_t1", "val/ssim_t1_t2",
-                               "val/ssim_t2_t1"], columns
+        # The objective first, then what it weighs (the default: two contrasts, two tissues), then the study's rows.
+        assert columns[:7] == ["val/objective", "val/contrast_t1_t2", "val/contrast_t2_t1", "val/tissue_t1_t2",
+                               "val/tissue_t2_t1", "val/ssim_t1_t2", "val/ssim_t2_t1"], columns
         assert set(columns) <= set(scalars)
         # The knobs the two trials differ in (the grid repeated with the next seed), and marked so.
         assert [(h.name, h.differs) for h in experiment.hparam_infos] == [("seed", True)]
