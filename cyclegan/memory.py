@@ -47,7 +47,7 @@ from cyclegan.evaluate import VAL_SLICES, subset_indices
 from cyclegan.feed import SLOTS, bytes_per_pixel
 
 if TYPE_CHECKING:
-    from cyclegan.data import Dataset
+    from cyclegan.data import Dataset, Slices
 
 GiB = 2**30
 CONTEXT_BYTES = 3 * GiB // 4
@@ -74,7 +74,13 @@ class DataSize:
     source: str = ""
 
     @classmethod
-    def of(cls, data: Dataset) -> DataSize:
+    def of(cls, data: Dataset | Slices) -> DataSize:
+        """The size of a built data set, or of the slices a driver read (counted without building them)."""
+        from cyclegan.data import DOMAINS, Slices
+
+        if isinstance(data, Slices):  # what each trial will build from them, counted by their names
+            (t1, t2), (v1, v2) = ([len(data.names[part][d]) for d in DOMAINS] for part in ("train", "val"))
+            return cls(t1, t2, v1, v2, data.eval_size, data.bits, data.source)
         return cls(len(data.train.t1), len(data.train.t2), len(data.val.t1), len(data.val.t2), data.eval_size,
                    data.bits, data.source)
 

@@ -132,7 +132,8 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     try:  # last, as the slowest check: a large data set is read only once the rest is known to be right
         args.trial_data, args.read_seconds = read_trial_data(args.data)
         # What fits on a GPU depends on the data's size: a points space with its GPU memory stated is checked now.
-        args.data_size = DataSize.of(load_data(args.trial_data, 32))
+        args.data_size = DataSize.of(args.trial_data if isinstance(args.trial_data, Slices)
+                                     else load_data(args.trial_data, 32))  # the phantom: drawn to be counted
         refuse_unfit(space, args.data_size)
     except DataError:
         if "://" not in storage and fresh:
