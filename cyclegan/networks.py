@@ -68,6 +68,14 @@ class SkipBlock(nn.Module):
         return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
 
 
+def _check_widths(channels: int, ngf: int, dropout: float) -> None:
+    """The arguments both generators share, refused as the config would refuse them."""
+    if channels < 1 or ngf < 1:
+        raise ValueError(f"channels and ngf must be >= 1, got channels={channels}, ngf={ngf}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
 class UNetGenerator(nn.Module):
     """U-Net of `depth` down-sampling blocks, built from the bottleneck outwards as in the reference.
 
@@ -89,10 +97,7 @@ class UNetGenerator(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        if channels < 1 or ngf < 1:
-            raise ValueError(f"channels and ngf must be >= 1, got channels={channels}, ngf={ngf}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_widths(channels, ngf, dropout)
         self.depth = depth
 
         def filters(level: int) -> int:
@@ -150,10 +155,7 @@ class ResNetGenerator(nn.Module):
         super().__init__()
         if blocks < 0:
             raise ValueError(f"blocks must be >= 0, got {blocks}")
-        if channels < 1 or ngf < 1:
-            raise ValueError(f"channels and ngf must be >= 1, got channels={channels}, ngf={ngf}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_widths(channels, ngf, dropout)
         seq: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), _norm(ngf), nn.ReLU(True)]
         for i in range(self.DOWNSAMPLINGS):
             mult = 2**i
