@@ -33,7 +33,7 @@ from cyclegan.config import ConfigError
 from cyclegan.data import DataError, SliceSet, load_data
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, contrast, psnr_from_error, ssim, ssim_from_map, ssim_map
 from cyclegan.precision import tf32
-from cyclegan.unpaired import anatomy, anatomy_coarse, cycle_noise, swd, tissue, tissue_masks
+from cyclegan.unpaired import anatomy, anatomy_coarse, cycle_noise, swd, texture, tissue, tissue_masks
 
 EVAL_BATCH = 16
 # Val slices per domain scored every epoch. The per-epoch score steers ASHA and Optuna, so it must be the same
@@ -156,6 +156,8 @@ def scores(outs: dict[str, torch.Tensor], s: SliceSet) -> torch.Tensor:
               "contrast_t2_t1": contrast(fake_t1, s.t2_head, t1, s.t1_head),
               "tissue_t1_t2": tissue(fake_t2, classes_t1, t2, classes_t2),
               "tissue_t2_t1": tissue(fake_t1, classes_t2, t1, classes_t1),
+              "texture_t1_t2": texture(fake_t2, classes_t1, t2, classes_t2),
+              "texture_t2_t1": texture(fake_t1, classes_t2, t1, classes_t1),
               "swd_t1_t2": swd(fake_t2, t2), "swd_t2_t1": swd(fake_t1, t1)}
     return torch.stack([pooled[k] if k in pooled else slices[k].mean() for k in IMAGE_METRICS])
 

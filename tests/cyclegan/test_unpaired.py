@@ -25,6 +25,7 @@ from cyclegan.metrics import (
     POOLED_METRICS,
     SLICE_METRICS,
     SWD_METRICS,
+    TEXTURE_METRICS,
     TISSUE_METRICS,
     contrast,
     ssim,
@@ -324,6 +325,43 @@ def test_tissue_ranks_the_truth_first_on_the_phantom(phantom):
     assert score(y) > 0.95 and score(y) > max(score(x), score(1 - x), score(matched)) + 0.1
 
 
+# --- fine structure per tissue ------------------------------------------------------------------------------------
+
+def test_texture_equals_a_numpy_reference():
+    x, xh = _brain_slices(3, 5)
+    y, yh = _brain_slices(2, 6)
+    fake = (1 - x + np.random.default_rng(7).normal(0, 0.08, x.shape)).clip(0, 1).astype(np.float32)
+    t = lambda a: torch.tensor(a)[:, None]  # noqa: E731
+    xm, ym = U.tissue_masks(t(x), t(xh)), U.tissue_masks(t(y), t(yh))
+    ref_x, ref_y = _tissue_masks_ref(x, xh), _tissue_masks_ref(y, yh)
+    band = lambda a: np.abs(_pyramid_ref(a[:, None], 2)[0][:, 0])  # noqa: E731 - Karras et al.'s finest level
+    bf, by = band(fake), band(y)
+    assert np.allclose(U.fine_band(t(fake))[:, 0].numpy(), bf, atol=1e-5)
+    top = U.TEXTURE_RANGE
+    exact = [wasserstein_distance(np.minimum(bf[ref_x[:, k]], top), np.minimum(by[ref_y[:, 2 - k]], top)) / top
+             for k in range(3)]
+    got = U.texture(t(fake), xm, t(y), ym).item()
+    assert got == pytest.approx(1 - np.mean(exact), abs=1 / _BINS)
+    assert got < 0.97  # the noise the fake carries and y lacks is seen
+
+
+def test_texture_sees_speckle_that_tissue_misses(real_anatomy):
+    t1, t2, t1_head, t2_head = real_anatomy
+    x, xh, y, yh = t1[:2], t1_head[:2], t2[2:], t2_head[2:]  # unpaired: the truth of x's slices is t2[:2]
+    truth = t2[:2]
+    rng = np.random.default_rng(0)
+    # Blobs of 2 pixels with a standard deviation of 0.05 (13 grey levels): speckle as the study's picks show it.
+    speckle = torch.tensor(ndimage.uniform_filter(rng.normal(0, 0.1, truth.shape), (1, 1, 2, 2)), dtype=torch.float32)
+    candidates = {"truth": truth, "speckled": (truth + speckle * xh).clamp(0, 1),
+                  "blurred": torch.tensor(ndimage.gaussian_filter(truth.numpy(), (0, 0, 1.5, 1.5)))}
+    xm, ym = U.tissue_masks(x, xh), U.tissue_masks(y, yh)
+    by_texture = {k: U.texture(v, xm, y, ym).item() for k, v in candidates.items()}
+    by_tissue = {k: U.tissue(v, xm, y, ym).item() for k, v in candidates.items()}
+    drop = lambda by, k: by["truth"] - by[k]  # noqa: E731
+    assert drop(by_texture, "speckled") > max(0.03, 3 * drop(by_tissue, "speckled")), (by_texture, by_tissue)
+    assert drop(by_texture, "blurred") > 0.02, by_texture  # a strong blur too (tissue sees it about as much)
+
+
 # --- the noisy cycle -----------------------------------------------------------------------------------------------
 
 class _Affine(nn.Module):
@@ -377,12 +415,13 @@ def test_the_validation_pass_gives_every_metric_and_spreads_only_per_slice_ones(
     assert values.shape == (len(IMAGE_METRICS),) and torch.isfinite(values).all()
     assert {"rec_t1_noisy", "rec_t2_noisy"} <= set(outs)
     assert set(per_slice(outs, data.val)) == set(SLICE_METRICS)
-    assert set(SWD_METRICS + TISSUE_METRICS) <= set(POOLED_METRICS)
-    assert not set(SWD_METRICS + TISSUE_METRICS) & set(SLICE_METRICS)
+    assert set(SWD_METRICS + TISSUE_METRICS + TEXTURE_METRICS) <= set(POOLED_METRICS)
+    assert not set(SWD_METRICS + TISSUE_METRICS + TEXTURE_METRICS) & set(SLICE_METRICS)
     assert set(LOWER_IS_BETTER) == set(SWD_METRICS)
     got = evaluate(t.models.g_t1_t2, t.models.g_t2_t1, data.test, spread=True)
     assert {"anatomy_t1_t2_sd", "ssim_t2_t2_noisy_sd"} <= set(got) and "swd_t1_t2_sd" not in got
     assert "tissue_t1_t2_sd" not in got and 0 < got["tissue_t1_t2"] <= 1
+    assert "texture_t2_t1_sd" not in got and 0 < got["texture_t2_t1"] <= 1
 
 
 @needs_cuda
