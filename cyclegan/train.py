@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -435,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         return device.type == "cuda" and plan_data(cfg, DataSize.of(data), device_budget(device)) == "streamed"
 
     try:
-        return _run(args, streamed)
+        with _StopAfterEpoch() as stop:
+            return _run(args, streamed, stop)
     except KeyboardInterrupt:
         done = _epochs_done(args.out / "metrics.jsonl")
         print(f"\ninterrupted{f' after epoch {done}' if done else ''}; continue with: python -m cyclegan.train "
@@ -445,7 +447,37 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, torch.device], bool]) -> int:
+class _StopAfterEpoch:
+    """The first Ctrl-C asks the run to stop once the epoch under way is written; the second stops it at once.
+
+    A KeyboardInterrupt raised wherever the main thread happens to be can land inside a lock that the checkpoint
+    writer's thread also takes, and the process then hangs at exit; raised after an epoch's report, it cannot.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopAfterEpoch:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this epoch (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+
+def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, torch.device], bool],
+         stop: _StopAfterEpoch | None = None) -> int:
     try:
         state = checkpoint.load(args.out / checkpoint.CHECKPOINT) if args.resume else None
         if state is None and (args.out / checkpoint.CHECKPOINT).exists():
@@ -485,6 +517,8 @@ def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, tor
         save(args.out / checkpoint.CHECKPOINT)
         if not bar:
             print(epoch_line(metrics, cfg.epochs), file=sys.stderr, flush=True)
+        if stop is not None:
+            stop.check()
 
     try:
         stream = streamed(cfg, data, pick_device(args.device))
