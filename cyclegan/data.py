@@ -74,6 +74,8 @@ MIN_SEGMENTS = 3
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
 SYNTHETIC = "synthetic"
 SYNTHETIC_SLICES = 60
+# Training heads a contrast: one head gives a model a single anatomy to learn a contrast from.
+SYNTHETIC_HEADS = 2
 # The side val and test are held at when a folder's slices differ in size, and the phantom's.
 EVAL_SIZE = 256
 # Files read and decoded at once (`read_domain`): enough to hide a cloud store's delay per request.
@@ -253,36 +255,58 @@ def build_dataset(data: Slices, resize: int) -> Dataset:
                    subjects=subjects, bits=data.bits)
 
 
-def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES, eval_size: int = EVAL_SIZE
-                   ) -> Dataset:
+def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES, eval_size: int = EVAL_SIZE,
+                   heads: int = SYNTHETIC_HEADS) -> Dataset:
     """The built-in phantom: unpaired training (T1 and T2 of different subjects), paired val and test.
 
-    Three subjects are drawn from `seed`: one gives the training T1 slices at `resize`, one the training T2
-    slices, and the third both contrasts of the val and test slices at `eval_size`, at levels split as a
-    real folder would be.
+    From `seed`, `heads` subjects give the training T1 slices and `heads` others the training T2 slices, and one
+    more both contrasts of the val and test slices, at levels split as a real folder would be. Every head is
+    drawn at `eval_size` and the training slices are then resized to `resize` as a folder's are: a head drawn
+    at `resize` itself would have its noise, partial volume and thin structures made at another scale than the
+    val slices a model is scored on.
     """
+    if heads < 1:
+        raise DataError(f"the phantom needs at least 1 training head a contrast, got heads={heads}")
     labels = split_labels(n_slices)
-    subjects = [make_phantom(n_slices, resize, seed=3 * seed + k) for k in range(2)]
-    held_out = _phantom(n_slices, eval_size, 3 * seed + 2)
     pick = lambda part: [i for i, lab in enumerate(labels) if lab == part]  # noqa: E731
-    names = lambda subject, idx: [f"phantom{3 * seed + subject}_level{i:03d}" for i in idx]  # noqa: E731
-    train = pick("train")
-    parts = {"train": _slice_set(subjects[0].t1[train], subjects[1].t2[train], names(0, train), names(1, train),
-                                 paired=False, resize=resize)}
+    names = lambda subject, idx: [f"phantom{subject}_level{i:03d}" for i in idx]  # noqa: E731
+    train, train_heads = pick("train"), {d: phantom_heads(seed, heads, d) for d in DOMAINS}
+    slices = {d: np.stack([to_square(x, resize) for k in subjects for x in _training_head(n_slices, eval_size, k, d)])
+              for d, subjects in train_heads.items()}
+    parts = {"train": _slice_set(slices["T1"], slices["T2"], *[[n for k in train_heads[d] for n in names(k, train)]
+                                                                 for d in DOMAINS], paired=False, resize=resize)}
+    held_out = _phantom(n_slices, eval_size, 3 * seed + 2)
     for part in ("val", "test"):
         idx = pick(part)
-        parts[part] = _slice_set(held_out.t1[idx], held_out.t2[idx], names(2, idx), names(2, idx), paired=True,
-                                 resize=resize)
-    heads = {"train": {"T1": [f"phantom{3 * seed}"], "T2": [f"phantom{3 * seed + 1}"]},
-             **{part: {d: [f"phantom{3 * seed + 2}"] for d in DOMAINS} for part in ("val", "test")}}
+        parts[part] = _slice_set(held_out.t1[idx], held_out.t2[idx], names(3 * seed + 2, idx),
+                                 names(3 * seed + 2, idx), paired=True, resize=resize)
+    subjects = {"train": {d: [f"phantom{k}" for k in train_heads[d]] for d in DOMAINS},
+                **{part: {d: [f"phantom{3 * seed + 2}"] for d in DOMAINS} for part in ("val", "test")}}
     return Dataset(parts["train"], parts["val"], parts["test"], source=SYNTHETIC, eval_size=eval_size,
-                   subjects=heads)
+                   subjects=subjects)
+
+
+def phantom_heads(seed: int, heads: int, domain: str) -> list[int]:
+    """The phantom seeds of the training heads of one contrast: T1's 3k, T2's 3k + 1, for k from seed * heads.
+
+    With one head that is the phantom's first layout (3 * seed and 3 * seed + 1); no training head is ever of the
+    form 3k + 2, the held-out head of some seed, so no seed's val or test head is trained on by another's run.
+    """
+    return [3 * (seed * heads + k) + DOMAINS.index(domain) for k in range(heads)]
 
 
 @functools.lru_cache(maxsize=2)
 def _phantom(n_slices: int, size: int, seed: int) -> Phantom:
     # The held-out head at eval size takes about a second to draw, and every load of the phantom needs it.
     return make_phantom(n_slices, size, seed=seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _training_head(n_slices: int, size: int, seed: int, domain: str) -> np.ndarray:
+    """The training levels of one contrast of a head, [n, size, size]: what a load keeps of it, cached, since
+    each head at eval size takes about a second to draw (not the whole Phantom: that is four times the memory)."""
+    ph = make_phantom(n_slices, size, seed=seed)
+    return (ph.t1 if domain == "T1" else ph.t2)[[i for i, lab in enumerate(split_labels(n_slices)) if lab == "train"]]
 
 
 def evaluation_size(stacks: dict[str, list[Stack]]) -> int:

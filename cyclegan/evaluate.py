@@ -187,6 +187,21 @@ def evaluate(g_t1_t2: nn.Module, g_t2_t1: nn.Module, s: SliceSet, autocast=nullc
     return result
 
 
+@torch.no_grad()
+def yardstick(s: SliceSet, resize: int, truth: bool = False) -> dict[str, float]:
+    """`IMAGE_METRICS` of a paired split with each input copied as its own translation, or (`truth`) with the true
+    other contrast as the translation, either brought to the model's size and back as a model's output is: what
+    a model at `resize` scores by not translating at all, and the most it can score. Only the cross-contrast and
+    unpaired metrics mean anything here (the cycle rows are the input against itself)."""
+    if not s.paired:
+        raise ValueError("a yardstick needs a paired split: the true other contrast of each slice")
+    through = lambda x: resample(resample(x, resize), s.size)  # noqa: E731
+    fake_t2, fake_t1 = (through(s.t2), through(s.t1)) if truth else (through(s.t1), through(s.t2))
+    outs = {"fake_t2": fake_t2, "fake_t1": fake_t1, "rec_t1": s.t1, "rec_t2": s.t2, "rec_t1_noisy": s.t1,
+            "rec_t2_noisy": s.t2}
+    return dict(zip(IMAGE_METRICS, scores(outs, s).tolist()))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyclegan.evaluate", description=__doc__.splitlines()[0])
     add_model_arguments(p)

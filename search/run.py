@@ -407,7 +407,7 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     from search.export import SELECTION, export
     from search.lineage import schedule_lines, schedule_plot
     from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
-    from search.select import choose, outcome, status_counts
+    from search.select import choose, outcome, status_counts, yardsticks
 
     local = "://" not in run_path
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
@@ -419,8 +419,10 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     clock = time.perf_counter()
     winner, finalists = choose(outcomes, space.objective, data, space.top_k)
     tail["rescore_seconds"] = time.perf_counter() - clock
-    samples = schedule = None
+    samples = schedule = baseline = None
     if winner is not None:
+        # On paired data, what copying and the truth score: the yardsticks the report holds the winner to.
+        baseline = yardsticks(winner, data) if winner.last.get("paired") else None
         clock = time.perf_counter()
         best = export(winner, data, run_dir / "best")
         tail["export_seconds"] = time.perf_counter() - clock
@@ -435,7 +437,7 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
     write_report(summary / "report.md", outcomes, winner, finalists, space, source_name(data), plots, samples, study,
-                 run_path, plots_source, schedule)
+                 run_path, plots_source, schedule, baseline)
     (summary / SELECTION).write_text(json.dumps({
         "winner": winner.trial_id if winner else None, "mode": space.objective.mode, "data": source_name(data),
         "chosen_by": "rescore_val",  # the finalists' val re-score at full precision; test is only reported

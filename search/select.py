@@ -29,7 +29,7 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.config import FIELD_NAMES, TrainConfig
 from cyclegan.data import Slices, load_data
-from cyclegan.evaluate import evaluate
+from cyclegan.evaluate import evaluate, yardstick
 from cyclegan.precision import tf32
 from search.space import POINT_NAME
 from search.study import stopped_early
@@ -125,6 +125,18 @@ def rescore(o: TrialOutcome, data: str | Slices, device: str | None = None, spli
     dataset = (datasets or Datasets(data)).get(cfg.resize, cfg.seed)
     with tf32(False):  # training scored val in bf16 on a GPU; a decision made here should not hang on rounding
         return evaluate(g_t1_t2, g_t2_t1, {"val": dataset.val, "test": dataset.test}[split].to(dev), spread=True)
+
+
+def yardsticks(o: TrialOutcome, data: str | Slices, split: str = "test") -> dict[str, dict[str, float]]:
+    """On paired data, the split scored as if translated by copying each input ("copied") and by the truth
+    ("truth"), both through the trial's size (`cyclegan.evaluate.yardstick`): where a model's figures lie between
+    not translating and the best its size allows. {} on unpaired data."""
+    dataset = Datasets(data).get(int(o.config.get("resize", TrainConfig.resize)),
+                                 int(o.config.get("seed", TrainConfig.seed)))
+    s = {"val": dataset.val, "test": dataset.test}[split]
+    if not s.paired:
+        return {}
+    return {"copied": yardstick(s, dataset.resize), "truth": yardstick(s, dataset.resize, truth=True)}
 
 
 class Datasets:

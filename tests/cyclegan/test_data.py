@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import DataError, load_data, read_domain, read_image, split_labels
+from cyclegan.data import SYNTHETIC_SLICES, DataError, load_data, read_domain, read_image, split_labels, synthetic_data
+from cyclegan.evaluate import resample
 from cyclegan.nifti import read_volume
 from tests.badfiles import png_header_only, truncated_png
 from tests.cyclegan.test_nifti import phantom_volume
@@ -126,6 +127,33 @@ def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():
     assert a.val.t1_names == a.val.t2_names
     # Training T1 and T2 come from different subjects: unpaired.
     assert set(a.train.t1_names).isdisjoint(a.train.t2_names)
+
+
+def test_synthetic_training_slices_are_made_as_the_val_slices_a_model_is_scored_on():
+    # A head drawn at the model's size has its noise and edges made at that scale: at 64 px its air was 6x as
+    # noisy as a val slice brought to 64 px, so a model trained on one was scored on images of another kind.
+    d = load_data("synthetic", 64, seed=0)
+    val = resample(d.val.t1, 64)
+    for train in (d.train.t1, d.train.t2):
+        ratio = train[..., :6, :6].std().item() / val[..., :6, :6].std().item()  # the corners: air, noise only
+        assert 0.7 < ratio < 1.4
+        edge = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean().item()  # noqa: E731  partial volume, aliasing
+        assert 0.8 < edge(train) / edge(val) < 1.25
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_synthetic_training_comes_from_several_heads_never_the_held_out_one(heads):
+    d = synthetic_data(32, seed=1, heads=heads)
+    train = d.subjects["train"]
+    assert len(set(train["T1"])) == len(set(train["T2"])) == heads and set(train["T1"]).isdisjoint(train["T2"])
+    assert d.subjects["val"]["T1"] == d.subjects["test"]["T2"] == ["phantom5"]  # the held-out head of seed 1
+    assert "phantom5" not in train["T1"] + train["T2"]
+    assert len(d.train.t1) == heads * split_labels(SYNTHETIC_SLICES).count("train")
+    # More heads leave val and test as they were: the paired benchmark does not move.
+    assert torch.equal(d.val.t2, synthetic_data(32, seed=1, heads=1).val.t2)
+    # Different heads show different anatomy.
+    per = len(d.train.t1) // heads
+    assert heads == 1 or not torch.allclose(d.train.t1[:per], d.train.t1[per:2 * per], atol=0.2)
 
 
 @pytest.mark.parametrize("case,match", [

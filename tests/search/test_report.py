@@ -13,8 +13,16 @@ import torch
 from cyclegan.data import load_data
 from cyclegan.metrics import DIRECTIONS
 from search.export import SAMPLE_ROWS, labelled_samples, sample_grid
-from search.report import convergence_line, optuna_plots, plot_study, repeats, selection_line, write_report
-from search.select import TrialOutcome
+from search.report import (
+    FAR_FROM_TRUTH,
+    convergence_line,
+    optuna_plots,
+    plot_study,
+    repeats,
+    selection_line,
+    write_report,
+)
+from search.select import TrialOutcome, yardsticks
 from search.space import load_space
 from search.study import StudyStore
 
@@ -34,10 +42,10 @@ def trial(tmp_path: Path, tid: str, config: dict, epoch: int, objective: float, 
 
 
 def report(tmp_path: Path, outcomes: list[TrialOutcome], winner: TrialOutcome | None = None,
-           space: str = "full.yaml") -> str:
+           space: str = "full.yaml", baseline: dict[str, dict[str, float]] | None = None) -> str:
     path = tmp_path / "report.md"
     write_report(path, outcomes, winner, [winner] if winner else [], load_space(ROOT / "spaces" / space), "synthetic",
-                 [], None)
+                 [], None, yardsticks=baseline)
     return path.read_text()
 
 
@@ -104,6 +112,30 @@ def test_the_report_says_so_when_the_winner_is_far_from_converged(tmp_path):
     flat = trial(tmp_path, "f", {"epochs": 5}, 5, 0.5, curve=[0.1, 0.49, 0.5, 0.5, 0.5])
     flat.test = TEST
     assert "Far from converged" not in report(tmp_path, [flat], flat)
+
+
+def test_on_paired_data_the_report_places_the_winner_between_a_copy_and_the_truth(tmp_path):
+    # The quickstart's old winner had a level val curve (not "far from converged" by it), yet samples that showed the
+    # input's contrast. The yardsticks are the phantom's test split really copied and really the truth, at 32 px.
+    sticks = yardsticks(trial(tmp_path, "c", {"resize": 32}, 1, 0.0), "synthetic")
+    objective = load_space(ROOT / "spaces" / "full.yaml").objective
+    copy, truth = objective.value(sticks["copied"]), objective.value(sticks["truth"])
+    assert copy < truth  # the shipped objective ranks the truth above not translating at all
+    assert sticks["truth"]["ssim_t1_t2"] > sticks["copied"]["ssim_t1_t2"]
+    w = trial(tmp_path, "w", {"epochs": 5, "resize": 32}, 5, 0.9, curve=[0.1, 0.89, 0.9, 0.9, 0.9])
+    w.best["paired"] = True
+    for share, far in ((0.3, True), (0.7, False)):
+        # A test objective `share` of the way from the copy to the truth: every weighted metric moved alike.
+        w.test = {**TEST, **{k: sticks["copied"][k] + share * (sticks["truth"][k] - sticks["copied"][k])
+                             for k in objective.weights}}
+        lines = report(tmp_path, [w], w, baseline=sticks).splitlines()
+        placed = [x for x in lines if "of the way from the input copied" in x]
+        assert len(placed) == 1 and f"{share:.0%} of the way" in placed[0]
+        assert ("Far from the truth" in placed[0]) == far and (share < FAR_FROM_TRUTH) == far
+        assert not any("Far from converged" in x for x in lines)
+        assert sum("the input copied |" in x or "the truth at the model's size |" in x for x in lines) == 4
+    w.best["paired"] = False  # no truth to place it against
+    assert "of the way" not in report(tmp_path, [w], w, baseline=sticks)
 
 
 def space_trials(tmp_path: Path) -> list[TrialOutcome]:

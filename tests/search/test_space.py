@@ -72,8 +72,8 @@ def test_shipped_space_loads_and_opens_with_a_comment(path: Path) -> None:
 def test_shipped_spaces_are_the_three_of_the_design() -> None:
     # ... an example that compares the generators, which full.yaml leaves at the U-Net until a GPU run has, and one of
     # population-based training.
-    assert [p.name for p in SPACES] == ["full.yaml", "generators.yaml", "pbt.yaml", "study_v1_v4.yaml",
-                                        "unet_depth.yaml"]
+    assert [p.name for p in SPACES] == ["full.yaml", "generators.yaml", "pbt.yaml", "quickstart.yaml",
+                                        "study_v1_v4.yaml", "unet_depth.yaml"]
     assert "generator" not in load_space(ROOT / "spaces/full.yaml").params
     generators = load_space(ROOT / "spaces/generators.yaml")
     assert set(generators.params["generator"].choices) == {"unet", "resnet_9blocks", "resnet_6blocks"}
