@@ -36,7 +36,11 @@ ROW_NAMES = {"t1_t1": "T1 -> T2 -> T1", "t2_t2": "T2 -> T1 -> T2", "t1_t2": "T1 
 
 
 def knob(o: TrialOutcome, key: str) -> Any:
-    """A trial's value of a knob; one its config leaves out is the trainer's default (a seed of 0, not a blank)."""
+    """A trial's value of a knob; one its config leaves out is the trainer's default (a seed of 0, not a blank).
+    A trial with no config at all (Ray made its folder and the time budget ran out before it wrote its params)
+    has no values: None, shown as "-", rather than the defaults it was never going to train with."""
+    if not o.config:
+        return None
     return o.config.get(key, getattr(DEFAULTS, key, None))
 
 
@@ -548,7 +552,10 @@ def _repeat_lines(outcomes: list[TrialOutcome]) -> list[str]:
     groups = repeats(outcomes)
     if not groups:
         return []
-    keys = ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
+    # On paired data the truth itself: the translations against the true other contrast; else the study's rows.
+    paired = all(o.last.get("paired") for g in groups for o in g)
+    keys = ("objective", "ssim_t1_t2_head", "ssim_t2_t1_head", "psnr_t1_t2_head", "psnr_t2_t1_head") if paired else \
+        ("objective", "ssim_t1_t1_head", "ssim_t2_t2_head", "contrast_t1_t2", "contrast_t2_t1")
     knobs = [k for k in varied_knobs([g[0] for g in groups]) if k != "seed"] if len(groups) > 1 else []
     lines = ["## Configurations run with several seeds", "",
              "Mean ± sample standard deviation over the seeds (test figures over the seeds re-scored on test), "

@@ -89,6 +89,30 @@ def test_the_seeds_table_compares_only_trials_that_ran_as_long(tmp_path):
     assert len(rows) == 3 and "| 0, 1 | 10 |" in rows[2]
 
 
+def test_on_paired_data_the_seeds_table_shows_the_truth(tmp_path):
+    cfg = {"resize": 32, "epochs": 10}
+    runs = [trial(tmp_path, f"s{i}", {**cfg, "seed": i}, 10, 0.6) for i in range(2)]
+    for o, truth in zip(runs, (0.40, 0.60)):
+        o.last["paired"] = True
+        o.test = {**TEST, "ssim_t1_t2_head": truth, "objective": 0.6}
+    rows = table(report(tmp_path, runs), "## Configurations run with several seeds")
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert "test ssim_t1_t2_head" in header and "test ssim_t1_t1_head" not in header
+    assert rows[2].split("|")[header.index("test ssim_t1_t2_head") + 1].strip() == "0.5000 ± 0.1414"
+
+
+def test_a_trial_the_budget_left_without_a_config_shows_no_knobs(tmp_path):
+    # Ray made its folder, and the time budget ran out before it wrote its params: no config, not the defaults.
+    ran = trial(tmp_path, "ran", {"resize": 128, "unet_depth": 5, "gan_loss": "bce", "epochs": 10}, 10, 0.6)
+    ghost = trial(tmp_path, "ghost", {}, 0, float("nan"))
+    ghost.status = "not started"
+    rows = table(report(tmp_path, [ran, ghost]), "## All trials")
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    cells = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows[2:]}
+    assert cells["`ghost`"][header.index("gan_loss")] == "-" and cells["`ghost`"][header.index("resize")] == "-"
+    assert cells["`ran`"][header.index("gan_loss")] == "bce"
+
+
 @pytest.mark.parametrize("curve,last,planned,says", [
     ([0.1, 0.2, 0.3], 3, 100, "stopped at epoch 3 of 100"),
     ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], 10, 10, "was still improving"),  # a straight climb
