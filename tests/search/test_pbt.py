@@ -175,7 +175,11 @@ def test_a_pbt_search_exploits_and_the_winner_s_schedule_is_exported_reported_an
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = tmp_path / "runs" / "pbt"
     trials = {d.name.removeprefix("trial_"): d for d in run_dir.glob("trial_*")}
-    reported = {t: _rows(d / "result.json") for t, d in trials.items()}
+    # What each trial trained itself, by epoch: its result rows and its lineage's rows that name it. Under synch PBT
+    # Ray may pause the upper member too and restore it from its own checkpoint, and its result.json then starts
+    # again after that epoch; metrics.jsonl keeps every epoch.
+    own = {t: {r["epoch"]: r for r in [*_rows(d / "result.json"), *_rows(d / "metrics.jsonl")] if r[TRAINED_BY] == t}
+           for t, d in trials.items()}
 
     # A member continued another's checkpoint with mutated knobs, as its own records say: restore.log names the
     # trial and epoch, and its next result row was trained by itself with the new knobs.
@@ -187,13 +191,12 @@ def test_a_pbt_search_exploits_and_the_winner_s_schedule_is_exported_reported_an
     first = next(e for e in exploits if e[2] == 2)
     member, clone, epoch, changes = first
     assert clone != member and clone in trials
-    after = next(r for r in reported[member] if r["epoch"] == epoch + 1)
-    before = next(r for r in reported[clone] if r["epoch"] == epoch)
+    after, before = own[member][epoch + 1], own[clone][epoch]
     assert after[TRAINED_BY] == member and before[TRAINED_BY] == clone
     assert after[KNOBS] != before[KNOBS]  # mutated: each knob x0.8 or x1.2 of the clone's, kept in its range
     # Its metrics.jsonl is its lineage: the clone's epochs, then its own with the new knobs.
     lineage = [(r["epoch"], r[TRAINED_BY], r[KNOBS]) for r in _rows(trials[member] / "metrics.jsonl")]
-    assert lineage[:epoch + 1] == [*((r["epoch"], clone, r[KNOBS]) for r in reported[clone][:epoch]),
+    assert lineage[:epoch + 1] == [*((e, clone, own[clone][e][KNOBS]) for e in range(1, epoch + 1)),
                                    (epoch + 1, member, after[KNOBS])]
     for knob, value in after[KNOBS].items():
         assert f"{knob} {before[KNOBS][knob]!r} -> {value!r}" in changes
@@ -206,7 +209,7 @@ def test_a_pbt_search_exploits_and_the_winner_s_schedule_is_exported_reported_an
     winner = json.loads((best / "metrics.json").read_text())["trial_id"]
     assert schedule.knobs == ("lr", "lambda_cycle") and schedule.last_epoch in (2, 3)  # the best checkpoint's
     for row in schedule.epochs:
-        trained = next(r for r in reported[row[TRAINED_BY]] if r["epoch"] == row["epoch"])
+        trained = own[row[TRAINED_BY]][row["epoch"]]
         assert trained[KNOBS] == {k: row[k] for k in schedule.knobs}
     assert winner in trials
     report = (run_dir / "summary" / "report.md").read_text()

@@ -170,5 +170,5 @@ def test_a_search_whose_trials_cannot_fit_their_share_is_refused_before_ray(tmp_
     before = snapshot(runs)
     refused([str(ROOT / "spaces" / "study_v1_v4.yaml"), "--gpus-per-trial", "0.01", "--gpu-memory-gib", "22",
              "--storage", str(runs)], capsys,
-            "error: synthetic: 78 training slices at 128x128 (2.4 MiB as int16): a trial of resize=128 batch_size=40 ")
+            "error: synthetic: 156 training slices at 128x128 (4.9 MiB as int16): a trial of resize=128 batch_size=40 ")
     assert snapshot(runs) == before and not (runs / "study_v1_v4").exists()  # nothing written, nothing lost
