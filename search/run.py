@@ -32,7 +32,7 @@ from ray import tune
 
 from cyclegan.clock import process_started
 from cyclegan.config import ConfigError, parse_overrides
-from cyclegan.data import SYNTHETIC, DataError, Slices, load_data, read_data, source_name
+from cyclegan.data import SYNTHETIC, DataError, Slices, read_data, source_name
 from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
 from search.cluster import NoGpuError, gpus_for_trials
@@ -132,8 +132,7 @@ def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     try:  # last, as the slowest check: a large data set is read only once the rest is known to be right
         args.trial_data, args.read_seconds = read_trial_data(args.data)
         # What fits on a GPU depends on the data's size: a points space with its GPU memory stated is checked now.
-        args.data_size = DataSize.of(args.trial_data if isinstance(args.trial_data, Slices)
-                                     else load_data(args.trial_data, 32))  # the phantom: drawn to be counted
+        args.data_size = DataSize.of(args.trial_data) if isinstance(args.trial_data, Slices) else DataSize.of_phantom()
         refuse_unfit(space, args.data_size)
     except DataError:
         if "://" not in storage and fresh:

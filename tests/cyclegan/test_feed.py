@@ -149,6 +149,11 @@ def test_streamed_fit_trains_as_the_resident_one() -> None:
 TINY = TrainConfig(resize=32, unet_depth=5, disc_layers=2, ngf=8, ndf=8, batch_size=2)
 
 
+def test_the_phantom_is_counted_as_drawn() -> None:
+    # search.run counts the phantom from its layout, without drawing its heads: the same size as the drawn one.
+    assert DataSize.of_phantom() == DataSize.of(load_data("synthetic", 32))
+
+
 def test_estimate_grows_with_the_data_and_streaming_bounds_it() -> None:
     sizes = [DataSize(n, n, 20, 20, 64) for n in (1_000, 10_000, 50_000)]
     resident = [estimate_memory(TINY, s) for s in sizes]
