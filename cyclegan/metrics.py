@@ -38,7 +38,8 @@ ANATOMY_METRICS = ("anatomy_t1_t2", "anatomy_t2_t1", "anatomy_coarse_t1_t2", "an
 # Information hidden in the cycle: head SSIM of F(G(x) + n) against x, n a fixed small noise.
 NOISY_CYCLE_METRICS = ("ssim_t1_t1_noisy", "ssim_t2_t2_noisy")
 IMAGE_METRICS = (*(f"{m}_{d}{s}" for s in ("", "_head") for m in ("ssim", "psnr") for d in DIRECTIONS),
-                 *CONTRAST_METRICS, *TISSUE_METRICS, *TEXTURE_METRICS, *SWD_METRICS, *ANATOMY_METRICS, *NOISY_CYCLE_METRICS)
+                 *CONTRAST_METRICS, *TISSUE_METRICS, *TEXTURE_METRICS, *SWD_METRICS, *ANATOMY_METRICS,
+                 *NOISY_CYCLE_METRICS)
 # Scored on a whole split at once rather than slice by slice.
 POOLED_METRICS = (*CONTRAST_METRICS, *TISSUE_METRICS, *TEXTURE_METRICS, *SWD_METRICS)
 # The metrics scored slice by slice, which therefore have a spread.

@@ -475,7 +475,6 @@ class _StopAfterEpoch:
             raise KeyboardInterrupt
 
 
-
 def _run(args: argparse.Namespace, streamed: Callable[[TrainConfig, Dataset, torch.device], bool],
          stop: _StopAfterEpoch | None = None) -> int:
     try:
