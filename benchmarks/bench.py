@@ -22,6 +22,7 @@ The tests' run (`python -m cyclegan.bench` runs it too):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -230,24 +231,33 @@ def train_slices(size: int, n: int = 32, seed: int = 0) -> tuple[torch.Tensor, t
 
 
 def time_reference(cfg: TrainConfig, slices: tuple[torch.Tensor, torch.Tensor], steps: int, warmup: int,
-                   dev: torch.device) -> dict[str, Any]:
+                   dev: torch.device, best: bool = False) -> dict[str, Any]:
+    """The reference's step as it ships (eager fp32, TF32 off), or with `best` in its fastest eager mode at large
+    batches: bf16 autocast, channels_last, TF32 as PyTorch leaves it (../reference/gpu-measurements.md's column)."""
     fresh(dev)
-    with tf32(False):
+    cuda = dev.type == "cuda"
+    with tf32(False) if not best else contextlib.nullcontext():
         torch.backends.cudnn.benchmark = True  # the reference's BaseModel sets it
         ref = Reference(cfg, dev)
+        layout = torch.channels_last if best and cuda else torch.contiguous_format
+        if best and cuda:
+            for net in (ref.netG_A, ref.netG_B, ref.netD_A, ref.netD_B):
+                net.to(memory_format=layout)
         rng = random.Random(0)
         b = cfg.batch_size
         # Batches come ready from the reference's DataLoader workers; set_input copies them to the device.
-        batches = [(slices[0][rng.sample(range(len(slices[0])), b)], slices[1][rng.sample(range(len(slices[1])), b)])
-                   for _ in range(warmup + steps)]
-        for a, bb in batches[:warmup]:
+        pick = [(rng.sample(range(len(slices[0])), b), rng.sample(range(len(slices[1])), b))
+                for _ in range(warmup + steps)]
+        batches = [(slices[0][i].contiguous(memory_format=layout), slices[1][j].contiguous(memory_format=layout))
+                   for i, j in pick]
+        autocast = partial(torch.autocast, dev.type, dtype=torch.bfloat16, enabled=best and cuda)
+        for k, (a, bb) in enumerate(batches):
+            if k == warmup:
+                sync(dev)
+                t0 = time.perf_counter()
             ref.set_input(a, bb)
-            ref.optimize_parameters()
-        sync(dev)
-        t0 = time.perf_counter()
-        for a, bb in batches[warmup:]:
-            ref.set_input(a, bb)
-            ref.optimize_parameters()
+            with autocast():
+                ref.optimize_parameters()
         sync(dev)
         dt = time.perf_counter() - t0
     out = {"pairs_per_s": steps * b / dt, "step_ms": 1000 * dt / steps, **peaks(dev)}
@@ -300,6 +310,10 @@ def section_steps(args: argparse.Namespace, dev: torch.device, res: dict[str, An
         cfg = trial_config(args, b)
         row["reference"] = _guard(partial(time_reference, cfg, slices, args.steps, args.ref_warmup, dev))
         log(f"batch {b}: reference {row['reference']}")
+        if args.ref_best:
+            row["reference_best"] = _guard(partial(time_reference, cfg, slices, args.steps, args.ref_warmup, dev,
+                                                   best=True))
+            log(f"batch {b}: reference, bf16 + channels_last {row['reference_best']}")
         row["fast"] = _guard(partial(time_trainer, cfg, slices, args.steps, dev))
         log(f"batch {b}: fast {row['fast']}")
         for name in args.step_variants:  # the trainer with one switch changed, in the same run
@@ -309,11 +323,13 @@ def section_steps(args: argparse.Namespace, dev: torch.device, res: dict[str, An
             eager = cfg.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False)
             row["fp32_eager"] = _guard(partial(time_trainer, eager, slices, args.steps, dev, repeats=1))
             log(f"batch {b}: trainer in eager fp32 {row['fp32_eager']}")
-        for key in ("reference", "fast", "fp32_eager", *args.step_variants):
+        for key in ("reference", "reference_best", "fast", "fp32_eager", *args.step_variants):
             if "pairs_per_s" in row.get(key, {}):
                 row[key]["tflops"] = row[key]["pairs_per_s"] * flops / 1e12
         if "pairs_per_s" in row["reference"] and "pairs_per_s" in row["fast"]:
             row["ratio"] = row["fast"]["pairs_per_s"] / row["reference"]["pairs_per_s"]
+        if "pairs_per_s" in row.get("reference_best", {}) and "pairs_per_s" in row["fast"]:
+            row["ratio_best"] = row["fast"]["pairs_per_s"] / row["reference_best"]["pairs_per_s"]
         save()
 
 
@@ -772,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epoch-batch", type=int, default=2)
     p.add_argument("--checkpoint-every", type=int, default=1, help="as the search's default; 0: no checkpoints")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
+    p.add_argument("--ref-best", action="store_true",
+                   help="also time the reference in its best eager mode (bf16 autocast, channels_last)")
     p.add_argument("--fp32-eager", action="store_true", help="also time the trainer with every speed switch off")
     p.add_argument("--step-variants", nargs="*", choices=list(VARIANTS), default=[],
                    help="also time these variants of the fast path at each batch")

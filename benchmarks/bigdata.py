@@ -98,6 +98,8 @@ def worker(args: argparse.Namespace) -> int:
 
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
+    if cuda and dev.index is None:  # the allocator's cap is set per device, by index
+        dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory if cuda else None
     gpu_bytes = int(args.gpu_memory_gib * GiB) if args.gpu_memory_gib else total
     budget = None
