@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=1, help="trials side by side, each its own process")
     p.add_argument("--share", type=float, default=1.0, help="each trial's share of a GPU (its memory cap)")
     p.add_argument("--gpu-memory-gib", type=float, help="the GPU's memory the share is of (default: the GPU's own)")
+    p.add_argument("--feed", choices=("auto", "resident", "streamed"), default="auto",
+                   help="where the training slices go: as a search plans it from the budget, or forced")
+    p.add_argument("--threads", type=int, help="each trial's CPU threads (default: the cores over --trials, as Ray "
+                   "gives a trial its CPUs)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--data-root", type=Path, help="where the heads and their cache go (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="write the results here as JSON")
@@ -107,6 +112,7 @@ def worker(args: argparse.Namespace) -> int:
         budget = (max(args.share * gpu_bytes - CONTEXT_BYTES, args.share * gpu_bytes / 2) if args.share < 1
                   else gpu_bytes - CONTEXT_BYTES)
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), dev)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.trials))
     start = time.perf_counter()
     data = torch.load(args.worker, weights_only=False, mmap=True)
     load_s = time.perf_counter() - start
@@ -135,7 +141,8 @@ def worker(args: argparse.Namespace) -> int:
         order = train.epoch_order
         train.epoch_order = lambda n, _, batch, seed, epoch: order(n, steps, batch, seed, epoch)
     size = DataSize.of(data)
-    result = fit(cfg, data, device=dev, stream=cuda and plan_data(cfg, size, budget) == "streamed")
+    stream = cuda and (args.feed == "streamed" or args.feed == "auto" and plan_data(cfg, size, budget) == "streamed")
+    result = fit(cfg, data, device=dev, stream=stream)
     streamed = result.placement["train"] == "streamed"
     out = {"placement": result.placement, "load_s": load_s, "budget_gib": budget / GiB if budget else None,
            "estimate_gib": estimate_memory(cfg, size, streamed) / GiB,
@@ -146,15 +153,18 @@ def worker(args: argparse.Namespace) -> int:
            "epoch_s": [h["train_seconds"] for h in result.history],
            "full_epoch_s": [h["train_seconds"] * full_steps / steps for h in result.history],
            "val_s": [h["val_seconds"] for h in result.history],
-           "pairs_per_s": [h["pairs_per_second"] for h in result.history],
+           "pairs_per_s": [steps * cfg.batch_size / h["train_seconds"] for h in result.history],
+           "graphed": result.history[-1]["graphed"], "warmup_s": result.history[-1]["warmup_seconds"],
            "train_slices": [size.train_t1, size.train_t2]}
     print(json.dumps(out))
     return 0
 
 
 def run_trials(args: argparse.Namespace, cache: Path) -> list[dict[str, Any]]:
-    common = ["--size", str(args.size), "--depth", str(args.depth), "--batch", str(args.batch), "--epochs",
-              str(args.epochs), "--share", str(args.share), "--device", args.device,
+    common = ["--size", str(args.size), "--depth", str(args.depth), "--batch", str(args.batch),
+              "--epochs", str(args.epochs), "--share", str(args.share), "--device", args.device,
+              "--trials", str(args.trials), "--feed", args.feed,
+              *(["--threads", str(args.threads)] if args.threads else []),
               *(["--max-steps", str(args.max_steps)] if args.max_steps else []),
               *(["--gpu-memory-gib", str(args.gpu_memory_gib)] if args.gpu_memory_gib else [])]
     procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bigdata", "--worker", str(cache), "--started",
@@ -187,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {t['placement']['train']} {t['placement']['train_dtype']}: peak {peak} GiB vs estimate "
                   f"{t['estimate_gib']:.2f} GiB; start-up {t['startup_s']:.1f} s; epoch {t['full_epoch_s'][-1]:.1f} s "
                   f"({t['steps']} of {t['full_steps']} steps timed); "
-                  f"val {t['val_s'][-1]:.2f} s; {t['pairs_per_s'][-1]:.1f} pairs/s")
+                  f"val {t['val_s'][-1]:.2f} s; {t['pairs_per_s'][-1]:.1f} pairs/s; "
+                  f"{'graphed' if t['graphed'] else 'eager'} after {t['warmup_s']:.1f} s")
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=1) + "\n")
