@@ -287,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tune_config = dataclasses.replace(
             space.tune_config(study.storage if study else None, study.name if study else None),
-            trial_dirname_creator=lambda t: f"trial_{t.trial_id}", time_budget_s=args.time_budget)
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}", time_budget_s=args.time_budget,
+            # A trial that ends leaves its process to the next trial of the same resources: no second start of
+            # Python, CUDA and cuDNN's algorithm search (search/trainable.py frees the last trial's memory).
+            reuse_actors=True)
         # Each trial writes its config, split, metrics and TensorBoard events in its working folder; syncing
         # artifacts brings them to the run's storage (a local folder or s3://) beside Ray's own files.
         run_config = tune.RunConfig(name=name, storage_path=storage, checkpoint_config=space.checkpoint_config(),

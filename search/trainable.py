@@ -46,6 +46,7 @@ real Ray Tune searches; nothing else sets it.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -79,6 +80,10 @@ METRICS = "metrics.jsonl"
 RESTORE_LOG = "restore.log"
 RESOURCES = "resources.json"
 # The knobs that decide how much GPU memory a trial needs, named when it runs out.
+# Trials this process has run: Ray reuses a trial's process for the next trial of the same resources (search.run
+# asks it to), which spares that trial the process's start (imports, CUDA context) and cuDNN's algorithm search.
+_trials_in_process = 0
+
 MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
                 "compile", "generator")
 
@@ -95,10 +100,15 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
     search varies and which metrics HParams compares trials by (default: none varied, the objective first).
     Under PBT, `scheduled` names the mutated knobs each metrics row records, and `looks` the epochs at which PBT
     looks at the trial, at each of which it checkpoints."""
+    global _trials_in_process
+    _trials_in_process += 1
+    if _trials_in_process > 1:
+        release_last_trial()
     cfg = trial_config(config)
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
     gpu_share, record = record_resources(trial_dir / RESOURCES, config, resources)
+    record["trial_in_process"] = _trials_in_process
     view = view or TensorBoardView()
     # The knobs the trials differ in, taken from the config (so a default, like seed 0, has its value) and a
     # points space's label; every knob where none differ. HParams ticks five knobs and five metrics: knobs that
@@ -115,6 +125,16 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
     finally:
         record["ended"] = time.time()
         write_record(trial_dir / RESOURCES, record)
+
+
+def release_last_trial() -> None:
+    """Frees what the process's last trial left on the GPU before the next one starts in it: a trial ASHA stopped
+    unwinds from its report, and its tensors and captured graphs are freed only once collected. Peak memory is
+    counted afresh, per trial."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def trial_dataset(data: Slices | str, cfg: TrainConfig) -> Dataset:

@@ -133,4 +133,11 @@ def test_a_real_search_reports_its_fixed_costs(tmp_path: Path) -> None:
         assert 0 < r["train"] + r["startup"] + r["validation"] + r["checkpoint"] <= r["wall"]
     lost = e["lost_seconds"]
     assert lost["driver_startup"] > 0 and lost["tail"] > 0 and lost["idle_gaps"] >= 0
+    # One trial at a time, the same resources: Ray ran the second in the first one's process (search.run asks it
+    # to), so its start-up is not a new process's; each wrote its own folder.
+    records = sorted((json.loads(p.read_text()) for p in (tmp_path / "run").glob("trial_*/resources.json")),
+                     key=lambda r: r["trial_in_process"])
+    assert [r["trial_in_process"] for r in records] == [1, 2] and records[0]["pid"] == records[1]["pid"]
+    first, second = sorted(e["trials"], key=lambda r: r["start"])
+    assert second["startup"] < first["startup"], (first["startup"], second["startup"])
     assert e["rescore_seconds"] > 0 and e["export_seconds"] > 0
