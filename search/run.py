@@ -406,7 +406,7 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     from search.export import SELECTION, export
     from search.lineage import schedule_lines, schedule_plot
     from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
-    from search.select import choose, outcome, status_counts, yardsticks
+    from search.select import Datasets, choose, outcome, status_counts, yardsticks
 
     local = "://" not in run_path
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
@@ -416,14 +416,15 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
         outcomes = [outcome(r, space.objective.mode) for r in results]
     tail = {} if tail is None else tail
     clock = time.perf_counter()
-    winner, finalists = choose(outcomes, space.objective, data, space.top_k)
+    datasets = Datasets(data)  # each finalist's val and test built once, for the choice, the yardsticks and the export
+    winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets)
     tail["rescore_seconds"] = time.perf_counter() - clock
     samples = schedule = baseline = None
     if winner is not None:
         # On paired data, what copying and the truth score: the yardsticks the report holds the winner to.
-        baseline = yardsticks(winner, data) if winner.last.get("paired") else None
+        baseline = yardsticks(winner, data, datasets=datasets) if winner.last.get("paired") else None
         clock = time.perf_counter()
-        best = export(winner, data, run_dir / "best")
+        best = export(winner, data, run_dir / "best", datasets)
         tail["export_seconds"] = time.perf_counter() - clock
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"
