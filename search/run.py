@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -169,6 +170,21 @@ def read_trial_data(data: str) -> tuple[Slices | str, float]:
     return slices, time.perf_counter() - start
 
 
+def hand_over(data: Slices | str) -> tuple[Any, Slices | str]:
+    """(what the trials are handed, what the driver keeps) of the data `read_trial_data` read, once Ray has started.
+
+    The slices are put in Ray's object store once, and the driver keeps the store's copy, not its own: `ray.get`
+    gives numpy arrays as read-only views of the store, so the driver's scoring of the finalists (`summarise`)
+    reads the data without a second copy of it in the driver's memory (at IXI's size, gigabytes).
+    """
+    if not isinstance(data, Slices):
+        return data, data
+    import ray
+
+    ref = ray.put(data)  # what tune.with_parameters would put; it hands a ref on as it is
+    return ref, ray.get(ref)
+
+
 # Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
 # folders); Ray Train's note of every checkpoint a trial saves says nothing the run's folder does not.
 NOISE = re.compile(r"^To visualize your results with TensorBoard, run: |^\(\S+ pid=\d+[^)]*\) Checkpoint successfully "
@@ -270,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         note = mps_note(space.gpus_per_trial, space.trials_per_gpu, concurrent, driver["gpus"], mps_running())
         if note:
             print(note, file=sys.stderr)
+    to_trials, args.trial_data = hand_over(args.trial_data)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=args.trial_data, objective=space.reported_objectives(),
+        tune.with_parameters(train_trial, data=to_trials, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, resources=resources,
                              view=tensorboard_view(space), scheduled=space.mutated,
                              looks=space.population.looks if space.population else None),
@@ -307,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         if _interrupted.is_set():
             # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
             # study is left as it is: the trials it holds as running continue on --resume, and are told then.
+            if args.export_on_interrupt:  # the driver's slices are views of Ray's store, which ends with it
+                args.trial_data = copy.deepcopy(args.trial_data)
             ray.shutdown()
             code = interrupted(results, space, args, run_path, study, argv, tail=driver)
         else:
