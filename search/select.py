@@ -146,8 +146,8 @@ class Datasets:
     or exports one (`choose`, its threads, `yardsticks`, `search.export.export`).
 
     A folder (or URI) is read once, whatever sizes its trials took, and its data sets do not depend on the seed
-    (only the phantom's do). They hold val and test only: the training slices, most of a data set, are not read
-    here, so a data set of real size is not copied again at each resize.
+    (only the phantom's do). A folder's hold val and test only: its training slices, most of a data set, are not
+    squared and resized again at each resize, for nothing here reads them.
     """
 
     def __init__(self, data: str | Slices) -> None:
