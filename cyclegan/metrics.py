@@ -103,9 +103,17 @@ def contrast(fake: torch.Tensor, fake_head: torch.Tensor, real: torch.Tensor, re
     G(T1) has T2's tissue intensities can still be measured: its intensity distribution should match that of
     real T2 slices. Histograms (fixed bins, weights from the masks) keep this free of host syncs.
     """
-    def cdf(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        idx = (x.float().clamp(0, 1) * bins).long().clamp_max(bins - 1).flatten()
-        hist = torch.zeros(bins, device=x.device).scatter_add_(0, idx, mask.float().flatten())
-        return torch.cumsum(hist / hist.sum().clamp_min(1), 0)
+    return contrast_from_histograms(head_histogram(fake, fake_head, bins), head_histogram(real, real_head, bins))
 
-    return 1 - (cdf(fake, fake_head) - cdf(real, real_head)).abs().sum() / bins
+
+def head_histogram(x: torch.Tensor, head: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """The histogram of a batch's intensities in [0, 1] inside its head masks, summed over slices: [bins]. A
+    split's is the sum of its chunks'."""
+    idx = (x.float().clamp(0, 1) * bins).long().clamp_max(bins - 1).flatten()
+    return torch.zeros(bins, device=x.device).scatter_add_(0, idx, head.float().flatten())
+
+
+def contrast_from_histograms(fake_hist: torch.Tensor, real_hist: torch.Tensor) -> torch.Tensor:
+    """`contrast` from the two batches' `head_histogram`s: 1 - W1 between them, in units of the range; 0-d."""
+    cdf = lambda h: torch.cumsum(h / h.sum().clamp_min(1), 0)  # noqa: E731
+    return 1 - (cdf(fake_hist) - cdf(real_hist)).abs().sum() / len(fake_hist)

@@ -28,6 +28,7 @@ captured call finds them. Run the checks with `python -m pytest tests/cyclegan/t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -71,6 +72,7 @@ TEXTURE_RANGE = 0.25
 # about the same output; the hidden signal Chu et al. found sits a few grey levels below the visible image, so
 # this noise buries it. Much larger and an honest generator's cycle would drop too, blurring the distinction.
 CYCLE_NOISE_SIGMA = 0.05
+NOISE_BLOCK = 16  # values torch's CPU normal sampler makes at a time (`cycle_noise_chunks`)
 
 
 def _to_device(a: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -181,24 +183,37 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: torch.Tenso
     return ((pa.index_select(1, ia) - pb.index_select(1, ib)).abs() @ w).mean()
 
 
-def swd_per_level(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """SWD at each level of the Laplacian pyramid, finest first: [levels], for two batches [N, 1, S, S].
+def swd_patches(x: torch.Tensor, images: int) -> list[torch.Tensor]:
+    """The patches SWD compares, of each level of the Laplacian pyramid of [N, 1, S, S] images, finest first:
+    [[N * P, 49], ...], on the grid a split of `images` slices a set takes (`patch_stride`).
+
+    Each image's patches are its own, so a split's are those of its chunks, gathered: a split too large for the
+    device at once is scored chunk by chunk (`cyclegan.evaluate`) to the same distance.
+    """
+    levels = swd_levels(min(x.shape[-1], x.shape[-2]))
+    return [patches(level, patch_stride(min(level.shape[-2:]), images)) for level in laplacian_pyramid(x, levels)]
+
+
+def swd_from_patches(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """SWD at each level from the two sets' `swd_patches`: [levels].
 
     On each level, both sets' patches are normalised by the mean and standard deviation of all their pixels
     together, which keeps a difference in brightness or contrast between the sets (Karras et al. normalise each
     set on its own, which would hide it).
     """
-    levels = swd_levels(min(fake.shape[-1], fake.shape[-2]))
-    dirs = swd_directions(PATCH * PATCH, SWD_DIRECTIONS, fake.device)
-    images = max(len(fake), len(real))
+    dirs = swd_directions(PATCH * PATCH, SWD_DIRECTIONS, fake[0].device)
     out = []
-    for lf, lr in zip(laplacian_pyramid(fake, levels), laplacian_pyramid(real, levels)):
-        stride = patch_stride(min(lf.shape[-2:]), images)
-        a, b = patches(lf, stride), patches(lr, stride)
+    for a, b in zip(fake, real):
         both = torch.cat([a, b])
         mean, std = both.mean(), both.std(correction=0).clamp_min(_EPS)
         out.append(sliced_wasserstein((a - mean) / std, (b - mean) / std, dirs))
     return torch.stack(out)
+
+
+def swd_per_level(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """SWD at each level of the Laplacian pyramid, finest first: [levels], for two batches [N, 1, S, S]."""
+    images = max(len(fake), len(real))
+    return swd_from_patches(swd_patches(fake, images), swd_patches(real, images))
 
 
 def swd(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -333,19 +348,19 @@ def tissue_masks(x01: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     return _erode(classes, cross=True)
 
 
-def _class_cdfs(x: torch.Tensor, masks: torch.Tensor, top: float) -> torch.Tensor:
-    """The CDF of `x`'s values over [0, top] on each class of `masks` [N, K, H, W], pooled over slices: [K, BINS]."""
+def class_histograms(x: torch.Tensor, masks: torch.Tensor, top: float = 1.0) -> torch.Tensor:
+    """Histograms of `x`'s values over [0, top] on each class of `masks` [N, K, H, W], summed over slices:
+    [K, TISSUE_BINS]. A split's are the sums of its chunks'."""
     idx = _bins(x, top)
-    hist = torch.stack([torch.zeros(TISSUE_BINS, device=x.device).scatter_add_(0, idx, masks[:, k].flatten())
+    return torch.stack([torch.zeros(TISSUE_BINS, device=x.device).scatter_add_(0, idx, masks[:, k].flatten())
                         for k in range(masks.shape[1])])
-    return torch.cumsum(hist / hist.sum(-1, keepdim=True).clamp_min(1), -1)
 
 
-def _reversed_w1(fake: torch.Tensor, fake_masks: torch.Tensor, real: torch.Tensor, real_masks: torch.Tensor,
-                 top: float = 1.0) -> torch.Tensor:
-    """1 - the mean over classes of W1 (in units of `top`) between `fake` on its input's classes and `real` on
-    the target's classes in the reversed order: 0-d."""
-    w1 = (_class_cdfs(fake, fake_masks, top) - _class_cdfs(real, real_masks.flip(1), top)).abs().sum(-1)
+def reversed_w1(fake_hist: torch.Tensor, real_hist: torch.Tensor) -> torch.Tensor:
+    """1 - the mean over classes of W1 (in units of the histograms' range) between the translations' class
+    histograms (on the input's classes) and real slices' in the reversed order: 0-d."""
+    cdf = lambda h: torch.cumsum(h / h.sum(-1, keepdim=True).clamp_min(1), -1)  # noqa: E731
+    w1 = (cdf(fake_hist) - cdf(real_hist.flip(0))).abs().sum(-1)
     return 1 - w1.mean() / TISSUE_BINS
 
 
@@ -358,7 +373,7 @@ def tissue(fake: torch.Tensor, fake_masks: torch.Tensor, real: torch.Tensor, rea
     and so on (CSF is darkest in T1w and brightest in T2w, white matter the other way round). Each class's
     intensities are pooled over the slices, as fixed-bin histograms (no host sync); 1 is best.
     """
-    return _reversed_w1(fake, fake_masks, real, real_masks)
+    return reversed_w1(class_histograms(fake, fake_masks), class_histograms(real, real_masks))
 
 
 def fine_band(x: torch.Tensor) -> torch.Tensor:
@@ -375,7 +390,8 @@ def texture(fake: torch.Tensor, fake_masks: torch.Tensor, real: torch.Tensor, re
     The classes are paired as in `tissue`, and W1 is in units of TEXTURE_RANGE. Speckle inside a tissue puts
     mass where the real slices' band is near zero; blur takes it from the tail that their sharp edges make.
     """
-    return _reversed_w1(fine_band(fake), fake_masks, fine_band(real), real_masks, TEXTURE_RANGE)
+    return reversed_w1(class_histograms(fine_band(fake), fake_masks, TEXTURE_RANGE),
+                       class_histograms(fine_band(real), real_masks, TEXTURE_RANGE))
 
 
 # --- hidden information: the noisy cycle's perturbation ----------------------------------------------------------
@@ -386,3 +402,26 @@ def cycle_noise(shape: tuple[int, ...], device: torch.device = CPU,
     """A fixed Gaussian noise tensor of `shape` and standard deviation `sigma`, the same in every process."""
     n = torch.randn(shape, generator=torch.Generator().manual_seed(SEED + 1), dtype=torch.float32) * sigma
     return _to_device(n, device)
+
+
+def cycle_noise_chunks(shape: tuple[int, ...], rows: int, device: torch.device = CPU,
+                       sigma: float = CYCLE_NOISE_SIGMA) -> Iterator[torch.Tensor]:
+    """`cycle_noise(shape)`, `rows` rows at a time, without making all of it: the noise of a split scored chunk by
+    chunk (`cyclegan.evaluate`), which at thousands of slices would not fit the device, nor need to.
+
+    Torch's CPU normal sampler turns its uniform draws into normal values 16 at a time, so draws of a multiple of
+    16 values from one generator continue one another exactly (tests check it): `rows` rows must hold such a
+    multiple (`noise_rows` rounds a chunk up to one).
+    """
+    if rows < 1 or rows * math.prod(shape[1:]) % NOISE_BLOCK:
+        raise ValueError(f"{rows} rows of {shape[1:]} are not a multiple of {NOISE_BLOCK} values")
+    generator = torch.Generator().manual_seed(SEED + 1)
+    for start in range(0, shape[0], rows):
+        n = torch.randn((min(rows, shape[0] - start), *shape[1:]), generator=generator, dtype=torch.float32) * sigma
+        yield _to_device(n, device)
+
+
+def noise_rows(rows: int, shape: tuple[int, ...]) -> int:
+    """The fewest rows, at least `rows`, of `shape[1:]` each that `cycle_noise_chunks` can draw at a time."""
+    step = NOISE_BLOCK // math.gcd(NOISE_BLOCK, math.prod(shape[1:]))
+    return -(-max(rows, 1) // step) * step

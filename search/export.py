@@ -26,27 +26,28 @@ import torch
 from ray import tune
 
 from cyclegan import checkpoint
-from cyclegan.data import DataError, Slices, SliceSet, load_data, source_name
+from cyclegan.data import DataError, Slices, SliceSet, source_name
 from cyclegan.evaluate import translations
 from cyclegan.images import grid, label_grid, save_png
 from cyclegan.schedule import SCHEDULE, Schedule
-from search.select import TrialOutcome, outcome, rescore
+from search.select import Datasets, TrialOutcome, outcome, rescore
 from search.trainable import METRICS
 
 SELECTION = "selection.json"
 
 
-def export(o: TrialOutcome, data: str | Slices, out: Path) -> Path:
+def export(o: TrialOutcome, data: str | Slices, out: Path, datasets: Datasets | None = None) -> Path:
     """Writes trial `o`'s best checkpoint as an export in `out` (replaced whole, never half-written).
 
-    `data` is a folder, URI or "synthetic", or the slices a search already read (`cyclegan.data.read_data`)."""
+    `data` is a folder, URI or "synthetic", or the slices a search already read (`cyclegan.data.read_data`);
+    `datasets`, the data sets built from it so far (`search.select.Datasets`), shared with the final choice."""
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
         history = Path(d) / METRICS  # the rows of the epochs that led to this checkpoint (search/trainable.py)
         rows = _rows(history.read_text()) if history.is_file() else []
     cfg, g_t1_t2, g_t2_t1 = checkpoint.generators(state)
     schedule = Schedule.from_rows(cfg, rows)
-    dataset = load_data(data, cfg.resize, cfg.seed)
+    dataset = (datasets or Datasets(data)).get(cfg.resize, cfg.seed)
     # Whether the cross-contrast figures compare with the true other contrast (paired) or the input slice.
     metrics = {"trial_id": o.trial_id, "epoch": state["epoch"], "val": state["metrics"],
                "rescore_val": o.val_rescore, "test": o.test,
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         o = outcome(tune.Result.from_path(trials[trial_id]["path"]), selection["mode"])
         if not o.checkpoint:
             raise checkpoint.CheckpointError(f"trial {trial_id} left no checkpoint")
-        o.test = trials[trial_id].get("test") or rescore(o, selection["data"])
-        export(o, selection["data"], args.out)
+        datasets = Datasets(selection["data"])  # the folder read once, for the test score and the export
+        o.test = trials[trial_id].get("test") or rescore(o, selection["data"], datasets=datasets)
+        export(o, selection["data"], args.out, datasets)
     except (checkpoint.CheckpointError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -169,6 +170,21 @@ def read_trial_data(data: str) -> tuple[Slices | str, float]:
     return slices, time.perf_counter() - start
 
 
+def hand_over(data: Slices | str) -> tuple[Any, Slices | str]:
+    """(what the trials are handed, what the driver keeps) of the data `read_trial_data` read, once Ray has started.
+
+    The slices are put in Ray's object store once, and the driver keeps the store's copy, not its own: `ray.get`
+    gives numpy arrays as read-only views of the store, so the driver's scoring of the finalists (`summarise`)
+    reads the data without a second copy of it in the driver's memory (at IXI's size, gigabytes).
+    """
+    if not isinstance(data, Slices):
+        return data, data
+    import ray
+
+    ref = ray.put(data)  # what tune.with_parameters would put; it hands a ref on as it is
+    return ref, ray.get(ref)
+
+
 # Ray's hint names its staging folder under /tmp, which the run leaves behind (the events are in the trials'
 # folders); Ray Train's note of every checkpoint a trial saves says nothing the run's folder does not.
 NOISE = re.compile(r"^To visualize your results with TensorBoard, run: |^\(\S+ pid=\d+[^)]*\) Checkpoint successfully "
@@ -270,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         note = mps_note(space.gpus_per_trial, space.trials_per_gpu, concurrent, driver["gpus"], mps_running())
         if note:
             print(note, file=sys.stderr)
+    to_trials, args.trial_data = hand_over(args.trial_data)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=args.trial_data, objective=space.reported_objectives(),
+        tune.with_parameters(train_trial, data=to_trials, objective=space.reported_objectives(),
                              checkpoint_every=space.checkpoint_every, resources=resources,
                              view=tensorboard_view(space), scheduled=space.mutated,
                              looks=space.population.looks if space.population else None),
@@ -310,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         if _interrupted.is_set():
             # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
             # study is left as it is: the trials it holds as running continue on --resume, and are told then.
+            if args.export_on_interrupt:  # the driver's slices are views of Ray's store, which ends with it
+                args.trial_data = copy.deepcopy(args.trial_data)
             ray.shutdown()
             code = interrupted(results, space, args, run_path, study, argv, tail=driver)
         else:
@@ -409,7 +428,7 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     from search.export import SELECTION, export
     from search.lineage import schedule_lines, schedule_plot
     from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
-    from search.select import choose, outcome, status_counts, yardsticks
+    from search.select import Datasets, choose, outcome, status_counts, yardsticks
 
     local = "://" not in run_path
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
@@ -419,14 +438,15 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
         outcomes = [outcome(r, space.objective.mode) for r in results]
     tail = {} if tail is None else tail
     clock = time.perf_counter()
-    winner, finalists = choose(outcomes, space.objective, data, space.top_k)
+    datasets = Datasets(data)  # each finalist's val and test built once, for the choice, the yardsticks and the export
+    winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets)
     tail["rescore_seconds"] = time.perf_counter() - clock
     samples = schedule = baseline = None
     if winner is not None:
         # On paired data, what copying and the truth score: the yardsticks the report holds the winner to.
-        baseline = yardsticks(winner, data) if winner.last.get("paired") else None
+        baseline = yardsticks(winner, data, datasets=datasets) if winner.last.get("paired") else None
         clock = time.perf_counter()
-        best = export(winner, data, run_dir / "best")
+        best = export(winner, data, run_dir / "best", datasets)
         tail["export_seconds"] = time.perf_counter() - clock
         (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
         samples = "samples.png"

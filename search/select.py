@@ -4,7 +4,7 @@ Training loss says little about image quality (the study picked V4 by it). The `
 objective they reported while training (in bf16 on a GPU) are the finalists; each is re-scored on val
 from its best checkpoint at full precision (fp32, autocast and TF32 off, every val slice), and the winner
 is the best by that re-score, ties broken by the matching PSNRs. The finalists are independent, so they are scored side
-by side (threads; on a GPU each on a CUDA stream of its own, the data decoded once for all), their results
+by side (threads; on a GPU each on a CUDA stream of its own, the data built once for all: `Datasets`), their results
 kept in rank order whatever order they finish in. Only then is test scored, for the winner
 and the other finalists: the test split makes no decision, so its figures are one honest draw, not the
 best of k noisy ones. The val figures, which steered the search (ASHA's stops, Optuna's draws), stay
@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.config import FIELD_NAMES, TrainConfig
-from cyclegan.data import Slices, load_data
+from cyclegan.data import SYNTHETIC, Dataset, Slices, load_data, read_data
 from cyclegan.evaluate import evaluate, yardstick
 from cyclegan.precision import tf32
 from search.space import POINT_NAME
@@ -117,22 +117,24 @@ def rank_by_val(outcomes: list[TrialOutcome], mode: str) -> list[TrialOutcome]:
 def rescore(o: TrialOutcome, data: str | Slices, device: str | None = None, split: str = "test",
             datasets: Datasets | None = None) -> dict[str, float]:
     """The trial's best checkpoint scored on a split ("val" or "test") of its own data and size, every slice of it,
-    at full precision (fp32, no autocast, no TF32), with the spread over slices. `datasets` keeps the data
-    decoded for trials that share it."""
+    at full precision (fp32, no autocast, no TF32), with the spread over slices. The split stays on the host and is
+    scored a chunk at a time on `device` (`cyclegan.evaluate.evaluate`), so a split of any size fits. `datasets`
+    keeps the data built for the trials that share it."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
         cfg, g_t1_t2, g_t2_t1 = checkpoint.load_generators(Path(d), dev)
     dataset = (datasets or Datasets(data)).get(cfg.resize, cfg.seed)
     with tf32(False):  # training scored val in bf16 on a GPU; a decision made here should not hang on rounding
-        return evaluate(g_t1_t2, g_t2_t1, {"val": dataset.val, "test": dataset.test}[split].to(dev), spread=True)
+        return evaluate(g_t1_t2, g_t2_t1, {"val": dataset.val, "test": dataset.test}[split], spread=True, device=dev)
 
 
-def yardsticks(o: TrialOutcome, data: str | Slices, split: str = "test") -> dict[str, dict[str, float]]:
+def yardsticks(o: TrialOutcome, data: str | Slices, split: str = "test",
+               datasets: Datasets | None = None) -> dict[str, dict[str, float]]:
     """On paired data, the split scored as if translated by copying each input ("copied") and by the truth
     ("truth"), both through the trial's size (`cyclegan.evaluate.yardstick`): where a model's figures lie between
     not translating and the best its size allows. {} on unpaired data."""
-    dataset = Datasets(data).get(int(o.config.get("resize", TrainConfig.resize)),
-                                 int(o.config.get("seed", TrainConfig.seed)))
+    dataset = (datasets or Datasets(data)).get(int(o.config.get("resize", TrainConfig.resize)),
+                                               int(o.config.get("seed", TrainConfig.seed)))
     s = {"val": dataset.val, "test": dataset.test}[split]
     if not s.paired:
         return {}
@@ -140,34 +142,51 @@ def yardsticks(o: TrialOutcome, data: str | Slices, split: str = "test") -> dict
 
 
 class Datasets:
-    """One data folder decoded once per (resize, seed), for the threads that score finalists."""
+    """The data the end of a search scores on, built once per (resize, seed) and shared by whatever scores trials
+    or exports one (`choose`, its threads, `yardsticks`, `search.export.export`).
+
+    A folder (or URI) is read once, whatever sizes its trials took, and its data sets do not depend on the seed
+    (only the phantom's do). A folder's hold val and test only: its training slices, most of a data set, are not
+    squared and resized again at each resize, for nothing here reads them.
+    """
 
     def __init__(self, data: str | Slices) -> None:
         self.data = data
-        self._loaded: dict[tuple[int, int], Any] = {}
+        self._loaded: dict[tuple[int, int], Dataset] = {}
         self._lock = threading.Lock()
 
-    def get(self, resize: int, seed: int) -> Any:
-        with self._lock:  # one decode a key, the others wait for it
+    def get(self, resize: int, seed: int) -> Dataset:
+        with self._lock:  # one build a key, the others wait for it
+            if not isinstance(self.data, Slices) and str(self.data) != SYNTHETIC:
+                self.data = read_data(self.data)
+            if isinstance(self.data, Slices):
+                seed = 0
             if (resize, seed) not in self._loaded:
-                self._loaded[resize, seed] = load_data(self.data, resize=resize, seed=seed)
+                self._loaded[resize, seed] = load_data(self._held_out(), resize=resize, seed=seed)
             return self._loaded[resize, seed]
+
+    def _held_out(self) -> str | Slices:
+        if isinstance(self.data, Slices):  # the training slices' names stay: a data set's split still lists them
+            return replace(self.data, train={domain: [] for domain in self.data.train})
+        return self.data
 
 
 Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split
 
 
 def choose(outcomes: list[TrialOutcome], objective, data: str | Slices, top_k: int, device: str | None = None,
-           score: Scorer | None = None, workers: int | None = None) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
+           score: Scorer | None = None, workers: int | None = None, datasets: Datasets | None = None
+           ) -> tuple[TrialOutcome | None, list[TrialOutcome]]:
     """Picks the winner on val and only then scores test; returns (winner, the finalists best first).
 
     The finalists are the top_k trials by the val objective they reported while training; each is re-scored
     on val from its best checkpoint (`score(o, "val")`, by default `rescore`: fp32, all val slices) into
     `o.val_rescore`, and ranked by that objective, ties broken by the matching PSNRs. The winner is fixed
     before any test slice is scored; then every finalist is scored on test (`o.test`) for the report.
-    Up to `workers` trials are scored at once (default: top_k), each result kept in rank order.
+    Up to `workers` trials are scored at once (default: top_k), each result kept in rank order. `datasets`: the
+    data built so far, shared with the rest of the search's end (default: built here).
     """
-    datasets = Datasets(data)
+    datasets = datasets or Datasets(data)
     score = _own_stream(score or (lambda o, split: rescore(o, data, device, split, datasets)), device)
     mode = objective.mode
     psnr_twin = {k.replace("ssim_", "psnr_", 1): w for k, w in objective.weights.items()}

@@ -112,6 +112,16 @@ def test_swd_is_zero_for_the_same_images_and_grows_with_inversion_and_blur(phant
     assert inverted > 3 * like and blur > 3 * like, (like, inverted, blur)
 
 
+def test_swd_from_the_patches_of_a_splits_chunks_is_the_swd_of_the_whole_split():
+    # 300 slices: past SWD_BUDGET / SWD_GRID^2, so the split's count sets a coarser patch grid than a chunk's would.
+    gen = torch.Generator().manual_seed(0)
+    fake, real = torch.rand((300, 1, 64, 64), generator=gen), torch.rand((280, 1, 64, 64), generator=gen)
+    assert U.patch_stride(64, 300) != U.patch_stride(64, 64)
+    chunks = [(U.swd_patches(fake[i:i + 64], 300), U.swd_patches(real[i:i + 64], 300)) for i in range(0, 300, 64)]
+    gathered = [[torch.cat(level) for level in zip(*side)] for side in zip(*chunks)]
+    torch.testing.assert_close(U.swd_from_patches(*gathered), U.swd_per_level(fake, real))
+
+
 # --- MIND ----------------------------------------------------------------------------------------------------------
 
 def _mind_ref(x: np.ndarray) -> np.ndarray:
@@ -390,6 +400,18 @@ def test_noisy_cycle_is_the_head_ssim_of_the_perturbed_path(tiny_cfg):
             noise = torch.randn(fake.shape, generator=torch.Generator().manual_seed(U.SEED + 1)) * 0.05
             rec = resample(back((fake + noise).clamp(-1, 1)), data.val.size)
             assert got[name] == pytest.approx(ssim(_01(rec), _01(x), head).mean().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("shape, rows", [((7, 1, 32, 32), 3), ((11, 1, 30, 30), 3), ((5, 1, 37, 37), 2)])
+def test_cycle_noise_drawn_chunk_by_chunk_is_the_noise_drawn_at_once(shape, rows):
+    # 30 x 30 and 37 x 37 slices are no multiple of 16 values: their chunks are rounded up to 4 and 16 rows.
+    rows = U.noise_rows(rows, shape)
+    assert rows * shape[-1] ** 2 % U.NOISE_BLOCK == 0 and rows < shape[0] + 16
+    chunks = list(U.cycle_noise_chunks(shape, rows))
+    assert [len(c) for c in chunks] == [min(rows, shape[0] - i) for i in range(0, shape[0], rows)]
+    assert torch.equal(torch.cat(chunks), U.cycle_noise(shape))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        next(U.cycle_noise_chunks((5, 1, 37, 37), 3))
 
 
 def test_noisy_cycle_exposes_a_generator_pair_that_hides_its_input(phantom):

@@ -10,16 +10,19 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from cyclegan import checkpoint
+from cyclegan import data as data_module
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.train import fit
 from search.export import export
 from search.report import evaluation, evaluation_line, selection_line
-from search.select import TrialOutcome, choose, rescore
-from search.space import Objective
+from search.run import summarise
+from search.select import Datasets, TrialOutcome, choose, rescore
+from search.space import Objective, load_space
 
 pytestmark = pytest.mark.slow  # trains two models, then re-scores them on val and test
 
@@ -137,3 +140,41 @@ def test_scoring_side_by_side_chooses_and_scores_as_one_at_a_time(two_checkpoint
         return [(o.trial_id, o.val_rescore, o.test) for o in finalists]
 
     assert run(2) == run(1)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple]:
+    """Every call of `cyclegan.data.<name>` (what `load_data` builds with), as its arguments; the real one runs."""
+    calls, real = [], getattr(data_module, name)
+    monkeypatch.setattr(data_module, name, lambda *a, **k: calls.append(a) or real(*a, **k))
+    return calls
+
+
+def test_the_end_of_a_search_builds_each_finalists_data_once(two_checkpoints, tmp_path, monkeypatch):
+    # The real end of a search (choice, yardsticks, export, report) on two finalists of seeds 0 and 1 at 32 px: the
+    # phantom is drawn once a seed, where the choice, the yardsticks and the export each drew their own.
+    (tmp_path / "space.yaml").write_text(
+        "objective: {weights: {ssim_t1_t1_head: 0.5, ssim_t2_t2_head: 0.5}, mode: max}\n"
+        "select: {top_k: 2}\nfixed: {resize: 32, unet_depth: 5}\npoints: [{seed: 0}, {seed: 1}]\n")
+    space = load_space(tmp_path / "space.yaml")
+    outcomes = []
+    for seed in (0, 1):
+        o = finalist(f"s{seed}", two_checkpoints[f"s{seed}"][0], 0.5 + seed / 10)
+        o.config.update(resize=32, seed=seed)
+        outcomes.append(o)
+    built = _counting(monkeypatch, "synthetic_data")
+    assert summarise(None, space, DATA, str(tmp_path / "run"), outcomes=outcomes, tail={}) == 0
+    assert sorted(built) == [(32, 0), (32, 1)]
+    assert (tmp_path / "run" / "best" / "model.pt").is_file() and all(o.test for o in outcomes)
+    assert "| T1 -> T2, the input copied |" in (tmp_path / "run" / "summary" / "report.md").read_text()  # yardsticks
+
+
+def test_a_folder_is_read_once_and_built_once_a_resize_with_its_held_out_slices_only(study_data, monkeypatch):
+    read, built = _counting(monkeypatch, "read_domain"), _counting(monkeypatch, "build_dataset")
+    datasets = Datasets(str(study_data))
+    a, b, c = datasets.get(32, 0), datasets.get(32, 1), datasets.get(64, 0)
+    assert [folder.name for folder, in read] == ["T1", "T2"] and [resize for _, resize in built] == [32, 64]
+    assert a is b and (a.resize, c.resize) == (32, 64)  # a folder's data set does not depend on the seed
+    whole = load_data(study_data, 32)
+    assert len(a.train.t1) == 0 and a.split() == whole.split()  # no training slice built, the split as it was
+    assert torch.equal(a.val.t1, whole.val.t1) and torch.equal(a.test.t2_head, whole.test.t2_head)
+

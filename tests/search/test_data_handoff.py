@@ -6,6 +6,7 @@ before any trial starts, interrupted and resumed (the resumed driver reads the f
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -14,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.paths import pythonpath
@@ -90,3 +93,27 @@ def test_trials_never_read_the_data_folder_and_a_resumed_search_reads_it_again(t
         assert str(data) not in (trial / "params.json").read_text()  # no path in what a trial is given
         assert json.loads((trial / "split.json").read_text())["source"] == str(data)  # the name, as a record
         assert json.loads((trial / "resources.json").read_text())["data_seconds"] >= 0
+
+
+def test_the_driver_keeps_the_object_stores_copy_of_the_slices_not_a_second_one(local_ray, study_data: Path) -> None:
+    import ray
+
+    from cyclegan.data import read_data
+    from search.run import hand_over
+
+    slices = read_data(study_data)
+    own = weakref.ref(slices.held_out["val"]["T1"][0])
+    to_trials, kept = hand_over(slices)
+    del slices
+    assert own() is None  # nothing holds the driver's own copy: it is freed
+    fresh = read_data(study_data)
+    for got in (kept, ray.get(to_trials)):  # the driver's and a trial's: the slices read, in the store (read-only)
+        assert got.names == fresh.names and got.paired == fresh.paired
+        assert all(np.array_equal(a, b) and not a.flags.writeable
+                   for d in ("T1", "T2") for a, b in zip(got.train[d], fresh.train[d]))
+        assert np.array_equal(got.held_out["test"]["T2"][1], fresh.held_out["test"]["T2"][1])
+    # What an interrupted search exports from once Ray has stopped: a copy of its own.
+    own_copy = copy.deepcopy(kept)
+    assert own_copy.held_out["val"]["T1"][0].flags.writeable
+    assert np.array_equal(own_copy.held_out["val"]["T1"][0], fresh.held_out["val"]["T1"][0])
+    assert hand_over("synthetic") == ("synthetic", "synthetic")  # the phantom is drawn in each trial
