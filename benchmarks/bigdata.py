@@ -121,7 +121,7 @@ def worker(args: argparse.Namespace) -> int:
     first: dict[str, float] = {}
     one = StepRunner._one
 
-    def timed(self: StepRunner) -> None:  # the first step runs eagerly (the pools fill first): it may wait for it
+    def timed(self: StepRunner) -> None:  # the first steps run eagerly, before the capture: it may wait for them
         one(self)
         if "step" not in first:
             if cuda:

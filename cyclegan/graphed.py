@@ -12,8 +12,9 @@ the eager loop:
   and converts it to fp32 inside the graph;
 - the optimizers are capturable (their step counts live on the GPU) and read the learning rate from a
   GPU tensor, which the LR scheduler updates in place (`optim.make_adam`);
-- the step is captured only once the image pools are full, after which a pool query is the same
-  kernels every time (its random draws, like dropout's, come from the graph-safe philox generator);
+- the image pools keep their count on the GPU and run the same kernels whether they fill or swap
+  (`train.ImagePool`), so the step is captured after two eager steps, however large the pool; their random
+  draws, like dropout's, come from the graph-safe philox generator;
 - the losses are summed into a static accumulator inside the graph and read once an epoch.
 
 On the CPU, or with `cuda_graphs` off, the same code runs eagerly, call by call.
@@ -36,22 +37,19 @@ class Replay:
 
     `fn` takes no arguments: it reads and writes tensors that stay in place (static buffers). What the
     captured call returned is handed back by every replay, overwritten in place, so use it before the
-    next call. Capture happens once `ready()` holds and `warmup` eager calls have run since; eager
-    calls before the capture run on a side stream, as the recipe asks. If the capture fails, a one-line
-    warning says why, `on_failure()` undoes what the half-recorded call changed on the host, and `fn`
-    keeps running eagerly.
+    next call. Capture happens after `warmup` eager calls, which run on a side stream, as the recipe asks.
+    If the capture fails, a one-line warning says why, `on_failure()` undoes what the half-recorded call
+    changed on the host, and `fn` keeps running eagerly.
     """
 
     def __init__(self, fn: Callable[[], Any], *, enabled: bool, name: str, warmup: int = 2,
-                 ready: Callable[[], bool] | None = None, on_failure: Callable[[], None] | None = None) -> None:
+                 on_failure: Callable[[], None] | None = None) -> None:
         self.fn = fn
         self.enabled = enabled
         self.name = name
         self.warmup = warmup
-        self.ready = ready or (lambda: True)
         self.on_failure = on_failure
         self.eager_calls = 0
-        self._ready_calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         # When the capture ended (wall clock): `torch.cuda.graph` synchronizes before it records, and recording runs
         # nothing, so the GPU is idle then and this is when the first replay starts, known without a sync of its own.
@@ -67,11 +65,9 @@ class Replay:
         if self.graph is not None:
             self.graph.replay()
             return self._out
-        if self.enabled and self.ready():
-            if self._ready_calls >= self.warmup and self._capture():
-                self.graph.replay()
-                return self._out
-            self._ready_calls += 1
+        if self.enabled and self.eager_calls >= self.warmup and self._capture():
+            self.graph.replay()
+            return self._out
         return self._eager()
 
     def _eager(self) -> Any:
@@ -119,13 +115,12 @@ class StepRunner:
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], feed: Feed,
-                 steps: int, *, graphs: bool, ready: Callable[[], bool] | None = None,
-                 on_failure: Callable[[], None] | None = None, warmup: int = 2) -> None:
+                 steps: int, *, graphs: bool, on_failure: Callable[[], None] | None = None, warmup: int = 2) -> None:
         self.step, self.feed, self.steps = step, feed, steps
         self.counter = torch.zeros((), dtype=torch.long, device=feed.device)
         self.names: tuple[str, ...] = ()
         self.sums: torch.Tensor | None = None  # one slot per loss, sized by the first step
-        self.replay = Replay(self._one, enabled=graphs, name="train step", warmup=warmup, ready=ready,
+        self.replay = Replay(self._one, enabled=graphs, name="train step", warmup=warmup,
                              on_failure=on_failure)
 
     def _one(self) -> None:

@@ -69,50 +69,63 @@ class ImagePool:
     """The reference's history of past fakes, kept on the training device.
 
     Until the pool is full every fake is stored and passed through; after that each fake is, with
-    probability 1/2, swapped for a random stored one (which it replaces). Decisions are drawn on the
-    device, so querying the pool never waits for the host.
+    probability 1/2, swapped for a random stored one (which it replaces). The count of stored fakes lives on
+    the device and both branches run as the same kernels every query, with the choice made per fake by
+    `torch.where`: querying never waits for the host, and a step that fills the pool can be captured in a CUDA
+    graph, so the trainer need not run the pool's fill eagerly first (at batch 1, 50 eager steps).
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.count = 0
-        self.images: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None  # fakes stored so far (at most `size`), a 0-d tensor on the device
+        self.images: torch.Tensor | None = None  # `size` stored fakes and one scratch row (below)
 
     def query(self, fakes: torch.Tensor) -> torch.Tensor:
         if self.size == 0:
             return fakes
         fakes = fakes.detach()
         if self.images is None:
-            self.images = torch.zeros((self.size, *fakes.shape[1:]), dtype=fakes.dtype, device=fakes.device)
+            self.images = fakes.new_zeros((self.size + 1, *fakes.shape[1:]))
+            self.count = torch.zeros((), dtype=torch.long, device=fakes.device)
         elif self.images.dtype != fakes.dtype or self.images.device != fakes.device:
             # A pool restored from a checkpoint of another device or precision (bf16 fakes on a GPU, fp32 on
             # the CPU): it takes this run's, once.
             self.images = self.images.to(device=fakes.device, dtype=fakes.dtype)
+            self.count = self.count.to(fakes.device)
+        scratch = self.size  # the row that writes which must not happen go to: one index_copy_ serves both cases
         out = []
-        if self.count < self.size:  # filling: host-known counts, so no sync
-            take = min(self.size - self.count, len(fakes))
-            self.images[self.count:self.count + take] = fakes[:take]
-            self.count += take
-            out.append(fakes[:take])
-            fakes = fakes[take:]
-        # Distinct slots within one write: with a repeated slot, index_copy_ keeps one of the fakes written
-        # there and the other is lost while the stored image goes out twice. A batch larger than the pool goes
-        # in pool-sized chunks, one after the other.
+        # A batch larger than the pool goes in pool-sized chunks, one after the other, each seeing the last's writes.
         for chunk in fakes.split(self.size):
-            idx = torch.rand(self.size, device=chunk.device).argsort()[:len(chunk)]
-            swap = (torch.rand(len(chunk), device=chunk.device) < 0.5).view(-1, 1, 1, 1)
-            stored = self.images[idx]
-            out.append(torch.where(swap, stored, chunk))
-            self.images.index_copy_(0, idx, torch.where(swap, chunk, stored))
+            n = len(chunk)
+            slot = self.count + torch.arange(n, device=chunk.device)
+            filling = slot < self.size
+            self.images.index_copy_(0, torch.where(filling, slot, scratch), chunk)
+            # The others meet a full pool (the fakes before them in the chunk filled it). Distinct slots within one
+            # write: with a repeated slot, index_copy_ keeps one of the fakes written there and the other is lost
+            # while the stored image goes out twice.
+            idx = torch.rand(self.size, device=chunk.device).argsort()[:n]
+            swap = ~filling & (torch.rand(n, device=chunk.device) < 0.5)
+            out.append(torch.where(swap.view(-1, 1, 1, 1), self.images[idx], chunk))
+            self.images.index_copy_(0, torch.where(swap, idx, scratch), chunk)
+            self.count.add_(n).clamp_(max=self.size)
         return torch.cat(out)
 
+    @property
+    def stored(self) -> torch.Tensor | None:
+        return None if self.images is None else self.images[:self.size]
+
     def state(self) -> dict[str, Any]:
-        # The images stay where they are: the checkpoint writer copies them to host memory without a sync.
-        return {"count": self.count, "images": self.images}
+        # Tensors stay where they are: the checkpoint writer copies them to host memory without a sync.
+        return {"count": self.count, "images": self.stored}
 
     def load(self, state: dict[str, Any], device: torch.device) -> None:
-        self.count = state["count"]
-        self.images = state["images"].to(device) if state["images"] is not None else None
+        if state["images"] is None:
+            self.count = self.images = None
+            return
+        # Checkpoints written before the count moved to the device hold it as an int.
+        self.count = torch.as_tensor(state["count"], dtype=torch.long).to(device)
+        stored = state["images"].to(device)
+        self.images = torch.cat([stored, stored.new_zeros((1, *stored.shape[1:]))])
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -245,9 +258,8 @@ class Trainer:
         return train_step(self.models, self.opt_g, self.opt_d, real_t1, real_t2, self.pools, self.cfg, self.autocast)
 
     def runner(self, feed: Feed, steps: int) -> StepRunner:
-        """Runs epochs of `steps` steps on the batches of `feed`; captured once the pools are full."""
-        return StepRunner(self.step, feed, steps, graphs=self.graphs, ready=self.pools_full,
-                          on_failure=self._undo_half_step)
+        """Runs epochs of `steps` steps on the batches of `feed`; captured after two eager steps."""
+        return StepRunner(self.step, feed, steps, graphs=self.graphs, on_failure=self._undo_half_step)
 
     def feed(self, t1: torch.Tensor, t2: torch.Tensor, steps: int, *, stream: bool = False,
              bits: int | None = 16) -> Feed:
@@ -255,9 +267,6 @@ class Trainer:
         kind = Streamed if stream else Resident
         return kind(t1, t2, self.device, self.cfg.batch_size, steps, bits=bits,
                     channels_last=self.device.type == "cuda" and self.cfg.use_channels_last)
-
-    def pools_full(self) -> bool:
-        return all(p.size == 0 or p.count >= p.size for p in self.pools)
 
     def end_epoch(self) -> None:
         """Steps the LR schedulers, keeping GPU learning rates in the tensors a captured step reads."""
@@ -384,7 +393,7 @@ def fixed_costs(runner: StepRunner, graphs: bool, started: float, first_step_at:
 
     `startup_seconds`: from the process start to the first training step (imports, CUDA context, data, networks;
     for a resumed run the checkpoint's load too). `warmup_seconds`: from the first step to the first replay of the
-    captured step (cuDNN's benchmark, the eager steps that fill the image pools, the captures), `warmup_steps` of
+    captured step (cuDNN's benchmark on the first, the eager steps before the capture, the capture), `warmup_steps` of
     them eager; while the step is not yet captured, the time so far; 0 where the step is never captured (the CPU,
     `cuda_graphs` off, a capture that failed). `graphed`: the step is a replayed graph from now on.
     """

@@ -9,7 +9,7 @@ GPUs Ray saw):
 
 - start-up: a trial's process start to its first training step (imports, CUDA context, data, networks);
 - warm-up: the training time of the epochs before the step runs at full speed (cuDNN's benchmark, the eager
-  steps that fill the image pools, the CUDA graph captures) beyond what those pairs take at full speed; the
+  steps before the capture, the CUDA graph captures) beyond what those pairs take at full speed; the
   trainer's own figure, first step to first graphed step, is shown beside it;
 - checkpoints: the training loop's time on them (the copy to host memory and any wait for the write);
 - validation: each epoch's val pass;

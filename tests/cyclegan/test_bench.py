@@ -98,7 +98,7 @@ def test_step_runner_gives_the_plain_loops_batches_and_weights(tiny_cfg):
     assert runner.counter.item() == steps and not runner.replay.captured
 
 
-def test_replay_captures_only_once_ready_and_warm(monkeypatch):
+def test_replay_captures_after_its_warm_up_calls_and_then_only_replays(monkeypatch):
     calls, captures = [], []
 
     class FakeGraph:
@@ -113,15 +113,11 @@ def test_replay_captures_only_once_ready_and_warm(monkeypatch):
     monkeypatch.setattr(Replay, "_eager", lambda self: (calls.append("eager"), setattr(self, "eager_calls",
                                                                                         self.eager_calls + 1)))
     monkeypatch.setattr(Replay, "_capture", capture)
-    full = {"pool": False}
-    r = Replay(lambda: None, enabled=True, name="t", warmup=2, ready=lambda: full["pool"])
-    for _ in range(3):
+    r = Replay(lambda: None, enabled=True, name="t", warmup=2)
+    for _ in range(5):
         r()
-    full["pool"] = True
-    for _ in range(4):
-        r()
-    # Three calls while filling, two warm-up calls once full, then the capture and replays only.
-    assert calls == ["eager"] * 5 + ["replay"] * 2 and captures == [5] and r.captured
+    # Two warm-up calls, then the capture, whose call is the first replay, and replays only.
+    assert calls == ["eager"] * 2 + ["replay"] * 3 and captures == [2] and r.captured
 
 
 def test_replay_runs_eagerly_when_disabled():

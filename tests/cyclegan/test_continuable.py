@@ -64,7 +64,7 @@ def test_an_exploit_trains_on_with_the_new_rates_and_keeps_what_was_learnt(one_e
             assert torch.equal(opt.state[p]["exp_avg"], saved_state[i]["exp_avg"])
             assert float(opt.state[p]["step"]) == float(saved_state[i]["step"]) > 0
     for pool, s in zip(t.pools, one_epoch["pools"]):
-        assert pool.count == s["count"] == 4 and torch.equal(pool.images, s["images"])
+        assert int(pool.count) == int(s["count"]) == 4 and torch.equal(pool.stored, s["images"])
     for name, net in t.models.named().items():
         for k, v in net.state_dict().items():
             assert torch.equal(v, one_epoch["models"][name][k]), f"{name}.{k}"

@@ -100,15 +100,15 @@ def test_the_image_pool_loses_no_stored_fake():
     for _ in range(300):
         batch = torch.arange(next_id, next_id + 5).view(5, 1, 1, 1)
         next_id += 5
-        before = sorted([*pool.images.flatten().tolist(), *batch.flatten().tolist()])
+        before = sorted([*pool.stored.flatten().tolist(), *batch.flatten().tolist()])
         out = pool.query(batch)
-        assert sorted([*pool.images.flatten().tolist(), *out.flatten().tolist()]) == before
+        assert sorted([*pool.stored.flatten().tolist(), *out.flatten().tolist()]) == before
     # A batch larger than the pool keeps the rule too.
     small = ImagePool(3)
     small.query(torch.arange(3.0).view(3, 1, 1, 1))
     batch = torch.arange(3.0, 11.0).view(8, 1, 1, 1)
     out = small.query(batch)
-    assert sorted([*small.images.flatten().tolist(), *out.flatten().tolist()]) == list(map(float, range(11)))
+    assert sorted([*small.stored.flatten().tolist(), *out.flatten().tolist()]) == list(map(float, range(11)))
 
 
 @pytest.mark.parametrize(("knobs", "match"), [

@@ -62,6 +62,40 @@ def test_image_pool_fills_then_swaps_half_the_time():
     assert ImagePool(0).query(later) is later
 
 
+def test_a_batch_that_fills_the_pool_stores_its_first_fakes_and_swaps_the_rest_against_the_full_pool():
+    for seed in range(20):
+        torch.manual_seed(seed)
+        pool = ImagePool(5)
+        pool.query(torch.arange(3.0).view(3, 1, 1, 1))
+        out = pool.query(torch.arange(10.0, 14.0).view(4, 1, 1, 1)).flatten().tolist()
+        assert int(pool.count) == 5 and out[:2] == [10.0, 11.0]  # stored in the last two slots and passed through
+        # The other two meet a full pool, the two just stored included: each goes out or is swapped, none is lost.
+        assert sorted([*pool.stored.flatten().tolist(), *out[2:]]) == [0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 13.0]
+
+
+def test_an_image_pool_query_runs_the_same_operations_filling_or_full():
+    """What lets a CUDA graph capture a step whose pool is still filling: nothing the host decides from its count."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    pool = ImagePool(4)
+    pool.query(torch.zeros(2, 1, 2, 2))  # allocates the pool
+    seen = []
+    for _ in range(3):  # filling, just full, full
+        with Ops() as ops:
+            pool.query(torch.ones(2, 1, 2, 2))
+        seen.append(ops.names)
+    assert seen[0] == seen[1] == seen[2] and int(pool.count) == 4
+
+
 @pytest.mark.slow  # trains 3 epochs
 def test_fit_reports_every_epoch_with_all_metrics_and_learns(tiny_cfg):
     data = load_data("synthetic", 32)
