@@ -12,7 +12,7 @@ train step is the trainer's own (`train.train_step`) on the stacked networks, ca
 Prints pairs/s (K trials' pairs together) for each K, beside one trial's; compare with the MPS packing of
 `python -m benchmarks.bench --sections processes --processes 8`. A measurement, not yet a trainer: the losses are
 means over the K trials too, so each trial's gradient is 1/K of its own (Adam, being scale-free, barely minds),
-and the image pool is shared.
+and the image pool is shared (one pool of the trainer's size over the K trials' fakes).
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ class Stacked(nn.Module):
         return super().train(mode)
 
 
+class FlatPool(ImagePool):
+    """The trainer's image pool over the K trials' fakes taken as one batch ([K, N, ...] in and out)."""
+
+    def query(self, fakes: torch.Tensor) -> torch.Tensor:
+        return super().query(fakes.flatten(0, 1)).view_as(fakes)
+
+
 def fused(cfg: TrainConfig, k: int, dev: torch.device) -> CycleGAN:
     """K CycleGANs of `cfg` (seeds cfg.seed, cfg.seed + 1, ...) fused into one of stacked networks."""
     copies = []
@@ -78,7 +85,7 @@ def time_step(cfg: TrainConfig, k: int, dev: torch.device, steps: int) -> dict[s
     from contextlib import nullcontext
 
     opt_g, opt_d, _ = make_optimizers(cfg, [m.g_t1_t2, m.g_t2_t1], [m.d_t1, m.d_t2], dev)
-    pools = (ImagePool(cfg.pool_size), ImagePool(cfg.pool_size))
+    pools = (FlatPool(cfg.pool_size), FlatPool(cfg.pool_size))
     shape = (k, cfg.batch_size, 1, cfg.resize, cfg.resize)
     x1, x2 = (torch.rand(shape, device=dev) * 2 - 1 for _ in range(2))
     replay = Replay(lambda: train_step(m, opt_g, opt_d, x1, x2, pools, cfg, autocast or nullcontext),

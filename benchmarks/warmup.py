@@ -9,6 +9,11 @@ warm-up: each step's seconds until the step is a replayed graph (synchronised af
 cuDNN's benchmark and the capture shows in the step that makes it). Then the steady speed of the last epoch.
 
     python -m benchmarks.warmup --data DIR --parallel 1 8 --out out/warmup.json
+    python -m benchmarks.warmup --data DIR --parallel 8 --reuse-with next --share 0.125 --threads 1   # as a search
+
+A search differs from the first command in three ways, each an option: the trial that reuses a process mostly
+has other shapes than the last one (`--reuse-with next`), so cuDNN's benchmark runs again; each trial's memory is
+capped to its share (`--share`); and it has the CPUs Ray gave it as threads (`--threads`, a search's default 1).
 
 It reaches the trainer only through `fit` and `Trainer`, so it measures an older checkout too, side by side:
 `PYTHONPATH=OLD python benchmarks/warmup.py ...` with OLD a checkout of that commit.
@@ -44,9 +49,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, nargs="+", default=[1], help="workers at once (one run per value)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--resize", type=int, help="every config at this size instead of its own (a CPU smoke run)")
+    p.add_argument("--reuse-with", choices=("same", "next"), default="same",
+                   help="the reused fit's config: the worker's own (cuDNN's choices cached), or the next one in "
+                        "--configs (new shapes in a warm process, as a search's next trial mostly is)")
+    p.add_argument("--share", type=float, help="cap each worker's memory to this share of the GPU, as a search "
+                   "caps a trial (search.trainable.cap_gpu_memory)")
+    p.add_argument("--threads", type=int, help="each worker's CPU threads (default: the cores over the workers)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, help="write the results here as JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # a config's name: run it in this process and print JSON
+    p.add_argument("--then", help=argparse.SUPPRESS)  # the reused fit's config
     return p.parse_args(argv)
 
 
@@ -57,15 +69,24 @@ def worker(args: argparse.Namespace) -> int:
     from cyclegan.data import load_data
     from cyclegan.train import Trainer, epoch_order, fit
 
-    knobs = {**CONFIGS[args.worker], **({"resize": args.resize} if args.resize else {})}
+    def knobs_of(name: str) -> dict[str, Any]:
+        return {**CONFIGS[name], **({"resize": args.resize} if args.resize else {})}
+
     dev = torch.device(args.device)
-    data = load_data(args.data, knobs["resize"], 0)
+    if args.share and dev.type == "cuda":
+        from search.trainable import cap_gpu_memory
+
+        cap_gpu_memory(args.share)
+    datasets: dict[int, Any] = {}
     rows = []
-    for run in ("fresh", "reused"):
+    for run, name in (("fresh", args.worker), ("reused", args.then or args.worker)):
+        knobs = knobs_of(name)
+        data = datasets.setdefault(knobs["resize"], load_data(args.data, knobs["resize"], 0))
         cfg = TrainConfig(**knobs, epochs=args.epochs, seed=len(rows))
         history = fit(cfg, data, device=dev).history
         last = history[-1]
-        rows.append({"run": run, "startup_seconds": history[0]["startup_seconds"] if run == "fresh" else None,
+        rows.append({"run": run, "config": name,
+                     "startup_seconds": history[0]["startup_seconds"] if run == "fresh" else None,
                      "warmup_seconds": last["warmup_seconds"], "warmup_steps": last["warmup_steps"],
                      "graphed": last["graphed"], "pairs_per_second": last["pairs_per_second"],
                      "val_seconds": [h["val_seconds"] for h in history]})
@@ -109,12 +130,16 @@ def run_wave(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]
     # The workers import the trainer this process would: this checkout's, or the one PYTHONPATH names first.
     root = Path(importlib.util.find_spec("cyclegan").origin).parent.parent
     # Each its share of the cores as its threads, as Ray gives a trial its CPUs (OMP_NUM_THREADS).
-    threads = str(max(1, (os.cpu_count() or 1) // len(names)))
+    threads = str(args.threads or max(1, (os.cpu_count() or 1) // len(names)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": threads}
-    procs = [subprocess.Popen([sys.executable, str(script), "--worker", name, "--data", args.data,
-                               "--epochs", str(args.epochs), "--device", args.device,
-                               *(["--resize", str(args.resize)] if args.resize else [])],
+    def then(name: str) -> str:
+        return args.configs[(args.configs.index(name) + 1) % len(args.configs)] if args.reuse_with == "next" else name
+
+    procs = [subprocess.Popen([sys.executable, str(script), "--worker", name, "--then", then(name),
+                               "--data", args.data, "--epochs", str(args.epochs), "--device", args.device,
+                               *(["--resize", str(args.resize)] if args.resize else []),
+                               *(["--share", str(args.share)] if args.share else [])],
                               stdout=subprocess.PIPE, text=True, env=env) for name in names]
     out = []
     for name, proc in zip(names, procs):
