@@ -88,6 +88,9 @@ def worker(args: argparse.Namespace) -> int:
         rows.append({"run": run, "config": name,
                      "startup_seconds": history[0]["startup_seconds"] if run == "fresh" else None,
                      "warmup_seconds": last["warmup_seconds"], "warmup_steps": last["warmup_steps"],
+                     # Where it went, on the host (an older trainer does not report them).
+                     "first_step_seconds": last.get("warmup_first_step_seconds"),
+                     "capture_seconds": last.get("warmup_capture_seconds"),
                      "graphed": last["graphed"], "pairs_per_second": last["pairs_per_second"],
                      "val_seconds": [h["val_seconds"] for h in history]})
     # The split, in the same (now warm) process for a new seed: each step timed on its own until it replays.

@@ -54,6 +54,10 @@ class Replay:
         # When the capture ended (wall clock): `torch.cuda.graph` synchronizes before it records, and recording runs
         # nothing, so the GPU is idle then and this is when the first replay starts, known without a sync of its own.
         self.captured_at: float | None = None
+        # Host seconds of the first eager call (cuDNN's benchmark and CUDA's lazy loading block the host there) and
+        # of the capture call: where a warm-up goes, without a sync of their own.
+        self.first_call_seconds: float | None = None
+        self.capture_seconds: float | None = None
         self._out: Any = None
         self._side: torch.cuda.Stream | None = None
 
@@ -65,10 +69,15 @@ class Replay:
         if self.graph is not None:
             self.graph.replay()
             return self._out
+        start = time.perf_counter()
         if self.enabled and self.eager_calls >= self.warmup and self._capture():
             self.graph.replay()
+            self.capture_seconds = time.perf_counter() - start
             return self._out
-        return self._eager()
+        out = self._eager()
+        if self.first_call_seconds is None:
+            self.first_call_seconds = time.perf_counter() - start
+        return out
 
     def _eager(self) -> Any:
         self.eager_calls += 1

@@ -46,7 +46,8 @@ Report = Callable[[dict[str, Any], Callable[[Path], PendingCheckpoint]], None]
 # What each epoch's metrics say about time rather than about the model (they differ between two equal runs).
 # The fixed costs of a run (`fixed_costs`), for `search.throughput`: wall-clock times are seconds since the epoch.
 TIMING_METRICS = ("train_seconds", "val_seconds", "pairs_per_second", "process_started", "first_step_at",
-                  "startup_seconds", "warmup_seconds", "warmup_steps", "graphed")
+                  "startup_seconds", "warmup_seconds", "warmup_steps", "warmup_first_step_seconds",
+                  "warmup_capture_seconds", "graphed")
 
 
 @dataclass
@@ -395,11 +396,18 @@ def fixed_costs(runner: StepRunner, graphs: bool, started: float, first_step_at:
     for a resumed run the checkpoint's load too). `warmup_seconds`: from the first step to the first replay of the
     captured step (cuDNN's benchmark on the first, the eager steps before the capture, the capture), `warmup_steps` of
     them eager; while the step is not yet captured, the time so far; 0 where the step is never captured (the CPU,
-    `cuda_graphs` off, a capture that failed). `graphed`: the step is a replayed graph from now on.
+    `cuda_graphs` off, a capture that failed). Of it, the host's seconds in the first step
+    (`warmup_first_step_seconds`: cuDNN's benchmark of each new convolution and CUDA's loading of each kernel on
+    first use block the host there) and in the capture (`warmup_capture_seconds`). `graphed`: the step is a replayed
+    graph from now on.
     """
     replay = runner.replay
     costs = {"process_started": started, "first_step_at": first_step_at, "startup_seconds": first_step_at - started,
-             "warmup_seconds": 0.0, "warmup_steps": 0, "graphed": replay.captured}
+             "warmup_seconds": 0.0, "warmup_steps": 0, "warmup_first_step_seconds": 0.0, "warmup_capture_seconds": 0.0,
+             "graphed": replay.captured}
+    if graphs and (replay.captured or replay.enabled):
+        costs.update(warmup_first_step_seconds=replay.first_call_seconds or 0.0,
+                     warmup_capture_seconds=replay.capture_seconds or 0.0)
     if replay.captured_at is not None:
         costs.update(warmup_seconds=replay.captured_at - first_step_at, warmup_steps=replay.eager_calls)
     elif graphs and replay.enabled:

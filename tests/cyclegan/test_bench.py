@@ -118,6 +118,7 @@ def test_replay_captures_after_its_warm_up_calls_and_then_only_replays(monkeypat
         r()
     # Two warm-up calls, then the capture, whose call is the first replay, and replays only.
     assert calls == ["eager"] * 2 + ["replay"] * 3 and captures == [2] and r.captured
+    assert r.first_call_seconds >= 0 and r.capture_seconds >= 0  # what the warm-up's parts took on the host
 
 
 def test_replay_runs_eagerly_when_disabled():
