@@ -51,6 +51,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -361,10 +362,28 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
     """Writes `record` as JSON whole or not at all: Ray copies the trial's folder to storage while the trial
-    runs, and a trial stopped by ASHA is ended wherever it is; a copy or an end mid-write left an empty file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    runs, and a trial stopped by ASHA is ended wherever it is; a copy or an end mid-write left an empty file.
+
+    The temporary file is written beside the trial's folder, not in it: a file that Ray's copy lists and that is
+    renamed away before it is read fails the copy, and the copy Ray makes when it hands a stopped trial's process
+    to the next trial then fails that next trial (its thread writes this record as it ends)."""
+    text = json.dumps(record, indent=1) + "\n"
+    try:
+        _replace_from(path.parent.parent, path, text)
+    except OSError:  # the folder above is not writable, or on another filesystem
+        _replace_from(path.parent, path, text)
+
+
+def _replace_from(folder: Path, path: Path, text: str) -> None:
+    """Writes `text` to a new temporary file in `folder`, then renames it to `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.parent.name}-{path.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def cap_gpu_memory(share: float, gpu_bytes: int | None = None) -> float | None:

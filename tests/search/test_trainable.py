@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from cyclegan.data import load_data, read_data
 from cyclegan.memory import DataSize
 from cyclegan.train import fit
 from search.packing import AutoResources, needed_bytes
-from search.trainable import out_of_memory_message, record_resources, restore, trial_dataset
+from search.trainable import RESOURCES, out_of_memory_message, record_resources, restore, trial_dataset, write_record
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,24 @@ def test_a_trial_builds_its_data_from_the_slices_it_is_handed_and_refuses_a_path
     # A path names a folder on the driver's machine; a trial on another node may not have it.
     with pytest.raises(TypeError, match="a trial takes the slices search.run read"):
         trial_dataset(str(study_data), tiny_cfg)
+
+
+def test_a_record_appears_in_the_trial_folder_whole_and_nothing_else_ever_does(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray copies the trial's folder while the trial writes: a temporary file it lists and that is renamed away
+    # before it reads it fails the copy, and with it the next trial of a reused process (seen in a CI run).
+    trial = tmp_path / "trial_1"
+    trial.mkdir()
+    seen = []
+    rename = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        seen.append((Path(src).parent, sorted(p.name for p in trial.iterdir())))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    write_record(trial / RESOURCES, {"epoch": 1})
+    write_record(trial / RESOURCES, {"epoch": 2})
+    assert seen == [(tmp_path, []), (tmp_path, [RESOURCES])]
+    assert json.loads((trial / RESOURCES).read_text()) == {"epoch": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["trial_1"]  # no temporary file left beside it
