@@ -22,6 +22,8 @@ import copy
 import json
 import sys
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +82,13 @@ def fused(cfg: TrainConfig, k: int, dev: torch.device) -> CycleGAN:
 def time_step(cfg: TrainConfig, k: int, dev: torch.device, steps: int) -> dict[str, Any]:
     m = fused(cfg, k, dev)
     gpu = dev.type == "cuda"
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else None
-    from contextlib import nullcontext
-
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)  # as Trainer.build chooses
+    autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
     opt_g, opt_d, _ = make_optimizers(cfg, [m.g_t1_t2, m.g_t2_t1], [m.d_t1, m.d_t2], dev)
     pools = (FlatPool(cfg.pool_size), FlatPool(cfg.pool_size))
     shape = (k, cfg.batch_size, 1, cfg.resize, cfg.resize)
     x1, x2 = (torch.rand(shape, device=dev) * 2 - 1 for _ in range(2))
-    replay = Replay(lambda: train_step(m, opt_g, opt_d, x1, x2, pools, cfg, autocast or nullcontext),
+    replay = Replay(lambda: train_step(m, opt_g, opt_d, x1, x2, pools, cfg, autocast),
                     enabled=gpu and cfg.cuda_graphs, name=f"fused step of {k}")
 
     def sync() -> None:

@@ -405,13 +405,11 @@ def fixed_costs(runner: StepRunner, graphs: bool, started: float, first_step_at:
     costs = {"process_started": started, "first_step_at": first_step_at, "startup_seconds": first_step_at - started,
              "warmup_seconds": 0.0, "warmup_steps": 0, "warmup_first_step_seconds": 0.0, "warmup_capture_seconds": 0.0,
              "graphed": replay.captured}
-    if graphs and (replay.captured or replay.enabled):
-        costs.update(warmup_first_step_seconds=replay.first_call_seconds or 0.0,
+    if replay.captured or (graphs and replay.enabled):
+        end = replay.captured_at if replay.captured_at is not None else time.time()
+        costs.update(warmup_seconds=end - first_step_at, warmup_steps=replay.eager_calls,
+                     warmup_first_step_seconds=replay.first_call_seconds or 0.0,
                      warmup_capture_seconds=replay.capture_seconds or 0.0)
-    if replay.captured_at is not None:
-        costs.update(warmup_seconds=replay.captured_at - first_step_at, warmup_steps=replay.eager_calls)
-    elif graphs and replay.enabled:
-        costs.update(warmup_seconds=time.time() - first_step_at, warmup_steps=replay.eager_calls)
     return costs
 
 
