@@ -320,7 +320,8 @@ def section_steps(args: argparse.Namespace, dev: torch.device, res: dict[str, An
             row[name] = _guard(partial(time_trainer, cfg.replace(**VARIANTS[name]), slices, args.steps, dev))
             log(f"batch {b}: {name} {row[name]}")
         if args.fp32_eager:
-            eager = cfg.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False)
+            eager = cfg.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False,
+                                fused_norm=False)
             row["fp32_eager"] = _guard(partial(time_trainer, eager, slices, args.steps, dev, repeats=1))
             log(f"batch {b}: trainer in eager fp32 {row['fp32_eager']}")
         for key in ("reference", "reference_best", "fast", "fp32_eager", *args.step_variants):
@@ -497,7 +498,8 @@ def section_quality(args: argparse.Namespace, dev: torch.device, res: dict[str, 
     size, depth = args.quality_size, args.quality_depth
     data = synthetic_data(size, 0)
     base = TrainConfig(resize=size, unet_depth=depth, epochs=args.quality_epochs)
-    known = {"fp32_eager": base.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False),
+    known = {"fp32_eager": base.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False,
+                                        fused_norm=False),
              **{k: base.replace(**v) for k, v in VARIANTS.items()}}
     variants = {k: known[k] for k in args.quality_variants}
     out = res.setdefault("quality", {"size": size, "depth": depth, "epochs": args.quality_epochs, "runs": []})
@@ -598,8 +600,8 @@ def section_memory(args: argparse.Namespace, dev: torch.device, res: dict[str, A
     configs = [dict(batch_size=b) for b in args.batches] + [
         dict(resize=128, unet_depth=7, batch_size=2), dict(resize=128, unet_depth=7, batch_size=16),
         dict(unet_depth=6, batch_size=4), dict(ngf=32, ndf=32, batch_size=8), dict(pool_size=0, batch_size=2),
-        dict(batch_size=2, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False),
-        dict(batch_size=8, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False),
+        dict(batch_size=2, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False, fused_norm=False),
+        dict(batch_size=8, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False, fused_norm=False),
     ]
     rows = res.setdefault("memory", {"context_bytes": _context_bytes(dev), "rows": []})["rows"]
     for kw in configs:
@@ -693,6 +695,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_graphs": {"cuda_graphs": False},
     "compile": {"compile": True},
     "compile_nchw": {"compile": True, "channels_last": False},
+    "native_norm": {"fused_norm": False},  # channels_last "auto" then follows the batch
+    "native_norm_nhwc": {"fused_norm": False, "channels_last": True},
 }
 
 

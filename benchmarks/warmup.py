@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--share", type=float, help="cap each worker's memory to this share of the GPU, as a search "
                    "caps a trial (search.trainable.cap_gpu_memory)")
     p.add_argument("--threads", type=int, help="each worker's CPU threads (default: the cores over the workers)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one knob of every config, e.g. --set fused_norm=true (repeatable)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, help="write the results here as JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # a config's name: run it in this process and print JSON
@@ -65,12 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def worker(args: argparse.Namespace) -> int:
     import torch
 
-    from cyclegan.config import TrainConfig
+    from cyclegan.config import TrainConfig, parse_overrides
     from cyclegan.data import load_data
     from cyclegan.train import Trainer, epoch_order, fit
 
     def knobs_of(name: str) -> dict[str, Any]:
-        return {**CONFIGS[name], **({"resize": args.resize} if args.resize else {})}
+        return {**CONFIGS[name], **({"resize": args.resize} if args.resize else {}), **parse_overrides(args.overrides)}
 
     dev = torch.device(args.device)
     if args.share and dev.type == "cuda":
@@ -142,7 +144,8 @@ def run_wave(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]
     procs = [subprocess.Popen([sys.executable, str(script), "--worker", name, "--then", then(name),
                                "--data", args.data, "--epochs", str(args.epochs), "--device", args.device,
                                *(["--resize", str(args.resize)] if args.resize else []),
-                               *(["--share", str(args.share)] if args.share else [])],
+                               *(["--share", str(args.share)] if args.share else []),
+                               *(f"--set={o}" for o in args.overrides)],
                               stdout=subprocess.PIPE, text=True, env=env) for name in names]
     out = []
     for name, proc in zip(names, procs):

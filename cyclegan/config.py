@@ -75,11 +75,14 @@ class TrainConfig:
     # Speed (docs/benchmarks.md measures each). "auto" is bf16 autocast on a GPU and fp32 on the CPU.
     # The other switches act on a GPU only; turning all off (with precision "fp32") gives plain eager fp32.
     precision: str = "auto"
-    # NHWC for the bf16 convolutions. "auto" uses it below CHANNELS_LAST_BELOW_BATCH, where it is faster; from
-    # there up InstanceNorm's layout copies cost more than it saves (docs/benchmarks.md).
+    # NHWC for the bf16 convolutions. "auto" uses it with `fused_norm` at every batch; with the native InstanceNorm,
+    # below CHANNELS_LAST_BELOW_BATCH only: from there up its layout copies cost more than NHWC saves
+    # (docs/benchmarks.md).
     channels_last: bool | str = "auto"
     fused_adam: bool = True  # one fused kernel per optimizer step instead of a loop over the parameters
     cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph
+    # InstanceNorm compiled into kernels that keep the tensor's layout (cyclegan.fused_norm), not the native copies.
+    fused_norm: bool = True
     compile: bool = False  # torch.compile the networks: faster steps, but its compile outlasts a short trial
     sample_every: int = 5  # epochs between sample-translation images in TensorBoard
 
@@ -143,7 +146,7 @@ class TrainConfig:
     def use_channels_last(self) -> bool:
         """Whether a GPU run keeps images and weights in channels_last (NHWC) layout."""
         if self.channels_last == "auto":
-            return self.batch_size < CHANNELS_LAST_BELOW_BATCH
+            return self.fused_norm or self.batch_size < CHANNELS_LAST_BELOW_BATCH
         return bool(self.channels_last)
 
     @classmethod

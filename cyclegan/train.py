@@ -34,6 +34,7 @@ from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass, validation_subset
 from cyclegan.feed import Feed, Resident, Streamed
+from cyclegan.fused_norm import fuse_instance_norms
 from cyclegan.graphed import Replay, StepRunner
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
@@ -235,6 +236,8 @@ class Trainer:
         models = CycleGAN.build(cfg)
         for net in models.named().values():
             net.to(dev)
+            if gpu and cfg.fused_norm:
+                fuse_instance_norms(net)
             if gpu and cfg.use_channels_last:
                 net.to(memory_format=torch.channels_last)
         if gpu and not torch.backends.cudnn.deterministic:

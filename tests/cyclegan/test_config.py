@@ -78,16 +78,19 @@ def test_field_names_include_the_design_contract():
 
 def test_the_fast_path_is_the_default_and_each_switch_turns_off():
     c = TrainConfig()
-    assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.compile) == ("auto", "auto", True, True, False)
+    assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.fused_norm, c.compile) == (
+        "auto", "auto", True, True, True, False)
     eager = TrainConfig.from_dict({"precision": "fp32", "channels_last": False, "fused_adam": False,
-                                   "cuda_graphs": False})
+                                   "cuda_graphs": False, "fused_norm": False})
     assert parse_overrides(["cuda_graphs=false", "fused_adam=false"]) == {"cuda_graphs": False, "fused_adam": False}
     assert TrainConfig.from_dict(eager.to_dict()) == eager
 
 
-def test_channels_last_auto_follows_the_batch_and_true_or_false_force_it():
+def test_channels_last_auto_is_on_with_the_fused_norm_else_follows_the_batch_and_true_or_false_force_it():
     assert TrainConfig(batch_size=2).use_channels_last
-    assert not TrainConfig(batch_size=CHANNELS_LAST_BELOW_BATCH).use_channels_last
+    assert TrainConfig(batch_size=32).use_channels_last  # the fused norm keeps NHWC: no copies to pay for
+    assert TrainConfig(batch_size=2, fused_norm=False).use_channels_last
+    assert not TrainConfig(batch_size=CHANNELS_LAST_BELOW_BATCH, fused_norm=False).use_channels_last
     assert TrainConfig(batch_size=32, channels_last=True).use_channels_last
     assert not TrainConfig(batch_size=1, channels_last=False).use_channels_last
     assert parse_overrides(["channels_last=auto"]) == {"channels_last": "auto"}

@@ -1,0 +1,67 @@
+"""InstanceNorm on a GPU as two compiled kernels a pass that keep the tensor's layout.
+
+`F.instance_norm` views its input as one (1, N*C, H, W) batch for the batch-norm kernels; a channels_last
+tensor is copied to that layout first, and the next channels_last convolution copies the result back. At the
+study's batch of 2 those copies were the largest kernel of the train step (docs/benchmarks.md, "profile").
+Written as a fp32 mean-and-variance reduction and one elementwise pass, torch.compile (Inductor) turns the
+norm into a reduction kernel and a pointwise kernel for each of forward and backward, reading the tensor in
+whatever layout it has. It is compiled once for all shapes (dynamic), and Inductor's on-disk cache lets every
+later process on the machine (the next trials of a search) load it instead of compiling again.
+
+The arithmetic is the native kernels': statistics in fp32 (biased variance, as `F.instance_norm`), the output
+in the input's dtype. Modules keep their class's state (none: no affine weights, no running stats), so
+checkpoints load either way. On the CPU the native `F.instance_norm` runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+# A trial compiles one graph per dtype, layout and grad mode it meets (train step, validation, an fp32 trial
+# after a bf16 one in the same process); the default of 8 would send later ones back to eager Python.
+RECOMPILE_LIMIT = 64
+
+
+def instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """`F.instance_norm(x, eps=eps)` without affine weights or running statistics, for [N, C, H, W]."""
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
+    return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
+
+
+_compiled = None
+
+
+def compiled_instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    global _compiled
+    if _compiled is None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        # Inductor's own modules still use torch.jit.script_method, which warns once per process on compile.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated")
+        # dynamic: one compile serves every layer's shape (and every trial's), not one compile per shape.
+        _compiled = torch.compile(instance_norm, dynamic=True)
+    return _compiled(x, eps)
+
+
+class FusedInstanceNorm2d(nn.InstanceNorm2d):
+    """`nn.InstanceNorm2d(affine=False, track_running_stats=False)`, compiled on a GPU (see the module's doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dim() == 4:
+            # Inside a torch.compile'd network (`compile`), the plain function: the outer compile fuses it itself.
+            return instance_norm(x, self.eps) if torch.compiler.is_compiling() else compiled_instance_norm(x, self.eps)
+        return super().forward(x)
+
+
+def fuse_instance_norms(module: nn.Module) -> int:
+    """Makes every plain InstanceNorm2d in `module` (no affine weights, no running stats) a FusedInstanceNorm2d,
+    in place; returns how many. Parameters, buffers and state-dict names do not change (these have none)."""
+    count = 0
+    for m in module.modules():
+        if type(m) is nn.InstanceNorm2d and not m.affine and not m.track_running_stats:
+            m.__class__ = FusedInstanceNorm2d  # same fields, another forward: nothing to copy or re-register
+            count += 1
+    return count

@@ -1,0 +1,92 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cyclegan.config import TrainConfig
+from cyclegan.fused_norm import FusedInstanceNorm2d, compiled_instance_norm, fuse_instance_norms, instance_norm
+from cyclegan.networks import PatchDiscriminator, ResNetGenerator, UNetGenerator
+from cyclegan.train import Trainer
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled norm runs on a GPU only")
+
+
+def _input(dtype: torch.dtype, channels_last: bool, shape=(2, 8, 16, 16), device="cpu") -> torch.Tensor:
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3 + 1).to(device, dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_norm_is_instance_norm_in_fp32_and_keeps_the_layout(channels_last):
+    x = _input(torch.float32, channels_last).requires_grad_()
+    y = instance_norm(x, 1e-5)
+    x2 = x.detach().clone().requires_grad_()
+    ref = F.instance_norm(x2, eps=1e-5)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_in_bf16_the_statistics_are_fp32_and_the_output_bf16():
+    x = _input(torch.bfloat16, True)
+    y = instance_norm(x, 1e-5)
+    exact = F.instance_norm(x.double(), eps=1e-5)
+    assert y.dtype == torch.bfloat16
+    # Off by bf16's rounding of the output alone (8 bits: 2**-8 relative), as the native kernel is.
+    assert ((y.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-3).all()
+    native = F.instance_norm(x, eps=1e-5)
+    assert (y.double() - exact).abs().max() <= (native.double() - exact).abs().max() + 2**-6
+
+
+def test_every_plain_instance_norm_of_the_networks_is_swapped_and_the_weights_stay():
+    nets = [UNetGenerator(depth=5, ngf=8), ResNetGenerator(blocks=2, ngf=8), PatchDiscriminator(layers=2, ndf=8)]
+    for net in nets:
+        plain = sum(type(m) is nn.InstanceNorm2d for m in net.modules())
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        x = torch.randn(2, 1, 32, 32)
+        net.eval()
+        with torch.no_grad():
+            out = net(x)
+        assert plain > 0 and fuse_instance_norms(net) == plain
+        assert not any(type(m) is nn.InstanceNorm2d for m in net.modules())
+        assert sum(isinstance(m, FusedInstanceNorm2d) for m in net.modules()) == plain
+        after = net.state_dict()
+        assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+        with torch.no_grad():  # on the CPU the native kernel runs: the same numbers
+            assert torch.equal(net(x), out)
+
+
+def test_norms_with_weights_or_running_stats_are_left_alone():
+    net = nn.Sequential(nn.InstanceNorm2d(4, affine=True), nn.InstanceNorm2d(4, track_running_stats=True),
+                        nn.InstanceNorm2d(4))
+    assert fuse_instance_norms(net) == 1
+    assert [type(m) for m in net] == [nn.InstanceNorm2d, nn.InstanceNorm2d, FusedInstanceNorm2d]
+
+
+def test_the_trainer_swaps_them_on_a_gpu_only():
+    cfg = TrainConfig(resize=32, unet_depth=5, ngf=8, ndf=8, disc_layers=2, fused_norm=True)
+    models = Trainer.build(cfg, "cpu").models
+    assert not any(isinstance(m, FusedInstanceNorm2d) for net in models.named().values() for m in net.modules())
+
+
+@needs_cuda
+def test_the_compiled_norm_matches_the_native_kernel_on_a_gpu():
+    for dtype, channels_last, shape in itertools.product((torch.float32, torch.bfloat16), (False, True),
+                                                         ((2, 64, 64, 64), (1, 32, 2, 2), (5, 16, 32, 32))):
+        x = _input(dtype, channels_last, shape, "cuda")
+        g = torch.randn(shape, device="cuda").to(dtype)
+        xa, xb, xd = (x.clone().requires_grad_(), x.clone().requires_grad_(), x.double().requires_grad_())
+        ya, yb, yd = compiled_instance_norm(xa, 1e-5), F.instance_norm(xb, eps=1e-5), F.instance_norm(xd, eps=1e-5)
+        for y in (ya, yb, yd):
+            (y.double() * g.double()).sum().backward()
+        assert ya.dtype == dtype and ya.is_contiguous(memory_format=torch.channels_last) == channels_last
+        # Against float64, the compiled norm is at most a rounding step further off than the native one.
+        tol = 1e-5 if dtype == torch.float32 else 2**-6
+        assert (ya.double() - yd).abs().max() <= (yb.double() - yd).abs().max() + tol
+        assert (xa.grad.double() - xd.grad).abs().max() <= (xb.grad.double() - xd.grad).abs().max() + tol * (
+            xd.grad.abs().max().item())
