@@ -46,12 +46,14 @@ real Ray Tune searches; nothing else sets it.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -84,6 +86,9 @@ RESOURCES = "resources.json"
 # Trials this process has run: Ray reuses a trial's process for the next trial of the same resources (search.run
 # asks it to), which spares that trial the process's start (imports, CUDA context) and cuDNN's algorithm search.
 _trials_in_process = 0
+# The thread the process's last trial trained in, and how long the process waits for it as it exits.
+_trial_thread: threading.Thread | None = None
+EXIT_JOIN_SECONDS = 20.0
 
 MEMORY_KNOBS = ("resize", "batch_size", "unet_depth", "ngf", "disc_layers", "ndf", "pool_size", "precision",
                 "compile", "generator")
@@ -105,6 +110,7 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
     _trials_in_process += 1
     if _trials_in_process > 1:
         release_last_trial()
+    wait_at_exit_for_this_thread()
     cfg = trial_config(config)
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
@@ -126,6 +132,29 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
     finally:
         record["ended"] = time.time()
         write_record(trial_dir / RESOURCES, record)
+
+
+def wait_at_exit_for_this_thread() -> None:
+    """Makes the process, as it exits, wait for the calling thread (the trial's) to finish (`join_trial_thread`)."""
+    global _trial_thread
+    if _trial_thread is None:
+        atexit.register(join_trial_thread)
+    _trial_thread = threading.current_thread()
+
+
+def join_trial_thread(timeout: float = EXIT_JOIN_SECONDS) -> bool:
+    """Waits, as the process exits, for the last trial's thread to finish; returns whether it has.
+
+    Ray runs a trial in a daemon thread and, once the trial is stopped, ends the process without waiting for the
+    thread to unwind (freeing CUDA graphs and tensors). A daemon thread still inside PyTorch as the interpreter
+    finalises is stopped at its next GIL acquire, which in pybind11 code aborts the process ("Fatal Python error:
+    Aborted", seen at a search's end). atexit handlers run before that point.
+    """
+    thread = _trial_thread
+    if thread is None or thread is threading.current_thread() or not thread.is_alive():
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 def release_last_trial() -> None:

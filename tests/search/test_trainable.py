@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,23 @@ def test_a_record_appears_in_the_trial_folder_whole_and_nothing_else_ever_does(t
     assert seen == [(tmp_path, []), (tmp_path, [RESOURCES])]
     assert json.loads((trial / RESOURCES).read_text()) == {"epoch": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["trial_1"]  # no temporary file left beside it
+
+
+def test_the_process_waits_as_it_exits_for_the_trial_thread_to_unwind(tmp_path: Path) -> None:
+    # As Ray ends a stopped trial's process: the trial's daemon thread is still unwinding when the main thread
+    # returns. Without the wait, the interpreter stops it mid-way (in PyTorch, an abort) and "done" is never written.
+    script = f"""
+import threading, time
+from pathlib import Path
+from search.trainable import wait_at_exit_for_this_thread
+
+def trial():
+    wait_at_exit_for_this_thread()
+    time.sleep(1.0)
+    Path({str(tmp_path / "done")!r}).write_text("unwound")
+
+threading.Thread(target=trial, daemon=True).start()
+time.sleep(0.2)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert (tmp_path / "done").read_text() == "unwound"
