@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # A trial compiles one graph per dtype, layout and grad mode it meets (train step, validation, an fp32 trial
@@ -33,17 +34,31 @@ def instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 _compiled = None
+# Why compiling failed in this process (no C compiler for Triton's launcher, no Triton), once it has.
+_failed: str | None = None
 
 
 def compiled_instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    global _compiled
-    if _compiled is None:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        # Inductor's own modules still use torch.jit.script_method, which warns once per process on compile.
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated")
-        # dynamic: one compile serves every layer's shape (and every trial's), not one compile per shape.
-        _compiled = torch.compile(instance_norm, dynamic=True)
-    return _compiled(x, eps)
+    """`instance_norm` compiled; where compiling fails, a one-line warning and the native kernel from then on."""
+    global _compiled, _failed
+    if _failed is None:
+        if _compiled is None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            # Inductor's own modules still use torch.jit.script_method, which warns once per process on compile.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated")
+            # dynamic: one compile serves every layer's shape (and every trial's), not one compile per shape.
+            _compiled = torch.compile(instance_norm, dynamic=True)
+        try:
+            return _compiled(x, eps)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a machine that cannot compile still trains, on the native kernel
+            if x.is_cuda and torch.cuda.is_current_stream_capturing():
+                raise  # a half-recorded graph: the capture's own fallback (graphed.Replay) takes over
+            _failed = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            warnings.warn(f"fused_norm: compiling InstanceNorm failed, using the native kernel ({_failed})",
+                          stacklevel=2)
+    return F.instance_norm(x, eps=eps)
 
 
 class FusedInstanceNorm2d(nn.InstanceNorm2d):

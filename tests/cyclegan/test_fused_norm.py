@@ -1,4 +1,5 @@
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -72,6 +73,27 @@ def test_the_trainer_swaps_them_on_a_gpu_only():
     cfg = TrainConfig(resize=32, unet_depth=5, ngf=8, ndf=8, disc_layers=2, fused_norm=True)
     models = Trainer.build(cfg, "cpu").models
     assert not any(isinstance(m, FusedInstanceNorm2d) for net in models.named().values() for m in net.modules())
+
+
+def test_where_compiling_fails_it_warns_once_and_runs_the_native_kernel(monkeypatch):
+    import cyclegan.fused_norm as fused
+
+    def no_compiler(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\nmore")
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(fused, "_compiled", None)
+    monkeypatch.setattr(fused, "_failed", None)
+    x = _input(torch.float32, True)
+    with pytest.warns(UserWarning, match=r"fused_norm: compiling InstanceNorm failed, using the native kernel "
+                                         r"\(Failed to find C compiler. Please specify via CC environment variable.\)$"):
+        y = compiled_instance_norm(x, 1e-5)
+    assert torch.equal(y, F.instance_norm(x, eps=1e-5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the next calls go to the native kernel without trying again
+        assert torch.equal(compiled_instance_norm(x, 1e-5), y)
 
 
 @needs_cuda
