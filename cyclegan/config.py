@@ -30,8 +30,9 @@ UNET_KNOBS = ("unet_depth", "dropout", "upsample")
 RESNET_DIVISOR = 4
 
 
-# Measured on an H100 at 256x256, depth 8 (docs/benchmarks.md): channels_last is 11% faster at batch 2, even at
-# batch 4, and 5% slower at batch 5 and 11% at batch 8.
+# Measured on an H100 at 256x256, depth 8 (docs/benchmarks.md), with the native InstanceNorm: channels_last is 11%
+# faster at batch 2, even at batch 4, and 5% slower at batch 5 and 11% at batch 8. With `fused_norm` it is faster at
+# every batch (on an H200: +19% at batch 5, +7% at 32).
 CHANNELS_LAST_BELOW_BATCH = 5
 
 
