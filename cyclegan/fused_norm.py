@@ -1,10 +1,10 @@
-"""InstanceNorm on a GPU as two compiled kernels a pass that keep the tensor's layout.
+"""InstanceNorm on a GPU as compiled kernels that keep the tensor's layout.
 
 `F.instance_norm` views its input as one (1, N*C, H, W) batch for the batch-norm kernels; a channels_last
 tensor is copied to that layout first, and the next channels_last convolution copies the result back. At the
 study's batch of 2 those copies were the largest kernel of the train step (docs/benchmarks.md, "profile").
 Written as a fp32 mean-and-variance reduction and one elementwise pass, torch.compile (Inductor) turns the
-norm into a reduction kernel and a pointwise kernel for each of forward and backward, reading the tensor in
+norm, forward and backward, into fused reduction and elementwise kernels that read and write the tensor in
 whatever layout it has. It is compiled once for all shapes (dynamic), and Inductor's on-disk cache lets every
 later process on the machine (the next trials of a search) load it instead of compiling again.
 
