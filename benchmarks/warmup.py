@@ -10,6 +10,7 @@ cuDNN's benchmark and the capture shows in the step that makes it). Then the ste
 
     python -m benchmarks.warmup --data DIR --parallel 1 8 --out out/warmup.json
     python -m benchmarks.warmup --data DIR --parallel 8 --reuse-with next --share 0.125 --threads 1   # as a search
+    python -m benchmarks.warmup --data DIR --parallel 8 --set fused_norm=false   # a knob changed in every config
 
 A search differs from the first command in three ways, each an option: the trial that reuses a process mostly
 has other shapes than the last one (`--reuse-with next`), so cuDNN's benchmark runs again; each trial's memory is
@@ -87,7 +88,7 @@ def worker(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**knobs, epochs=args.epochs, seed=len(rows))
         history = fit(cfg, data, device=dev).history
         last = history[-1]
-        rows.append({"run": run, "config": name,
+        rows.append({"run": run, "config": name, "set": {k: getattr(cfg, k) for k in parse_overrides(args.overrides)},
                      "startup_seconds": history[0]["startup_seconds"] if run == "fresh" else None,
                      "warmup_seconds": last["warmup_seconds"], "warmup_steps": last["warmup_steps"],
                      # Where it went, on the host (an older trainer does not report them).

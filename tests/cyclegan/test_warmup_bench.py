@@ -18,7 +18,8 @@ from benchmarks import warmup
 def test_warmup_smoke_run_reports_each_fit_and_the_first_steps(tmp_path: Path) -> None:
     out = tmp_path / "warmup.json"
     assert warmup.main(["--device", "cpu", "--configs", "128-d5-b1", "--resize", "32", "--epochs", "1",
-                        "--parallel", "2", "--reuse-with", "next", "--threads", "1", "--out", str(out)]) == 0
+                        "--parallel", "2", "--reuse-with", "next", "--threads", "1", "--set", "ngf=8",
+                        "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     (wave,) = res["waves"]
     assert wave["parallel"] == 2 and len(wave["results"]) == 2
@@ -27,6 +28,7 @@ def test_warmup_smoke_run_reports_each_fit_and_the_first_steps(tmp_path: Path) -
         fresh, reused, split = r["rows"]
         assert (fresh["run"], reused["run"], split["run"]) == ("fresh", "reused", "split")
         assert fresh["config"] == reused["config"] == "128-d5-b1"  # the next config of a list of one is itself
+        assert fresh["set"] == reused["set"] == {"ngf": 8}  # --set reached the worker's configs
         assert fresh["startup_seconds"] > 0 and reused["startup_seconds"] is None
         # No GPU: nothing is captured, so no warm-up to a graphed step, and three eager steps are timed.
         assert not fresh["graphed"] and fresh["warmup_seconds"] == 0 and len(split["step_seconds"]) == 3
