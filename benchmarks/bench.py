@@ -600,8 +600,8 @@ def section_memory(args: argparse.Namespace, dev: torch.device, res: dict[str, A
     configs = [dict(batch_size=b) for b in args.batches] + [
         dict(resize=128, unet_depth=7, batch_size=2), dict(resize=128, unet_depth=7, batch_size=16),
         dict(unet_depth=6, batch_size=4), dict(ngf=32, ndf=32, batch_size=8), dict(pool_size=0, batch_size=2),
-        dict(batch_size=2, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False, fused_norm=False),
-        dict(batch_size=8, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False, fused_norm=False),
+        *(dict(batch_size=b, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False,
+               fused_norm=False) for b in (2, 8)),
     ]
     rows = res.setdefault("memory", {"context_bytes": _context_bytes(dev), "rows": []})["rows"]
     for kw in configs:
