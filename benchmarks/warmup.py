@@ -93,6 +93,8 @@ def worker(args: argparse.Namespace) -> int:
                      "warmup_seconds": last["warmup_seconds"], "warmup_steps": last["warmup_steps"],
                      # Where it went, on the host (an older trainer does not report them).
                      "first_step_seconds": last.get("warmup_first_step_seconds"),
+                     "first_step_cpu_seconds": last.get("warmup_first_step_cpu_seconds"),
+                     "first_step_process_cpu_seconds": last.get("warmup_first_step_process_cpu_seconds"),
                      "capture_seconds": last.get("warmup_capture_seconds"),
                      "graphed": last["graphed"], "pairs_per_second": last["pairs_per_second"],
                      "val_seconds": [h["val_seconds"] for h in history]})

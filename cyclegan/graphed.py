@@ -58,6 +58,11 @@ class Replay:
         # of the capture call: where a warm-up goes, without a sync of their own.
         self.first_call_seconds: float | None = None
         self.capture_seconds: float | None = None
+        # CPU seconds of the first eager call, of this thread and of the whole process: against its wall seconds they
+        # say whether the host computed (dispatch, cuDNN's heuristics, kernel loading) or waited (the GPU, the GIL, a
+        # lock), and whether other threads of the process were busy meanwhile.
+        self.first_call_cpu_seconds: float | None = None
+        self.first_call_process_cpu_seconds: float | None = None
         self._out: Any = None
         self._side: torch.cuda.Stream | None = None
 
@@ -69,7 +74,7 @@ class Replay:
         if self.graph is not None:
             self.graph.replay()
             return self._out
-        start = time.perf_counter()
+        start, cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
         if self.enabled and self.eager_calls >= self.warmup and self._capture():
             self.graph.replay()
             self.capture_seconds = time.perf_counter() - start
@@ -77,6 +82,8 @@ class Replay:
         out = self._eager()
         if self.first_call_seconds is None:
             self.first_call_seconds = time.perf_counter() - start
+            self.first_call_cpu_seconds = time.thread_time() - cpu
+            self.first_call_process_cpu_seconds = time.process_time() - process_cpu
         return out
 
     def _eager(self) -> Any:

@@ -48,6 +48,7 @@ Report = Callable[[dict[str, Any], Callable[[Path], PendingCheckpoint]], None]
 # The fixed costs of a run (`fixed_costs`), for `search.throughput`: wall-clock times are seconds since the epoch.
 TIMING_METRICS = ("train_seconds", "val_seconds", "pairs_per_second", "process_started", "first_step_at",
                   "startup_seconds", "warmup_seconds", "warmup_steps", "warmup_first_step_seconds",
+                  "warmup_first_step_cpu_seconds", "warmup_first_step_process_cpu_seconds",
                   "warmup_capture_seconds", "graphed")
 
 
@@ -401,17 +402,22 @@ def fixed_costs(runner: StepRunner, graphs: bool, started: float, first_step_at:
     them eager; while the step is not yet captured, the time so far; 0 where the step is never captured (the CPU,
     `cuda_graphs` off, a capture that failed). Of it, the host's seconds in the first step
     (`warmup_first_step_seconds`: cuDNN's benchmark of each new convolution and CUDA's loading of each kernel on
-    first use block the host there) and in the capture (`warmup_capture_seconds`). `graphed`: the step is a replayed
-    graph from now on.
+    first use block the host there) and in the capture (`warmup_capture_seconds`); the CPU seconds of that first step,
+    of the training thread (`warmup_first_step_cpu_seconds`) and of the whole process
+    (`warmup_first_step_process_cpu_seconds`), which say whether the host computed or waited there, and whether other
+    threads were busy. `graphed`: the step is a replayed graph from now on.
     """
     replay = runner.replay
     costs = {"process_started": started, "first_step_at": first_step_at, "startup_seconds": first_step_at - started,
-             "warmup_seconds": 0.0, "warmup_steps": 0, "warmup_first_step_seconds": 0.0, "warmup_capture_seconds": 0.0,
-             "graphed": replay.captured}
+             "warmup_seconds": 0.0, "warmup_steps": 0, "warmup_first_step_seconds": 0.0,
+             "warmup_first_step_cpu_seconds": 0.0, "warmup_first_step_process_cpu_seconds": 0.0,
+             "warmup_capture_seconds": 0.0, "graphed": replay.captured}
     if replay.captured or (graphs and replay.enabled):
         end = replay.captured_at if replay.captured_at is not None else time.time()
         costs.update(warmup_seconds=end - first_step_at, warmup_steps=replay.eager_calls,
                      warmup_first_step_seconds=replay.first_call_seconds or 0.0,
+                     warmup_first_step_cpu_seconds=replay.first_call_cpu_seconds or 0.0,
+                     warmup_first_step_process_cpu_seconds=replay.first_call_process_cpu_seconds or 0.0,
                      warmup_capture_seconds=replay.capture_seconds or 0.0)
     return costs
 

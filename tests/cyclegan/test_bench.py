@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,29 @@ def test_replay_captures_after_its_warm_up_calls_and_then_only_replays(monkeypat
     # Two warm-up calls, then the capture, whose call is the first replay, and replays only.
     assert calls == ["eager"] * 2 + ["replay"] * 3 and captures == [2] and r.captured
     assert r.first_call_seconds >= 0 and r.capture_seconds >= 0  # what the warm-up's parts took on the host
+
+
+def test_replay_splits_its_first_call_into_waiting_and_computing_on_the_host():
+    import threading
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    waits = Replay(lambda: time.sleep(0.3), enabled=False, name="t")
+    waits()
+    assert waits.first_call_seconds >= 0.3 and waits.first_call_cpu_seconds < 0.1
+
+    # The first call computes on the host while another thread of the process computes too: the process's CPU
+    # seconds hold both, the thread's only its own.
+    other = threading.Thread(target=spin, args=(0.6,))
+    computes = Replay(lambda: spin(0.4), enabled=False, name="t")
+    other.start()
+    computes()
+    other.join()
+    assert computes.first_call_cpu_seconds >= 0.1  # the GIL is shared, so not all of 0.4 s
+    assert computes.first_call_process_cpu_seconds >= computes.first_call_cpu_seconds + 0.1
 
 
 def test_replay_runs_eagerly_when_disabled():
