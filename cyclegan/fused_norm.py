@@ -15,7 +15,9 @@ checkpoints load either way. On the CPU the native `F.instance_norm` runs.
 
 from __future__ import annotations
 
+import os
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,20 @@ from torch import nn
 # A trial compiles one graph per dtype, layout and grad mode it meets (train step, validation, an fp32 trial
 # after a bf16 one in the same process); the default of 8 would send later ones back to eager Python.
 RECOMPILE_LIMIT = 64
+# Inductor compiles with a pool of up to 32 processes per compiling process, which the search's first wave starts
+# eight times at once on one node's cores. One thread each compiled the norm faster there: eight fresh trials at once,
+# cold cache, one H200 node of 16 cores, warm-up median 11.7 s against 15.4 s (docs/benchmarks.md).
+COMPILE_THREADS = 1
+
+
+def compile_settings() -> AbstractContextManager:
+    """Inductor's settings for the norm's own compiles, not for a user's torch.compile of the networks (`compile`):
+    one compile thread, unless the user chose a number (TORCHINDUCTOR_COMPILE_THREADS, which Inductor reads itself)."""
+    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ:
+        return nullcontext()
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(compile_threads=COMPILE_THREADS)
 
 
 def instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,7 +65,8 @@ def compiled_instance_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
             # dynamic: one compile serves every layer's shape (and every trial's), not one compile per shape.
             _compiled = torch.compile(instance_norm, dynamic=True)
         try:
-            return _compiled(x, eps)
+            with compile_settings():
+                return _compiled(x, eps)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - a machine that cannot compile still trains, on the native kernel

@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cyclegan.config import TrainConfig
-from cyclegan.fused_norm import FusedInstanceNorm2d, compiled_instance_norm, fuse_instance_norms, instance_norm
+from cyclegan.fused_norm import (
+    COMPILE_THREADS,
+    FusedInstanceNorm2d,
+    compile_settings,
+    compiled_instance_norm,
+    fuse_instance_norms,
+    instance_norm,
+)
 from cyclegan.networks import PatchDiscriminator, ResNetGenerator, UNetGenerator
 from cyclegan.train import Trainer
 
@@ -94,6 +101,19 @@ def test_where_compiling_fails_it_warns_once_and_runs_the_native_kernel(monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once: the next calls go to the native kernel without trying again
         assert torch.equal(compiled_instance_norm(x, 1e-5), y)
+
+
+def test_the_norm_compiles_with_one_thread_unless_the_user_chose_a_number(monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(inductor, "compile_threads", 4)
+    with compile_settings():
+        assert inductor.compile_threads == COMPILE_THREADS == 1
+    assert inductor.compile_threads == 4  # the user's own torch.compile keeps its pool
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "3")
+    with compile_settings():
+        assert inductor.compile_threads == 4  # Inductor read the variable at import; it is left to stand
 
 
 @needs_cuda
