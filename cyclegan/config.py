@@ -84,6 +84,8 @@ class TrainConfig:
     cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph
     # InstanceNorm compiled into kernels that keep the tensor's layout (cyclegan.fused_norm), not the native copies.
     fused_norm: bool = True
+    # cuDNN times its algorithms for each new convolution shape and keeps the fastest: faster steps, a slower first.
+    cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the networks: faster steps, but its compile outlasts a short trial
     sample_every: int = 5  # epochs between sample-translation images in TensorBoard
 

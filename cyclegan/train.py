@@ -242,7 +242,9 @@ class Trainer:
             if gpu and cfg.use_channels_last:
                 net.to(memory_format=torch.channels_last)
         if gpu and not torch.backends.cudnn.deterministic:
-            torch.backends.cudnn.benchmark = True  # shapes never change within a run, as in the reference
+            # Shapes never change within a run (the reference benchmarks too); set either way, as a process of a
+            # search trains one trial after another.
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
         autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
         opt_g, opt_d, scheds = make_optimizers(cfg, [models.g_t1_t2, models.g_t2_t1], [models.d_t1, models.d_t2], dev)

@@ -117,6 +117,16 @@ def test_the_norm_compiles_with_one_thread_unless_the_user_chose_a_number(monkey
 
 
 @needs_cuda
+def test_cudnn_benchmark_follows_the_config_in_each_trainer_a_process_builds():
+    try:
+        for on in (False, True, False):
+            Trainer.build(TrainConfig(resize=32, unet_depth=3, ngf=4, ndf=4, cudnn_benchmark=on), device="cuda")
+            assert torch.backends.cudnn.benchmark is on
+    finally:
+        torch.backends.cudnn.benchmark = False
+
+
+@needs_cuda
 def test_the_compiled_norm_matches_the_native_kernel_on_a_gpu():
     for dtype, channels_last, shape in itertools.product((torch.float32, torch.bfloat16), (False, True),
                                                          ((2, 64, 64, 64), (1, 32, 2, 2), (5, 16, 32, 32))):
