@@ -49,7 +49,7 @@ Report = Callable[[dict[str, Any], Callable[[Path], PendingCheckpoint]], None]
 TIMING_METRICS = ("train_seconds", "val_seconds", "pairs_per_second", "process_started", "first_step_at",
                   "startup_seconds", "warmup_seconds", "warmup_steps", "warmup_first_step_seconds",
                   "warmup_first_step_cpu_seconds", "warmup_first_step_process_cpu_seconds",
-                  "warmup_capture_seconds", "graphed")
+                  "warmup_capture_seconds", "graphed", "log_seconds", "report_seconds")
 
 
 @dataclass
@@ -353,6 +353,7 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         "val_slices": [len(val.t1), len(val.t2)]})
     writer = CheckpointWriter()
     first_step_at: float | None = None
+    report_s = 0.0
     epochs = range(start + 1, (cfg.epochs if until is None else min(until, cfg.epochs)) + 1)
     bar = _progress(epochs) if progress else None
     for epoch in bar if bar is not None else epochs:
@@ -378,10 +379,13 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
         if bar is not None:
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss_G", "loss_D", "loss_cycle", "ssim_t1_t2")})
         clock.append(time.perf_counter())
+        # An epoch's report cannot time itself: it carries the previous one's.
+        metrics.update(log_seconds=clock[3] - clock[2], report_seconds=report_s)
         if report is not None:
             state = partial(training_state.capture, cfg, epoch, t, data, metrics)
             report(metrics, partial(_save, state=state, writer=writer))
         clock.append(time.perf_counter())
+        report_s = clock[4] - clock[3]
         result.timings.append(dict(zip(("train", "val", "log", "report"), (b - a for a, b in zip(clock, clock[1:])))))
     if tb is not None:
         tb.close()

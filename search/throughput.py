@@ -13,7 +13,10 @@ GPUs Ray saw):
   trainer's own figure, first step to first graphed step, is shown beside it;
 - checkpoints: the training loop's time on them (the copy to host memory and any wait for the write);
 - validation: each epoch's val pass;
-- other: the rest of a trial's wall time (logging, Ray's reports, the process's end);
+- logging: each epoch's TensorBoard events and sample images;
+- reports: the training loop's time in each epoch's report to Ray Tune (`tune.report` waits there until the
+  driver has taken the result in and asked the trial for the next; an epoch with a checkpoint is persisted there);
+- other: the rest of a trial's wall time (the last epoch's report, the process's end, Ray's own time between);
 - idle gaps: a slot (one trial's place on the machines) left empty between one trial's end and the next one's
   start on it;
 - driver start-up (the command's start to the first trial's) and tail (the last trial's end to the command's end:
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 DRIVER = "driver.json"
-LOSSES = ("startup", "warmup_lost", "checkpoint", "validation")
+LOSSES = ("startup", "warmup_lost", "checkpoint", "validation", "logging", "reports", "other")
 
 
 def record_driver(run_path: str, session: dict[str, Any]) -> None:
@@ -115,6 +118,9 @@ def trial_rows(run_dir: Path) -> list[dict[str, Any]]:
             "validation": sum(r.get("val_seconds", 0.0) for r in reports),
             "checkpoint": sum(r.get("checkpoint_seconds", 0.0) for r in reports),
             "checkpoint_write": sum(r.get("checkpoint_write_seconds", 0.0) for r in reports),
+            # Trainers from before these were reported leave them in `other`.
+            "logging": sum(r.get("log_seconds", 0.0) for r in reports),
+            "reports": sum(r.get("report_seconds", 0.0) for r in reports),
             "warmup": sum(max(r.get("warmup_seconds", 0.0) for r in a) for a in timed),
             "warmup_lost": sum(_warmup_lost(a) for a in timed),
             "config": {k: reports[-1].get("config", {}).get(k) for k in ("resize", "batch_size", "unet_depth")},
@@ -123,7 +129,8 @@ def trial_rows(run_dir: Path) -> list[dict[str, Any]]:
     for r in rows:
         r["wall"] = r["end"] - r["start"]
         r["pairs_per_second"] = r["pairs"] / r["train"] if r["train"] else 0.0
-        r["other"] = r["wall"] - r["startup"] - r["train"] - r["validation"] - r["checkpoint"]
+        r["other"] = (r["wall"] - r["startup"] - r["train"] - r["validation"] - r["checkpoint"] - r["logging"]
+                      - r["reports"])
         for k in ("process_starts", "first_steps"):
             del r[k]
     return rows
@@ -207,11 +214,11 @@ def _lines_json(path: Path) -> list[dict[str, Any]]:
 
 def table(e: dict[str, Any]) -> str:
     head = ("trial", "epochs", "pairs", "pairs/s", "wall s", "start-up", "warm-up (lost)", "train", "val",
-            "ckpt", "other", "GPU")
+            "ckpt", "log", "report", "other", "GPU")
     lines = ["  ".join(f"{h:>14}" if i == 6 else f"{h:>8}" if i else f"{h:<16}" for i, h in enumerate(head))]
     rows = e["trials"]
     total = {k: sum(r[k] for r in rows) for k in ("pairs", "wall", "startup", "warmup", "warmup_lost", "train",
-                                                 "validation", "checkpoint", "other")}
+                                                 "validation", "checkpoint", "logging", "reports", "other")}
     for r in [*rows, {**total, "trial": "all trials", "epochs": sum(r["epochs"] for r in rows),
                       "pairs_per_second": total["pairs"] / total["train"] if total["train"] else 0.0,
                       "gpu_share": None}]:
@@ -219,7 +226,8 @@ def table(e: dict[str, Any]) -> str:
         share = "" if r["gpu_share"] is None else f"{r['gpu_share']:g}"
         lines.append(f"{r['trial']:<16}  {r['epochs']:>8}  {r['pairs']:>8.0f}  {r['pairs_per_second']:>8.1f}  "
                      f"{r['wall']:>8.1f}  {r['startup']:>8.1f}  {warm:>14}  {r['train']:>8.1f}  "
-                     f"{r['validation']:>8.1f}  {r['checkpoint']:>8.1f}  {r['other']:>8.1f}  {share:>8}")
+                     f"{r['validation']:>8.1f}  {r['checkpoint']:>8.1f}  {r['logging']:>8.1f}  {r['reports']:>8.1f}  "
+                     f"{r['other']:>8.1f}  {share:>8}")
     lines.append("")
     of = lambda key: f" ({e[key]:.0%} of the peak)" if key in e else ""  # noqa: E731
     if "command_seconds" in e:
@@ -228,7 +236,8 @@ def table(e: dict[str, Any]) -> str:
     lines.append(f"trial window: {e['window_seconds']:.1f} s: {e['pairs_per_second_window']:.1f} pairs/s"
                  f"{of('of_peak_window')}")
     names = {"driver_startup": "driver start-up", "startup": "trial start-ups", "warmup_lost": "warm-up",
-             "checkpoint": "checkpoints", "validation": "validation", "idle_gaps": "idle gaps between trials",
+             "checkpoint": "checkpoints", "validation": "validation", "logging": "logging (TensorBoard)",
+             "reports": "reports to Ray Tune", "other": "other time in trials", "idle_gaps": "idle gaps between trials",
              "tail": "tail (re-score, export, shutdown)"}
     gpu = e["lost_gpu_seconds"]
     lines.append("time lost, seconds" + (" (GPU-seconds)" if gpu else "") + ":")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -106,6 +107,19 @@ def test_fit_reports_every_epoch_with_all_metrics_and_learns(tiny_cfg):
         assert set(REPORTED_METRICS) <= set(m) and m["paired"] is True
         assert all(torch.isfinite(torch.tensor(float(m[k]))) for k in REPORTED_METRICS)
     assert seen[-1]["loss_cycle"] < seen[0]["loss_cycle"]
+
+
+def test_each_epoch_reports_its_logging_time_and_the_previous_reports_time(tiny_cfg, tmp_path):
+    seen = []
+
+    def report(metrics, save):
+        seen.append(dict(metrics))
+        time.sleep(0.3 if metrics["epoch"] == 1 else 0.0)  # a report that waits, as tune.report does for the driver
+
+    fit(tiny_cfg.replace(epochs=3), load_data("synthetic", 32), report=report, log_dir=tmp_path)
+    assert [m["report_seconds"] for m in seen][0] == 0.0  # the first epoch has no report before it
+    assert 0.3 <= seen[1]["report_seconds"] < 0.3 + 0.5 and seen[2]["report_seconds"] < 0.3
+    assert all(m["log_seconds"] > 0 for m in seen)  # TensorBoard events written each epoch
 
 
 def test_a_short_fit_with_the_reference_resnet_generator_trains_and_checkpoints(tiny_cfg, tmp_path):

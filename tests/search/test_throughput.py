@@ -30,7 +30,8 @@ def _trial(run: Path, name: str, process: float, first_step: float, epochs: list
     for i, e in enumerate(epochs, 1):
         lines.append({"epoch": i, "timestamp": int(end), "time_total_s": 0.0, "process_started": process,
                       "first_step_at": first_step, "startup_seconds": first_step - process, "val_seconds": 0.5,
-                      "checkpoint_seconds": 0.25, "config": {"batch_size": 2}, **e})
+                      "checkpoint_seconds": 0.25, "log_seconds": 0.1, "report_seconds": 0.2,
+                      "config": {"batch_size": 2}, **e})
     (folder / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "resources.json").write_text(json.dumps({"gpu_share": share, "ended": end}))
 
@@ -66,7 +67,8 @@ def test_every_second_of_the_command_is_accounted_for(run: Path) -> None:
     assert (a["startup"], b["startup"], c["startup"]) == pytest.approx((3.0, 4.0, 2.0))
     assert (a["warmup"], a["warmup_lost"]) == pytest.approx((1.5, 1.0))
     assert b["warmup_lost"] == pytest.approx(0.5) and c["warmup_lost"] == 0.0  # b's first epoch; c never warmed
-    assert a["wall"] == pytest.approx(15.0) and a["other"] == pytest.approx(15.0 - 3 - 4 - 1.5 - 0.75)
+    assert (a["logging"], a["reports"]) == pytest.approx((0.3, 0.6))
+    assert a["wall"] == pytest.approx(15.0) and a["other"] == pytest.approx(15.0 - 3 - 4 - 1.5 - 0.75 - 0.3 - 0.6)
     assert e["command_seconds"] == 100.0 and e["window_seconds"] == pytest.approx(50.0)
     assert e["pairs_per_second_command"] == pytest.approx(3.6) and e["of_peak_command"] == pytest.approx(0.36)
     assert e["pairs_per_second_window"] == pytest.approx(7.2)
@@ -75,6 +77,12 @@ def test_every_second_of_the_command_is_accounted_for(run: Path) -> None:
     assert lost["idle_gaps"] == pytest.approx(2.0) and gpu["idle_gaps"] == pytest.approx(0.5)
     assert lost["startup"] == pytest.approx(9.0) and gpu["startup"] == pytest.approx(0.75 + 1.0 + 1.0)
     assert lost["checkpoint"] == pytest.approx(0.25 * 9) and lost["validation"] == pytest.approx(0.5 * 9)
+    assert lost["logging"] == pytest.approx(0.1 * 9) and lost["reports"] == pytest.approx(0.2 * 9)
+    assert lost["other"] == pytest.approx(sum(r["other"] for r in (a, b, c)))
+    # Every second of every trial is in one column.
+    for r in (a, b, c):
+        parts = ("startup", "train", "validation", "checkpoint", "logging", "reports", "other")
+        assert sum(r[k] for k in parts) == pytest.approx(r["wall"])
     assert gpu["driver_startup"] == pytest.approx(10.0)  # the one GPU, idle while the driver started
 
 
@@ -103,6 +111,7 @@ def test_the_table_and_json_say_the_same(run: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "command: 100.0 s, 360 pairs: 3.6 pairs/s" in out and "trial window: 50.0 s" in out
     assert "driver start-up" in out and "idle gaps between trials" in out and "final re-scoring 20.0 s" in out
+    assert "reports to Ray Tune" in out and "logging (TensorBoard)" in out
     assert main([str(run.parent / "nothing")]) == 2
     assert "no trial_*/result.json" in capsys.readouterr().err
 
