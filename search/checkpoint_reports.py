@@ -15,9 +15,17 @@ loop's time on it (the copy to host memory, waiting for the previous write, wait
 A trial that fails after a checkpoint's write began reports it on its way out (`flush`), as the synchronous write
 had reported it before the next epoch started: a retry loses no epoch it would have kept before.
 
+`tune.report` returns only once the driver has taken the result in and asked the trial for the next (a round trip
+through Tune's event loop, which serves every trial); a checkpoint is persisted there too. Where an epoch is short
+against that round trip, a report is sent from a thread of its own while the next epoch trains, one in flight at a
+time and in order. What that costs: a trial the scheduler stops learns of it at its next report, an epoch late, so
+it is done only for short epochs (`in_background`), which also keeps the trial's unwinding within Ray's wait before
+it reuses the process. PBT's looks (`at_once`) stay synchronous. Each report carries the previous one's round trip
+(`report_round_trip_seconds`).
+
     reports = CheckpointReports(trial_dir / "metrics.jsonl")
     reports.epoch(metrics, save, with_checkpoint=True)   # save(path) -> PendingCheckpoint, from `fit`'s report
-    reports.flush()                                 # at the end: the last checkpoint, reported
+    reports.finish()                                # at the end: the last checkpoint reported, every report delivered
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +54,34 @@ class _Pending:
     write: PendingCheckpoint
 
 
+# A report goes in the background while its epoch (train, val, logging) is shorter than this many round trips,
+# where waiting for it costs a real share of the epoch, and shorter than BACKGROUND_EPOCH_MAX seconds: a stopped
+# trial then trains at most that long before it unwinds, within the 2 s Ray waits for it before reusing the process
+# (TUNE_FUNCTION_THREAD_TIMEOUT_S).
+BACKGROUND_ROUND_TRIPS = 10
+BACKGROUND_EPOCH_MAX = 1.0
+
+
+def in_background(epoch_seconds: float, round_trip: float) -> bool:
+    return epoch_seconds < min(BACKGROUND_ROUND_TRIPS * round_trip, BACKGROUND_EPOCH_MAX)
+
+
 class CheckpointReports:
     def __init__(self, metrics_file: Path) -> None:
         self.metrics_file = metrics_file
         self._pending: _Pending | None = None
+        self._sending: threading.Thread | None = None
+        self._outcome: BaseException | None = None
+        self.round_trip = 0.0  # the last delivered report's seconds in tune.report (0: none yet, so synchronous)
 
     def epoch(self, metrics: dict[str, Any], save: Callable[[Path], PendingCheckpoint], with_checkpoint: bool,
               at_once: bool = False) -> None:
         """Reports an epoch now, or `with_checkpoint` starts its checkpoint and reports it at the next call (or,
-        `at_once`, once its write is done: for a scheduler that decides on this very report, such as PBT)."""
+        `at_once`, once its write is done and the report delivered: for a scheduler that decides on this very
+        report, such as PBT)."""
         self.flush()
         if not with_checkpoint:
-            self._report({**metrics, "checkpoint_seconds": 0.0, "checkpoint_write_seconds": 0.0}, None)
+            self._report({**metrics, "checkpoint_seconds": 0.0, "checkpoint_write_seconds": 0.0}, None, at_once)
             return
         folder = Path(tempfile.mkdtemp(prefix="checkpoint-"))
         try:
@@ -64,33 +90,78 @@ class CheckpointReports:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         if at_once:
-            self.flush()
+            self.flush(at_once=True)
 
-    def flush(self) -> None:
+    def flush(self, at_once: bool = False) -> None:
         """Waits for the pending checkpoint's write, then reports its epoch with it."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
         try:
             write_seconds = pending.write.wait()
-            costs = {"checkpoint_seconds": pending.write.copy_seconds + pending.write.waited_seconds,
-                     "checkpoint_write_seconds": write_seconds}
-            self._report({**pending.metrics, **costs}, pending.folder)
-        finally:
-            shutil.rmtree(pending.folder, ignore_errors=True)  # tune.report has persisted it by now
+        except BaseException:
+            shutil.rmtree(pending.folder, ignore_errors=True)
+            raise
+        costs = {"checkpoint_seconds": pending.write.copy_seconds + pending.write.waited_seconds,
+                 "checkpoint_write_seconds": write_seconds}
+        self._report({**pending.metrics, **costs}, pending.folder, at_once)
+
+    def finish(self) -> None:
+        """At the trial's end: the last checkpoint reported, and every report delivered."""
+        self.flush()
+        self.wait()
 
     def flush_on_error(self) -> None:
-        """`flush` on a failing trial's way out; a second failure here is named, not raised over the first."""
+        """`finish` on a failing trial's way out; a second failure here is named, not raised over the first."""
         try:
-            self.flush()
+            self.finish()
         except Exception as e:  # noqa: BLE001 - the trial's own error is the one to raise
             print(f"warning: the last checkpoint could not be reported ({type(e).__name__}: {e})", file=sys.stderr)
 
-    def _report(self, metrics: dict[str, Any], folder: Path | None) -> None:
+    def wait(self) -> None:
+        """Waits for the report in flight and raises in this thread what it raised: SystemExit where Ray stopped the
+        trial (Tune ends a trial's thread that way, from its report), as a synchronous report would have."""
+        if self._sending is not None:
+            self._sending.join()
+            self._sending = None
+        outcome, self._outcome = self._outcome, None
+        if outcome is not None:
+            raise outcome
+
+    def _report(self, metrics: dict[str, Any], folder: Path | None, at_once: bool = False) -> None:
+        try:
+            self.wait()  # one report in flight, in order
+        except BaseException:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        metrics = {**metrics, "report_round_trip_seconds": self.round_trip}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
-        if folder is None:
-            tune.report(metrics)
+        if folder is not None:
+            shutil.copy(self.metrics_file, folder / self.metrics_file.name)
+        epoch_seconds = sum(metrics.get(k, 0.0) for k in ("train_seconds", "val_seconds", "log_seconds"))
+        if at_once or not in_background(epoch_seconds, self.round_trip):
+            self._deliver(metrics, folder)
             return
-        shutil.copy(self.metrics_file, folder / self.metrics_file.name)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        self._sending = threading.Thread(target=self._deliver_in_background, args=(metrics, folder),
+                                         name="tune-report", daemon=True)
+        self._sending.start()
+
+    def _deliver(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        start = time.perf_counter()
+        try:
+            if folder is None:
+                tune.report(metrics)
+            else:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        finally:
+            self.round_trip = time.perf_counter() - start
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)  # tune.report has persisted it by now
+
+    def _deliver_in_background(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        try:
+            self._deliver(metrics, folder)
+        except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report (`wait`)
+            self._outcome = e

@@ -225,7 +225,7 @@ def _train(cfg: TrainConfig, trial_dir: Path, dataset: Dataset,
         except Exception:
             reports.flush_on_error()
             raise
-        reports.flush()
+        reports.finish()
     except torch.OutOfMemoryError as e:
         # Ray records the exception's last line as the trial's error: make it say what did not fit. The same
         # type is raised again, so the failure is still an out-of-memory one to Ray and to anyone catching it.

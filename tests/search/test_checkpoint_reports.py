@@ -8,6 +8,8 @@ A real Ray Tune run in this process (tests/conftest.py's `local_ray`), with chec
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from ray import tune
 
 from cyclegan import checkpoint
 from cyclegan.checkpoint_writer import CheckpointWriter
-from search.checkpoint_reports import CheckpointReports
+from search import checkpoint_reports
+from search.checkpoint_reports import CheckpointReports, in_background
 
 pytestmark = pytest.mark.slow  # starts Ray and runs Tune
 
@@ -35,7 +38,7 @@ def trial(config: dict) -> None:
     except Exception:
         reports.flush_on_error()
         raise
-    reports.flush()
+    reports.finish()
     writer.close()
 
 
@@ -66,3 +69,66 @@ def test_a_crash_after_a_write_began_still_reports_that_checkpoint(local_ray: No
     result = _run(tmp_path, crash_after=2)
     assert result.error is not None and "crashed in epoch 3" in str(result.error)
     assert result.metrics["epoch"] == 2 and _saved(result.checkpoint) == (2, [1, 2])
+
+
+def counting_trial(config: dict) -> None:
+    """Many short epochs without checkpoints; each epoch it trains is counted in a file of its own."""
+    reports = CheckpointReports(Path.cwd() / "metrics.jsonl")
+    trained = Path(config["dir"]) / f"trained-{config['seed']}.txt"
+    for epoch in range(1, 201):
+        time.sleep(0.02)  # the epoch
+        with trained.open("a") as f:
+            f.write(f"{epoch} {os.getpid()}\n")
+        # Reported as taking no time: every report after the first goes in the background.
+        reports.epoch({"epoch": epoch, "objective": float(epoch), "train_seconds": 0.0}, lambda path: None, False)
+    reports.finish()
+
+
+def test_short_epochs_report_in_the_background_and_a_stopped_trial_ends_an_epoch_later(local_ray: None,
+                                                                                     tmp_path: Path) -> None:
+    # Tune stops each trial after its fifth report; one trial at a time, so the second reuses the first's process.
+    tuner = tune.Tuner(counting_trial, param_space={"dir": str(tmp_path), "seed": tune.grid_search([1, 2])},
+                       tune_config=tune.TuneConfig(metric="objective", mode="max", max_concurrent_trials=1,
+                                                   reuse_actors=True),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="run", verbose=0,
+                                                 stop={"epoch": 5}))
+    results = tuner.fit()
+    assert not results.errors
+    pids, trained = set(), []
+    for seed in (1, 2):
+        lines = (tmp_path / f"trained-{seed}.txt").read_text().split()
+        trained.append([int(x) for x in lines[::2]])
+        pids |= set(lines[1::2])
+    # Stopped on epoch 5's report, the first trial trained epoch 6 while that was in flight and ended at epoch 6's
+    # report, in time for Ray to reuse its process for the second; the last one's process may end sooner.
+    short, long = sorted(trained, key=len)
+    assert long == list(range(1, 7)) and short in (list(range(1, 6)), long)
+    assert len(pids) == 1, pids
+    trips = list(results[0].metrics_dataframe["report_round_trip_seconds"])
+    assert trips[0] == 0.0 and all(t > 0 for t in trips[1:])
+
+
+def test_a_report_goes_in_the_background_only_for_an_epoch_short_against_its_round_trip() -> None:
+    assert not in_background(0.5, 0.0)  # no round trip measured yet: the first report waits
+    assert in_background(0.5, 0.1) and not in_background(0.5, 0.04)  # 10 round trips
+    assert not in_background(1.5, 1.0)  # never for an epoch a stopped trial would take long to end
+
+
+def test_what_a_background_report_raised_is_raised_in_the_trials_thread(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def report(metrics: dict, checkpoint: tune.Checkpoint | None = None) -> None:
+        calls.append(metrics["epoch"])
+        time.sleep(0.05)
+        if metrics["epoch"] == 2:
+            raise SystemExit(0)  # what Tune raises in a report once it has stopped the trial
+
+    monkeypatch.setattr(checkpoint_reports.tune, "report", report)
+    reports = CheckpointReports(tmp_path / "metrics.jsonl")
+    reports.epoch({"epoch": 1, "train_seconds": 0.01}, lambda path: None, False)  # synchronous: no round trip yet
+    reports.epoch({"epoch": 2, "train_seconds": 0.01}, lambda path: None, False)  # in the background
+    assert reports._sending is not None
+    with pytest.raises(SystemExit):
+        reports.epoch({"epoch": 3, "train_seconds": 0.01}, lambda path: None, False)
+    assert calls == [1, 2]
