@@ -14,8 +14,9 @@ GPUs Ray saw):
 - checkpoints: the training loop's time on them (the copy to host memory and any wait for the write);
 - validation: each epoch's val pass;
 - logging: each epoch's TensorBoard events and sample images;
-- reports: the training loop's time in each epoch's report to Ray Tune (`tune.report` waits there until the
-  driver has taken the result in and asked the trial for the next; an epoch with a checkpoint is persisted there);
+- reports: the training loop's time in each epoch's report to Ray Tune beyond the checkpoint's own, which the report
+  call holds (`tune.report` waits until the driver has taken the result in and asked the trial for the next, and
+  copies a checkpoint into the run's storage);
 - other: the rest of a trial's wall time (the last epoch's report, the process's end, Ray's own time between);
 - idle gaps: a slot (one trial's place on the machines) left empty between one trial's end and the next one's
   start on it;
@@ -120,7 +121,8 @@ def trial_rows(run_dir: Path) -> list[dict[str, Any]]:
             "checkpoint_write": sum(r.get("checkpoint_write_seconds", 0.0) for r in reports),
             # Trainers from before these were reported leave them in `other`.
             "logging": sum(r.get("log_seconds", 0.0) for r in reports),
-            "reports": sum(r.get("report_seconds", 0.0) for r in reports),
+            "reports": max(0.0, sum(r.get("report_seconds", 0.0) for r in reports)
+                           - sum(r.get("checkpoint_seconds", 0.0) for r in reports if "report_seconds" in r)),
             "warmup": sum(max(r.get("warmup_seconds", 0.0) for r in a) for a in timed),
             "warmup_lost": sum(_warmup_lost(a) for a in timed),
             "config": {k: reports[-1].get("config", {}).get(k) for k in ("resize", "batch_size", "unet_depth")},

@@ -132,3 +132,28 @@ def test_what_a_background_report_raised_is_raised_in_the_trials_thread(tmp_path
     with pytest.raises(SystemExit):
         reports.epoch({"epoch": 3, "train_seconds": 0.01}, lambda path: None, False)
     assert calls == [1, 2]
+
+
+def test_a_checkpoint_report_goes_in_the_background_when_its_write_was_long_against_the_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    delivered = []
+    monkeypatch.setattr(checkpoint_reports.tune, "report",
+                        lambda metrics, checkpoint=None: delivered.append((metrics["epoch"], checkpoint is not None)))
+
+    class Written:  # a checkpoint whose background write took 0.2 s
+        copy_seconds, waited_seconds = 0.0, 0.0
+
+        def wait(self) -> float:
+            return 0.2
+
+    reports = CheckpointReports(tmp_path / "metrics.jsonl")
+    # No round trip measured yet, but an epoch of 0.1 s against a copy as long as the 0.2 s write: in the background.
+    reports.epoch({"epoch": 1, "train_seconds": 0.1}, lambda path: Written(), True)
+    reports.flush()
+    assert reports._sending is not None
+    reports.finish()
+    assert delivered == [(1, True)]
+    # An epoch of 3 s is long whatever the copy: synchronous, so a stop is heard at once.
+    reports.epoch({"epoch": 2, "train_seconds": 3.0}, lambda path: Written(), True)
+    reports.flush()
+    assert reports._sending is None and delivered == [(1, True), (2, True)]

@@ -30,7 +30,7 @@ def _trial(run: Path, name: str, process: float, first_step: float, epochs: list
     for i, e in enumerate(epochs, 1):
         lines.append({"epoch": i, "timestamp": int(end), "time_total_s": 0.0, "process_started": process,
                       "first_step_at": first_step, "startup_seconds": first_step - process, "val_seconds": 0.5,
-                      "checkpoint_seconds": 0.25, "log_seconds": 0.1, "report_seconds": 0.2,
+                      "checkpoint_seconds": 0.25, "log_seconds": 0.1, "report_seconds": 0.45,
                       "config": {"batch_size": 2}, **e})
     (folder / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "resources.json").write_text(json.dumps({"gpu_share": share, "ended": end}))
@@ -67,6 +67,7 @@ def test_every_second_of_the_command_is_accounted_for(run: Path) -> None:
     assert (a["startup"], b["startup"], c["startup"]) == pytest.approx((3.0, 4.0, 2.0))
     assert (a["warmup"], a["warmup_lost"]) == pytest.approx((1.5, 1.0))
     assert b["warmup_lost"] == pytest.approx(0.5) and c["warmup_lost"] == 0.0  # b's first epoch; c never warmed
+    # The report calls (0.45 s each) hold the checkpoints (0.25 s), which have a column of their own.
     assert (a["logging"], a["reports"]) == pytest.approx((0.3, 0.6))
     assert a["wall"] == pytest.approx(15.0) and a["other"] == pytest.approx(15.0 - 3 - 4 - 1.5 - 0.75 - 0.3 - 0.6)
     assert e["command_seconds"] == 100.0 and e["window_seconds"] == pytest.approx(50.0)
