@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.paths import pythonpath
@@ -60,15 +61,24 @@ def node_processes(temp_dir: Path) -> list[int]:
     return pids
 
 
-def kill_node(node: subprocess.Popen, temp_dir: Path) -> None:
-    """SIGKILLs a node: its process group, and any of its processes that started a group of their own."""
-    for pid in {node.pid, *node_processes(temp_dir)}:
-        for kill in (lambda p: os.killpg(p, signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
-            try:
-                kill(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
-    node.wait(timeout=30)
+def kill_node(node: subprocess.Popen, temp_dir: Path, seconds: float = 10.0) -> None:
+    """SIGKILLs a node: its process group, and any of its processes that started a group of their own, again until
+    none is left (a process the node was starting as the first kill came may appear after it)."""
+    deadline = time.time() + seconds
+    pids = {node.pid, *node_processes(temp_dir)}
+    while pids:
+        for pid in pids:
+            for kill in (lambda p: os.killpg(p, signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
+                try:
+                    kill(pid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if node.poll() is None:
+            node.wait(timeout=30)
+        time.sleep(0.1)
+        pids = set(node_processes(temp_dir))
+        if pids and time.time() > deadline:
+            raise RuntimeError(f"processes of the node {temp_dir} outlived SIGKILL: {sorted(pids)}")
 
 
 # One driver connects once and polls the node table: a fresh `python -c "import ray; ray.init(...)"` per look

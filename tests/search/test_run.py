@@ -132,7 +132,9 @@ def terminated_in_saved_state(run_dir: Path) -> set[str]:
 def test_resume_after_the_driver_is_killed_reruns_no_finished_trial(tmp_path):
     args = ["search.run", str(ROOT / "spaces" / "unet_depth.yaml"), "--num-samples", "4", "--max-concurrent", "1",
             "--set", "epochs=4", *TINY, "--storage", str(tmp_path / "runs"), "--name", "killed"]
-    env = {**os.environ, "PYTHONPATH": pythonpath()}
+    # Ray saves the experiment's state every 10 s or more; every second here, so that the state shows a finished
+    # trial while the next one still runs, however fast the trials are.
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "runs" / "killed"
