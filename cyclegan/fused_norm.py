@@ -15,6 +15,7 @@ checkpoints load either way. On the CPU the native `F.instance_norm` runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from contextlib import AbstractContextManager, nullcontext
@@ -32,9 +33,13 @@ RECOMPILE_LIMIT = 64
 COMPILE_THREADS = 1
 
 
+@functools.cache
 def compile_settings() -> AbstractContextManager:
     """Inductor's settings for the norm's own compiles, not for a user's torch.compile of the networks (`compile`):
-    one compile thread, unless the user chose a number (TORCHINDUCTOR_COMPILE_THREADS, which Inductor reads itself)."""
+    one compile thread, unless the user chose a number (TORCHINDUCTOR_COMPILE_THREADS, which Inductor reads itself).
+
+    One object a process, entered on every eager call of the norm: a new patch costs four times as much to make and
+    enter, and Inductor's patch keeps what it replaced per thread and context, so the one object can be re-entered."""
     if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ:
         return nullcontext()
     import torch._inductor.config

@@ -108,12 +108,15 @@ def test_the_norm_compiles_with_one_thread_unless_the_user_chose_a_number(monkey
 
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
     monkeypatch.setattr(inductor, "compile_threads", 4)
+    compile_settings.cache_clear()  # decided once a process, from the environment as it is then
     with compile_settings():
         assert inductor.compile_threads == COMPILE_THREADS == 1
     assert inductor.compile_threads == 4  # the user's own torch.compile keeps its pool
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "3")
+    compile_settings.cache_clear()
     with compile_settings():
         assert inductor.compile_threads == 4  # Inductor read the variable at import; it is left to stand
+    compile_settings.cache_clear()
 
 
 @needs_cuda
