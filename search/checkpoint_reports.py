@@ -103,13 +103,13 @@ class CheckpointReports:
             return
         try:
             write_seconds = pending.write.wait()
+            costs = {"checkpoint_seconds": pending.write.copy_seconds + pending.write.waited_seconds,
+                     "checkpoint_write_seconds": write_seconds}
+            # Ray copies the file into the run's storage in the report: about as long as writing it took.
+            self._report({**pending.metrics, **costs}, pending.folder, at_once, expected=write_seconds)
         except BaseException:
-            shutil.rmtree(pending.folder, ignore_errors=True)
+            shutil.rmtree(pending.folder, ignore_errors=True)  # never handed to Ray (a delivery removes its own)
             raise
-        costs = {"checkpoint_seconds": pending.write.copy_seconds + pending.write.waited_seconds,
-                 "checkpoint_write_seconds": write_seconds}
-        # Ray copies the file into the run's storage in the report: about as long as writing it took.
-        self._report({**pending.metrics, **costs}, pending.folder, at_once, expected=write_seconds)
 
     def finish(self) -> None:
         """At the trial's end: the last checkpoint reported, and every report delivered."""
@@ -135,12 +135,7 @@ class CheckpointReports:
 
     def _report(self, metrics: dict[str, Any], folder: Path | None, at_once: bool = False,
                 expected: float = 0.0) -> None:
-        try:
-            self.wait()  # one report in flight, in order
-        except BaseException:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
+        self.wait()  # one report in flight, in order
         metrics = {**metrics, "report_round_trip_seconds": self.round_trip}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
