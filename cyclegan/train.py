@@ -242,8 +242,7 @@ class Trainer:
             if gpu and cfg.use_channels_last:
                 net.to(memory_format=torch.channels_last)
         if gpu and not torch.backends.cudnn.deterministic:
-            # Shapes never change within a run (the reference benchmarks too); set either way, as a process of a
-            # search trains one trial after another.
+            # Set either way: a process of a search trains one trial after another.
             torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
         autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
