@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -147,10 +147,32 @@ class Footprint:
     pool_bytes: int  # both image pools
 
 
-@functools.lru_cache(maxsize=256)
+# Knobs that change no tensor one train step saves for its backward passes: a search's trials that differ only in
+# these share one count (the trace takes a second of the driver's loop per new trial). The batch and the pools scale
+# the count afterwards. Any knob not named here is counted as it is.
+NOT_SAVED_KNOBS = ("batch_size", "pool_size", "epochs", "lr", "lr_d_scale", "beta1", "beta2", "lr_schedule",
+                   "lambda_cycle", "lambda_disc", "seed", "sample_every")
+# Knobs whose value does not matter, only whether they are on: the identity passes, and the noise on the cycle.
+ON_OFF_KNOBS = ("lambda_identity", "cycle_noise")
+
+
 def footprint(cfg: TrainConfig) -> Footprint:
-    """Counts the parameters and the saved activations of one train step of `cfg` on the meta device (cached: a
-    second or two, and a search asks for each trial's estimate with and without its data streamed)."""
+    """Counts the parameters and the saved activations of one train step of `cfg` on the meta device."""
+    params, per_pair = _saved_per_pair(saved_knobs(cfg))
+    return Footprint(params=params, state_bytes=16 * params, activation_bytes=per_pair * cfg.batch_size,
+                     pool_bytes=2 * cfg.pool_size * cfg.resize**2 * 4)
+
+
+def saved_knobs(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the knobs that save nothing at their defaults, and the on/off ones at their defaults where on."""
+    default = TrainConfig()
+    return replace(cfg, **{k: getattr(default, k) for k in NOT_SAVED_KNOBS},
+                   **{k: getattr(cfg, k) and (getattr(default, k) or 0.1) for k in ON_OFF_KNOBS})
+
+
+@functools.lru_cache(maxsize=1024)
+def _saved_per_pair(cfg: TrainConfig) -> tuple[int, int]:
+    """(parameters of the four networks, bytes one train step saves for backward per pair of slices)."""
     from cyclegan.train import CycleGAN, ImagePool, discriminator_update, generator_update
 
     with torch.device("meta"):
@@ -178,9 +200,7 @@ def footprint(cfg: TrainConfig) -> Footprint:
     saved_d, hooks = count()
     with hooks:
         discriminator_update(m, idle, x1, x2, ImagePool(0).query(fake_t1), ImagePool(0).query(fake_t2), cfg)
-    per_pair = max(sum(saved_g.values()), sum(saved_d.values()))
-    return Footprint(params=n_params, state_bytes=16 * n_params, activation_bytes=per_pair * cfg.batch_size,
-                     pool_bytes=2 * cfg.pool_size * cfg.resize**2 * 4)
+    return n_params, max(sum(saved_g.values()), sum(saved_d.values()))
 
 
 def estimate_memory(cfg: TrainConfig, data: DataSize | None = None, streamed: bool = False) -> int:

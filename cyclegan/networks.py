@@ -220,7 +220,8 @@ class PatchDiscriminator(nn.Module):
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:
     """Draws conv weights from N(0, gain) and zeroes biases, the reference's "normal" init."""
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        # On the meta device (the memory estimate's networks) there is nothing to draw, and drawing costs milliseconds.
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not m.weight.is_meta:
             nn.init.normal_(m.weight, 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

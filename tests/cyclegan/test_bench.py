@@ -222,6 +222,31 @@ def test_memory_estimate_grows_with_the_batch_and_counts_on_the_meta_device():
     assert estimate_memory(fp32) >= estimate_memory(small) * 0.9
 
 
+def test_trials_that_differ_in_knobs_that_save_nothing_share_one_count_and_the_same_count():
+    """A search's trials differ in learning rates, loss weights and epochs; their footprint is traced once, and is
+    what tracing each one would count."""
+    from cyclegan.memory import _saved_per_pair, saved_knobs
+
+    base = TrainConfig(resize=64, unet_depth=6, ngf=16, ndf=16, batch_size=1)
+    variants = [base.replace(lr=1e-3, lr_d_scale=2.0, beta1=0.9, lr_schedule="linear", epochs=7, seed=3),
+                base.replace(lambda_cycle=17.0, lambda_disc=1.0, lambda_identity=0.1),
+                base.replace(cycle_noise=0.3), base.replace(pool_size=0, batch_size=3, sample_every=2)]
+    traced = _saved_per_pair.__wrapped__  # the trace itself, without the cache
+    for cfg in variants:
+        assert traced(cfg) == traced(saved_knobs(cfg))
+        assert (saved_knobs(cfg) == saved_knobs(base)) == (cfg.cycle_noise == 0)
+    # On or off matters: without identity passes the generator update saves less.
+    no_identity = base.replace(lambda_identity=0.0)
+    assert saved_knobs(no_identity) != saved_knobs(base)
+    assert traced(no_identity)[1] < traced(base)[1]
+    _saved_per_pair.cache_clear()
+    for cfg in (base, *variants):
+        footprint(cfg)
+    assert _saved_per_pair.cache_info().misses == 2  # base and the one with noise on the cycle
+    assert footprint(variants[3]).activation_bytes == 3 * footprint(base).activation_bytes
+    assert footprint(variants[3]).pool_bytes == 0
+
+
 def test_memory_estimate_counts_the_resnet_generator():
     """The estimate runs the real train step on the meta device, so it holds for any generator."""
     resnet = TrainConfig(batch_size=2, generator="resnet_9blocks")
