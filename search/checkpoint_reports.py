@@ -17,13 +17,16 @@ had reported it before the next epoch started: a retry loses no epoch it would h
 
 `tune.report` returns only once the driver has taken the result in and asked the trial for the next (a round trip
 through Tune's event loop, which serves every trial), and a report with a checkpoint first copies the file into the
-run's storage (in a search on one H200, ~1.6 s for a 128 px trial's checkpoint, three times its write: most of the
-time the trials spent in reports). Where an epoch is short against that round trip (a checkpoint's taken to be as
-long as its write), a report is sent from a thread of its own while the next epoch trains, one in flight at a
-time and in order. What that costs: a trial the scheduler stops learns of it at its next report, an epoch late, so
-it is done only for short epochs (`in_background`), which also keeps the trial's unwinding within Ray's wait before
-it reuses the process. PBT's looks (`at_once`) stay synchronous. Each report carries the previous one's round trip
-(`report_round_trip_seconds`).
+run's storage (in a search on one H200, ~1.6 s for a 128 px trial's checkpoint, three times its write). That loop
+also stalls for a second at a time while it makes a new trial (`gpus_per_trial: auto` estimates its memory) or
+writes to the Optuna study, and every trial waiting on a report then waits for it. So the reports of epochs shorter
+than `BACKGROUND_EPOCH_MAX` are queued and sent, in order, by a thread of the trial's own while training goes on; the
+training thread waits only when the oldest report still undelivered was queued more than `MAX_LAG` seconds ago.
+What that costs: a trial the scheduler stops learns of it at its next report after the stop arrives, having trained
+at most about `MAX_LAG` seconds past the epoch it was stopped on (typically one epoch), and it is done only for short
+epochs, which keeps the trial's unwinding within Ray's wait before it reuses the process. Longer epochs, and PBT's
+looks (`at_once`), are reported synchronously, after the queue. Each report carries the round trip of the last one
+delivered before it (`report_round_trip_seconds`).
 
     reports = CheckpointReports(trial_dir / "metrics.jsonl")
     reports.epoch(metrics, save, with_checkpoint=True)   # save(path) -> PendingCheckpoint, from `fit`'s report
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,27 +60,34 @@ class _Pending:
     write: PendingCheckpoint
 
 
-# A report goes in the background while its epoch (train, val, logging) is shorter than this many round trips,
-# where waiting for it costs a real share of the epoch, and shorter than BACKGROUND_EPOCH_MAX seconds: a stopped
-# trial then trains at most that long before it unwinds, within the 2 s Ray waits for it before reusing the process
+@dataclass
+class _Queued:
+    metrics: dict[str, Any]
+    folder: Path | None
+    queued: float  # time.perf_counter() when it was queued
+
+
+# An epoch (train, val, logging) shorter than this is reported in the background: a stopped trial then trains at most
+# about this long (and MAX_LAG) before it unwinds, within the 2 s Ray waits for it before reusing the process
 # (TUNE_FUNCTION_THREAD_TIMEOUT_S).
-BACKGROUND_ROUND_TRIPS = 10
 BACKGROUND_EPOCH_MAX = 1.0
+# The training thread waits for the sender while the oldest undelivered report was queued longer ago than this.
+MAX_LAG = 1.0
 
 
-def in_background(epoch_seconds: float, round_trip: float) -> bool:
-    return epoch_seconds < min(BACKGROUND_ROUND_TRIPS * round_trip, BACKGROUND_EPOCH_MAX)
+def in_background(epoch_seconds: float) -> bool:
+    return epoch_seconds < BACKGROUND_EPOCH_MAX
 
 
 class CheckpointReports:
     def __init__(self, metrics_file: Path) -> None:
         self.metrics_file = metrics_file
         self._pending: _Pending | None = None
-        self._sending: threading.Thread | None = None
+        self._queue: deque[_Queued] = deque()  # queued reports, the first one being sent
+        self._changed = threading.Condition()  # guards _queue, _sender and _outcome
+        self._sender: threading.Thread | None = None
         self._outcome: BaseException | None = None
-        # The last delivered report's seconds in tune.report (0: none yet, so the first report without a checkpoint
-        # waits for its delivery, which measures it).
-        self.round_trip = 0.0
+        self.round_trip = 0.0  # the last delivered report's seconds in tune.report (0: none yet)
 
     def epoch(self, metrics: dict[str, Any], save: Callable[[Path], PendingCheckpoint], with_checkpoint: bool,
               at_once: bool = False) -> None:
@@ -105,8 +116,7 @@ class CheckpointReports:
             write_seconds = pending.write.wait()
             costs = {"checkpoint_seconds": pending.write.copy_seconds + pending.write.waited_seconds,
                      "checkpoint_write_seconds": write_seconds}
-            # Ray copies the file into the run's storage in the report: about as long as writing it took.
-            self._report({**pending.metrics, **costs}, pending.folder, at_once, expected=write_seconds)
+            self._report({**pending.metrics, **costs}, pending.folder, at_once)
         except BaseException:
             shutil.rmtree(pending.folder, ignore_errors=True)  # never handed to Ray (a delivery removes its own)
             raise
@@ -123,31 +133,61 @@ class CheckpointReports:
         except Exception as e:  # noqa: BLE001 - the trial's own error is the one to raise
             print(f"warning: the last checkpoint could not be reported ({type(e).__name__}: {e})", file=sys.stderr)
 
-    def wait(self) -> None:
-        """Waits for the report in flight and raises in this thread what it raised: SystemExit where Ray stopped the
-        trial (Tune ends a trial's thread that way, from its report), as a synchronous report would have."""
-        if self._sending is not None:
-            self._sending.join()
-            self._sending = None
-        outcome, self._outcome = self._outcome, None
+    def wait(self, lag: float = 0.0) -> None:
+        """Waits until no queued report is older than `lag` seconds (0: until all are delivered), then raises in
+        this thread what a delivery raised: SystemExit where Ray stopped the trial (Tune ends a trial's thread that
+        way, from its report), as a synchronous report would have."""
+        with self._changed:
+            while (self._queue and self._outcome is None
+                   and (not lag or time.perf_counter() - self._queue[0].queued > lag)):
+                self._changed.wait()
+            outcome, self._outcome = self._outcome, None
         if outcome is not None:
             raise outcome
 
-    def _report(self, metrics: dict[str, Any], folder: Path | None, at_once: bool = False,
-                expected: float = 0.0) -> None:
-        self.wait()  # one report in flight, in order
+    def _report(self, metrics: dict[str, Any], folder: Path | None, at_once: bool = False) -> None:
+        epoch_seconds = sum(metrics.get(k, 0.0) for k in ("train_seconds", "val_seconds", "log_seconds"))
+        queued = not at_once and in_background(epoch_seconds)
+        self.wait(MAX_LAG if queued else 0.0)  # in order, and raises a stop a delivery heard of
         metrics = {**metrics, "report_round_trip_seconds": self.round_trip}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if folder is not None:
             shutil.copy(self.metrics_file, folder / self.metrics_file.name)
-        epoch_seconds = sum(metrics.get(k, 0.0) for k in ("train_seconds", "val_seconds", "log_seconds"))
-        if at_once or not in_background(epoch_seconds, max(self.round_trip, expected)):
+        if not queued:
             self._deliver(metrics, folder)
             return
-        self._sending = threading.Thread(target=self._deliver_in_background, args=(metrics, folder),
-                                         name="tune-report", daemon=True)
-        self._sending.start()
+        with self._changed:
+            self._queue.append(_Queued(metrics, folder, time.perf_counter()))
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send, name="tune-report", daemon=True)
+                self._sender.start()
+
+    def _send(self) -> None:
+        """The sender thread: delivers the queue in order, and ends when it is empty or a delivery raised (the
+        reports after that one are dropped, their checkpoints removed)."""
+        while True:
+            with self._changed:
+                if not self._queue:
+                    self._sender = None
+                    self._changed.notify_all()
+                    return
+                first = self._queue[0]
+            try:
+                self._deliver(first.metrics, first.folder)
+            except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report (`wait`)
+                with self._changed:
+                    self._outcome = e
+                    for dropped in list(self._queue)[1:]:
+                        if dropped.folder is not None:
+                            shutil.rmtree(dropped.folder, ignore_errors=True)
+                    self._queue.clear()
+                    self._sender = None
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._queue.popleft()
+                self._changed.notify_all()
 
     def _deliver(self, metrics: dict[str, Any], folder: Path | None) -> None:
         start = time.perf_counter()
@@ -160,9 +200,3 @@ class CheckpointReports:
             self.round_trip = time.perf_counter() - start
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)  # tune.report has persisted it by now
-
-    def _deliver_in_background(self, metrics: dict[str, Any], folder: Path | None) -> None:
-        try:
-            self._deliver(metrics, folder)
-        except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report (`wait`)
-            self._outcome = e
