@@ -29,8 +29,8 @@ a trial that does not fit even streamed fails before it trains, in one line that
 budget and the knobs to change (`cyclegan.memory.check_fits`). `resources.json` in its
 folder records what it was given: the share, the allocator's cap, its estimated memory, the GPU ids Ray
 assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), how
-long it took to build its data set (`data_seconds`), and when it started and ended (a trial that ASHA stops may
-be copied to storage before its end is written).
+long it took to build its data set (`data_seconds`) and to estimate its memory (`budget_seconds`), and when it
+started and ended (a trial that ASHA stops may be copied to storage before its end is written).
 
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
 the summary says which configurations did not fit.
@@ -186,7 +186,9 @@ def _train(cfg: TrainConfig, trial_dir: Path, dataset: Dataset,
            looks: Looks | None = None) -> None:
     dataset.save_split(trial_dir / "split.json")
     record = record if record is not None else {}
+    start = time.perf_counter()
     _budget(cfg, DataSize.of(dataset), gpu_share, record)
+    record["budget_seconds"] = round(time.perf_counter() - start, 3)  # its memory estimate, traced on the CPU
 
     trial_id = tune.get_context().get_trial_id() or trial_dir.name
     restored = tune.get_checkpoint()
