@@ -236,7 +236,7 @@ def memory_terms(cfg: TrainConfig, data: DataSize | None = None, streamed: bool 
             "validation": stored + VALIDATION_FACTOR * validation_bytes(cfg, v1, v2, data.eval_size)}
 
 
-_MODEL_KNOBS = ("resize", "unet_depth", "ngf", "dropout", "upsample")
+_MODEL_KNOBS = ("resize", "generator", "ngf", "unet_depth", "dropout", "upsample")  # what the generators are
 
 
 def validation_bytes(cfg: TrainConfig, v1: int, v2: int, eval_size: int) -> int:

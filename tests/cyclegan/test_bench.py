@@ -258,6 +258,16 @@ def test_memory_estimate_counts_the_resnet_generator():
     assert 1 * 2**30 < estimate_memory(resnet) < 40 * 2**30
 
 
+def test_the_validation_pass_is_counted_with_the_trials_own_generator():
+    """The validation pass's count runs the trial's generator: a ResNet at a size no depth-8 U-Net takes, and one
+    that holds more than the U-Net of the same width."""
+    from cyclegan.memory import validation_bytes
+
+    resnet = TrainConfig(resize=64, generator="resnet_6blocks", ngf=16)
+    unet = TrainConfig(resize=64, unet_depth=6, ngf=16)
+    assert validation_bytes(resnet, 4, 4, 64) > validation_bytes(unet, 4, 4, 64) > 0
+
+
 @needs_cuda
 def test_graphed_fit_equals_eager_fit_on_the_gpu(tmp_path):
     res: dict = {}
