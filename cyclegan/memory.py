@@ -173,13 +173,12 @@ def saved_knobs(cfg: TrainConfig) -> TrainConfig:
 @functools.lru_cache(maxsize=1024)
 def _saved_per_pair(cfg: TrainConfig) -> tuple[int, int]:
     """(parameters of the four networks, bytes one train step saves for backward per pair of slices)."""
-    from cyclegan.train import CycleGAN, ImagePool, discriminator_update, generator_update
+    from cyclegan.train import CycleGAN, discriminator_loss, generator_losses, set_requires_grad
 
     with torch.device("meta"):
         m = CycleGAN.build(cfg)
     params = {id(p) for p in _parameters(m)}
     n_params = sum(p.numel() for p in _parameters(m))
-    idle = SimpleNamespace(zero_grad=lambda set_to_none=True: None, step=lambda: None)
     x1 = torch.zeros(1, 1, cfg.resize, cfg.resize, device="meta")
     x2 = torch.zeros(1, 1, cfg.resize, cfg.resize, device="meta")
 
@@ -193,13 +192,17 @@ def _saved_per_pair(cfg: TrainConfig) -> tuple[int, int]:
 
         return saved, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
 
-    # The generator update holds the most: six generator passes and two discriminator passes at once.
+    # The generator update holds the most: six generator passes and two discriminator passes at once. What a step
+    # saves for backward is saved by its forward passes, so only those run (the backward passes on the meta device
+    # took a third of the trace), with the discriminators frozen for the generators' as `generator_update` does.
     saved_g, hooks = count()
+    set_requires_grad([m.d_t1, m.d_t2], False)
     with hooks:
-        _, fake_t1, fake_t2 = generator_update(m, idle, x1, x2, cfg)
+        _, _, fake_t1, fake_t2 = generator_losses(m, x1, x2, cfg)
+    set_requires_grad([m.d_t1, m.d_t2], True)
     saved_d, hooks = count()
     with hooks:
-        discriminator_update(m, idle, x1, x2, ImagePool(0).query(fake_t1), ImagePool(0).query(fake_t2), cfg)
+        discriminator_loss(m, x1, x2, fake_t1.detach(), fake_t2.detach(), cfg)
     return n_params, max(sum(saved_g.values()), sum(saved_d.values()))
 
 
@@ -248,18 +251,42 @@ def validation_bytes(cfg: TrainConfig, v1: int, v2: int, eval_size: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _validation_bytes(knobs: tuple, v1: int, v2: int, eval_size: int) -> int:
-    from cyclegan.evaluate import validation_pass
+    from cyclegan.evaluate import translations
     from cyclegan.train import CycleGAN
 
     cfg = TrainConfig(**dict(zip(_MODEL_KNOBS, knobs)))
     with torch.device("meta"):
         m = CycleGAN.build(cfg)
-        x1, x2 = (torch.zeros(v, 1, eval_size, eval_size) for v in (v1, v2))
-    s = SimpleNamespace(t1=x1, t2=x2, t1_head=x1 > 0, t2_head=x2 > 0, paired=v1 == v2, resize=cfg.resize,
-                        size=eval_size)
+    s = _meta_split(v1, v2, eval_size, cfg.resize)
+    # The pass is the translations, then their scores (`validation_pass`). Scoring depends on the translations'
+    # shapes only, not on the generators, so its rise above what the translations leave is counted once a split.
     with LiveBytes() as live:
-        validation_pass(m.g_t1_t2, m.g_t2_t1, s, resize=cfg.resize)
+        outs = translations(m.g_t1_t2, m.g_t2_t1, s, resize=cfg.resize)
+        held = live.live
+    del outs
+    return max(live.peak, held + _scoring_bytes(v1, v2, eval_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _scoring_bytes(v1: int, v2: int, eval_size: int) -> int:
+    """How far the live tensors rise above the translations while `scores` runs on them."""
+    from cyclegan.evaluate import scores
+
+    s = _meta_split(v1, v2, eval_size, eval_size)
+    with torch.device("meta"):
+        outs = {k: torch.zeros(v, 1, eval_size, eval_size) for k, v in (
+            ("fake_t2", v1), ("rec_t1", v1), ("rec_t1_noisy", v1), ("fake_t1", v2), ("rec_t2", v2),
+            ("rec_t2_noisy", v2))}
+    with LiveBytes() as live:
+        scores(outs, s)
     return live.peak
+
+
+def _meta_split(v1: int, v2: int, eval_size: int, resize: int) -> SimpleNamespace:
+    with torch.device("meta"):
+        x1, x2 = (torch.zeros(v, 1, eval_size, eval_size) for v in (v1, v2))
+    return SimpleNamespace(t1=x1, t2=x2, t1_head=x1 > 0, t2_head=x2 > 0, paired=v1 == v2, resize=resize,
+                           size=eval_size)
 
 
 class LiveBytes(TorchDispatchMode):

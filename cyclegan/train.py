@@ -157,6 +157,17 @@ def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.T
     # The discriminators are frozen so that this update leaves them untouched.
     set_requires_grad([m.d_t1, m.d_t2], False)
     opt_g.zero_grad(set_to_none=True)
+    total, losses, fake_t1, fake_t2 = generator_losses(m, real_t1, real_t2, cfg, autocast)
+    total.backward()
+    opt_g.step()
+    set_requires_grad([m.d_t1, m.d_t2], True)
+    return {k: v.detach() for k, v in losses.items()}, fake_t1.detach(), fake_t2.detach()
+
+
+def generator_losses(m: CycleGAN, real_t1: torch.Tensor, real_t2: torch.Tensor, cfg: TrainConfig,
+                     autocast: Callable = nullcontext
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The forward passes of `generator_update`: (the loss it steps on, its terms, fake T1, fake T2)."""
     with autocast():
         fake_t2 = m.g_t1_t2(real_t1)
         rec_t1 = m.g_t2_t1(_jitter(fake_t2, cfg.cycle_noise))
@@ -169,11 +180,8 @@ def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.T
             loss_identity = idt * cfg.lambda_cycle * cfg.lambda_identity
         else:
             loss_identity = torch.zeros((), device=real_t1.device)
-    (loss_g + loss_cycle + loss_identity).backward()
-    opt_g.step()
-    set_requires_grad([m.d_t1, m.d_t2], True)
-    losses = {"loss_cycle": loss_cycle.detach(), "loss_identity": loss_identity.detach(), "loss_G": loss_g.detach()}
-    return losses, fake_t1.detach(), fake_t2.detach()
+    losses = {"loss_cycle": loss_cycle, "loss_identity": loss_identity, "loss_G": loss_g}
+    return loss_g + loss_cycle + loss_identity, losses, fake_t1, fake_t2
 
 
 def _jitter(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -186,14 +194,21 @@ def discriminator_update(m: CycleGAN, opt_d: torch.optim.Optimizer, real_t1: tor
                          autocast: Callable = nullcontext) -> torch.Tensor:
     """Updates D_T1 and D_T2 on real slices against (pooled) fakes; returns their summed, weighted loss."""
     opt_d.zero_grad(set_to_none=True)
+    loss_d = discriminator_loss(m, real_t1, real_t2, fake_t1, fake_t2, cfg, autocast)
+    loss_d.backward()
+    opt_d.step()
+    return loss_d.detach()
+
+
+def discriminator_loss(m: CycleGAN, real_t1: torch.Tensor, real_t2: torch.Tensor, fake_t1: torch.Tensor,
+                       fake_t2: torch.Tensor, cfg: TrainConfig, autocast: Callable = nullcontext) -> torch.Tensor:
+    """The forward passes of `discriminator_update`: the loss it steps on."""
     with autocast():
         loss_d = 0.0
         for d, real, fake in ((m.d_t2, real_t2, fake_t2), (m.d_t1, real_t1, fake_t1)):
             loss_d = loss_d + (gan_loss(d(real), True, cfg.gan_loss) + gan_loss(d(fake), False, cfg.gan_loss)) \
                 * cfg.lambda_disc
-    loss_d.backward()
-    opt_d.step()
-    return loss_d.detach()
+    return loss_d
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:

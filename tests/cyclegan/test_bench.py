@@ -260,12 +260,42 @@ def test_memory_estimate_counts_the_resnet_generator():
 
 def test_the_validation_pass_is_counted_with_the_trials_own_generator():
     """The validation pass's count runs the trial's generator: a ResNet at a size no depth-8 U-Net takes, and one
-    that holds more than the U-Net of the same width."""
+    whose full-size maps through its blocks hold more than the U-Net of the same width."""
     from cyclegan.memory import validation_bytes
 
-    resnet = TrainConfig(resize=64, generator="resnet_6blocks", ngf=16)
-    unet = TrainConfig(resize=64, unet_depth=6, ngf=16)
-    assert validation_bytes(resnet, 4, 4, 64) > validation_bytes(unet, 4, 4, 64) > 0
+    resnet = TrainConfig(resize=64, generator="resnet_6blocks", ngf=64)
+    unet = TrainConfig(resize=64, unet_depth=6, ngf=64)
+    assert validation_bytes(resnet, 1, 1, 64) > validation_bytes(unet, 1, 1, 64) > 0
+
+
+def _whole_validation_pass_bytes(cfg: TrainConfig, v1: int, v2: int, size: int) -> int:
+    from types import SimpleNamespace
+
+    from cyclegan.evaluate import validation_pass
+    from cyclegan.memory import LiveBytes
+    from cyclegan.train import CycleGAN
+
+    with torch.device("meta"):
+        m = CycleGAN.build(cfg)
+        x1, x2 = (torch.zeros(v, 1, size, size) for v in (v1, v2))
+    s = SimpleNamespace(t1=x1, t2=x2, t1_head=x1 > 0, t2_head=x2 > 0, paired=v1 == v2, resize=cfg.resize, size=size)
+    with LiveBytes() as live:
+        validation_pass(m.g_t1_t2, m.g_t2_t1, s, resize=cfg.resize)
+    return live.peak
+
+
+def test_the_validation_count_taken_in_two_parts_is_that_of_the_whole_pass():
+    """The estimate counts the translations per generator and their scoring once a split; the peak is the same as
+    counting the whole validation pass at once."""
+    from cyclegan import memory
+
+    for cfg, (v1, v2, size) in ((TrainConfig(resize=64, unet_depth=6, ngf=16), (4, 4, 80)),
+                                (TrainConfig(resize=32, generator="resnet_6blocks", ngf=8), (3, 5, 32))):
+        _whole_validation_pass_bytes(cfg, v1, v2, size)  # the first pass also makes the scoring's cached constants
+        memory._scoring_bytes.cache_clear()
+        knobs = tuple(getattr(cfg, k) for k in memory._MODEL_KNOBS)
+        assert memory._validation_bytes.__wrapped__(knobs, v1, v2, size) == _whole_validation_pass_bytes(
+            cfg, v1, v2, size) > 0
 
 
 @needs_cuda
