@@ -63,8 +63,8 @@ def ray_units(amount: float) -> int:
 @functools.lru_cache(maxsize=4096)
 def needed_bytes(cfg: TrainConfig, data: DataSize | None = None) -> int:
     """GPU memory one trial of `cfg` on `data` takes, its CUDA context included (the data resident or streamed as
-    `RESIDENT_BYTES` says). Cached: the estimate takes about a second, and Tune asks for a trial's resources more
-    than once."""
+    `RESIDENT_BYTES` says). Cached: a new architecture's estimate holds Tune's loop for a fraction of a second, and
+    Tune asks for a trial's resources more than once."""
     streamed = data is not None and data.train_bytes(cfg.resize) > RESIDENT_BYTES
     return estimate_memory(cfg, data, streamed) + CONTEXT_BYTES
 
