@@ -29,7 +29,7 @@ a trial that does not fit even streamed fails before it trains, in one line that
 budget and the knobs to change (`cyclegan.memory.check_fits`). `resources.json` in its
 folder records what it was given: the share, the allocator's cap, its estimated memory, the GPU ids Ray
 assigned and CUDA_VISIBLE_DEVICES (which Ray sets to them, so the trial's `cuda` device is its own GPU), how
-long it took to build its data set (`data_seconds`) and to estimate its memory (`budget_seconds`), and when it
+long it took to estimate its memory (`estimate_seconds`) and to build its data set (`data_seconds`), and when it
 started and ended (a trial that ASHA stops may be copied to storage before its end is written).
 
 A trial that runs out of GPU memory fails with a message that names the knobs that set its memory use, so
@@ -186,9 +186,7 @@ def _train(cfg: TrainConfig, trial_dir: Path, dataset: Dataset,
            looks: Looks | None = None) -> None:
     dataset.save_split(trial_dir / "split.json")
     record = record if record is not None else {}
-    start = time.perf_counter()
     _budget(cfg, DataSize.of(dataset), gpu_share, record)
-    record["budget_seconds"] = round(time.perf_counter() - start, 3)  # its memory estimate, traced on the CPU
 
     trial_id = tune.get_context().get_trial_id() or trial_dir.name
     restored = tune.get_checkpoint()
@@ -368,12 +366,15 @@ def record_resources(path: Path, config: dict[str, Any], resources: Mapping[str,
     share, source = granted_gpu_share(config, resources)
     stated = resources.gpu_bytes if isinstance(resources, (AutoResources, FixedShare)) else None
     capped = cap_gpu_memory(share, stated)
+    start = time.perf_counter()
+    # Context included, data not yet: replaced (without the context) by the estimate with the data, once read.
+    estimated = needed_bytes(trial_config(config), getattr(resources, "data", None)) if share > 0 else None
+    estimate_seconds = round(time.perf_counter() - start, 3)  # the trial's own trace, on its CPU
     record: dict[str, Any] = {
         "gpu_share": share, "share_from": source,
         "gpus_per_trial": "auto" if isinstance(resources, AutoResources) else share,
         "memory_fraction": capped,  # the cap set with torch.cuda.set_per_process_memory_fraction, or null
-        # Context included, data not yet: replaced (without the context) by the estimate with the data, once read.
-        "estimated_bytes": needed_bytes(trial_config(config), getattr(resources, "data", None)) if share > 0 else None,
+        "estimated_bytes": estimated, "estimate_seconds": estimate_seconds,
         "gpu_bytes": stated,
         # The GPU memory the trial's cap is a share of: the space's gpu_memory_gib, else its own GPU's.
         "cap_gpu_bytes": stated or (torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory

@@ -111,6 +111,7 @@ def test_outside_tune_the_gpu_share_is_computed_by_the_same_rule_and_recorded(ti
     share, record = record_resources(tmp_path / "resources.json", config, AutoResources(1, 3 * 2**30, 4, phantom))
     assert share == 0.38 and record["share_from"] == "computed" and record["gpus_per_trial"] == "auto"  # val counts
     assert record["estimated_bytes"] == needed_bytes(tiny_cfg, phantom) and record["gpu_bytes"] == 3 * 2**30
+    assert record["estimate_seconds"] >= 0.0  # how long the trial's own estimate took (cached: near nothing here)
     assert record["memory_fraction"] is None and record["device"] == "cpu"  # no GPU here: nothing to cap
     share, record = record_resources(tmp_path / "resources.json", config, {"cpu": 1, "gpu": 0.25})
     assert (share, record["gpus_per_trial"], record["gpu_bytes"]) == (0.25, 0.25, None)
