@@ -164,8 +164,8 @@ class CheckpointReports:
                 self._sender.start()
 
     def _send(self) -> None:
-        """The sender thread: delivers the queue in order, and ends when it is empty or a delivery raised (the
-        reports after that one are dropped, their checkpoints removed)."""
+        """The sender thread: delivers the queue in order, and ends when it is empty. Once a delivery raised, the
+        reports after that one are dropped (their checkpoints removed) and the trial's thread raises it (`wait`)."""
         while True:
             with self._changed:
                 if not self._queue:
@@ -173,20 +173,19 @@ class CheckpointReports:
                     self._changed.notify_all()
                     return
                 first = self._queue[0]
+            failed = None
             try:
                 self._deliver(first.metrics, first.folder)
-            except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report (`wait`)
-                with self._changed:
-                    self._outcome = e
-                    for dropped in list(self._queue)[1:]:
+            except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report
+                failed = e
+            with self._changed:
+                self._queue.popleft()
+                if failed is not None:
+                    self._outcome = failed
+                    for dropped in self._queue:
                         if dropped.folder is not None:
                             shutil.rmtree(dropped.folder, ignore_errors=True)
                     self._queue.clear()
-                    self._sender = None
-                    self._changed.notify_all()
-                return
-            with self._changed:
-                self._queue.popleft()
                 self._changed.notify_all()
 
     def _deliver(self, metrics: dict[str, Any], folder: Path | None) -> None:
