@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = trial_configs(args.trials)
 
     start = time.perf_counter()
-    from cyclegan.config import TrainConfig
     from cyclegan.memory import DataSize, estimate_memory
+    from search.packing import trial_config
     if args.data:
         from cyclegan.data import read_data
         data = DataSize.of(read_data(args.data))
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for config in configs:
-        cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__})
+        cfg = trial_config(config)  # as the driver reads a trial's config
         start = time.perf_counter()
         estimate = estimate_memory(cfg, data)
         rows.append({"config": config, "seconds": time.perf_counter() - start, "bytes": estimate})
