@@ -269,16 +269,13 @@ def test_the_validation_pass_is_counted_with_the_trials_own_generator():
 
 
 def _whole_validation_pass_bytes(cfg: TrainConfig, v1: int, v2: int, size: int) -> int:
-    from types import SimpleNamespace
-
     from cyclegan.evaluate import validation_pass
-    from cyclegan.memory import LiveBytes
+    from cyclegan.memory import LiveBytes, _meta_split
     from cyclegan.train import CycleGAN
 
     with torch.device("meta"):
         m = CycleGAN.build(cfg)
-        x1, x2 = (torch.zeros(v, 1, size, size) for v in (v1, v2))
-    s = SimpleNamespace(t1=x1, t2=x2, t1_head=x1 > 0, t2_head=x2 > 0, paired=v1 == v2, resize=cfg.resize, size=size)
+    s = _meta_split(v1, v2, size, cfg.resize)
     with LiveBytes() as live:
         validation_pass(m.g_t1_t2, m.g_t2_t1, s, resize=cfg.resize)
     return live.peak
