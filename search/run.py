@@ -250,7 +250,7 @@ def tidy_output() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     # When this command started and where its time went, for `search.throughput` (STORAGE/NAME/driver.json).
-    driver: dict[str, Any] = {"started": process_started()}
+    driver: dict[str, Any] = {"started": process_started(), "main": time.time()}
     args = parse_args(argv)
     try:
         space, storage, name = prepare(args)
@@ -259,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SpaceError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    driver["prepared"] = time.time()
 
     import ray
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.trainable import train_trial
+
+    driver["imported"] = time.time()
 
     if isinstance(args.trial_data, Slices):
         print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, val "

@@ -133,6 +133,7 @@ def trial_rows(run_dir: Path) -> list[dict[str, Any]]:
         r["pairs_per_second"] = r["pairs"] / r["train"] if r["train"] else 0.0
         r["other"] = (r["wall"] - r["startup"] - r["train"] - r["validation"] - r["checkpoint"] - r["logging"]
                       - r["reports"])
+        r["first_step"] = min(r["first_steps"], default=None)
         for k in ("process_starts", "first_steps"):
             del r[k]
     return rows
@@ -194,6 +195,10 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
         command = sum(s["ended"] - s["started"] for s in sessions)
         tail = sessions[-1]
         lost["driver_startup"] = first - sessions[0]["started"]
+        out["driver_phases"] = driver_phases(sessions[0], first)
+        steps = [r["first_step"] for r in rows if r["first_step"] is not None]
+        if steps:
+            out["first_step_seconds"] = min(steps) - sessions[0]["started"]
         lost["tail"] = max(0.0, tail["ended"] - last)
         lost_gpu["driver_startup"], lost_gpu["tail"] = lost["driver_startup"] * gpus, lost["tail"] * gpus
         out.update(command_seconds=command, pairs_per_second_command=pairs / command, gpus=gpus,
@@ -205,6 +210,21 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
             if key in out:
                 out[key.replace("pairs_per_second", "of_peak")] = out[key] / peak
     return out
+
+
+# The driver's start-up, phase by phase: (name, stamp it starts at, stamp it ends at) in driver.json's session;
+# "first_trial" is the first trial process's start. Runs from before a stamp was written leave its phases out.
+DRIVER_PHASES = (("imports", "started", "main"), ("checks and data", "main", "prepared"),
+                 ("Ray's import", "prepared", "imported"), ("Ray's start", "imported", "ray_started"),
+                 ("Tune's set-up", "ray_started", "trials_started"), ("to the first trial", "trials_started",
+                                                                       "first_trial"))
+
+
+def driver_phases(session: dict[str, Any], first_trial: float) -> dict[str, float]:
+    """Seconds of each phase of the driver's start-up that `session` has both stamps of."""
+    stamps = {**session, "first_trial": first_trial}
+    return {name: stamps[end] - stamps[start] for name, start, end in DRIVER_PHASES
+            if stamps.get(start) is not None and stamps.get(end) is not None}
 
 
 def _lines_json(path: Path) -> list[dict[str, Any]]:
@@ -247,6 +267,11 @@ def table(e: dict[str, Any]) -> str:
         if key in e["lost_seconds"]:
             extra = f" ({gpu[key]:.1f})" if gpu else ""
             lines.append(f"  {name:<36} {e['lost_seconds'][key]:>8.1f}{extra}")
+    if e.get("driver_phases"):
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in e["driver_phases"].items())
+        lines.append(f"  of the driver's start-up: {phases}")
+    if e.get("first_step_seconds") is not None:
+        lines.append(f"  the first training step began {e['first_step_seconds']:.1f} s after the command started")
     if e.get("rescore_seconds") is not None:
         lines.append(f"  of the tail: final re-scoring {e['rescore_seconds']:.1f} s, export "
                      f"{e.get('export_seconds') or 0.0:.1f} s")

@@ -107,6 +107,7 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
     Under PBT, `scheduled` names the mutated knobs each metrics row records, and `looks` the epochs at which PBT
     looks at the trial, at each of which it checkpoints."""
     global _trials_in_process
+    entered = time.time()  # Ray's worker and the trainable's imports are behind; the CUDA context is not yet
     _trials_in_process += 1
     if _trials_in_process > 1:
         release_last_trial()
@@ -115,7 +116,7 @@ def train_trial(config: dict[str, Any], *, data: Slices | str,
     trial_dir = Path.cwd()  # Ray runs each trial in its own folder and syncs it to the run's storage
     cfg.save(trial_dir / "config.json")
     gpu_share, record = record_resources(trial_dir / RESOURCES, config, resources)
-    record["trial_in_process"] = _trials_in_process
+    record.update(trial_in_process=_trials_in_process, entered=entered)
     view = view or TensorBoardView()
     # The knobs the trials differ in, taken from the config (so a default, like seed 0, has its value) and a
     # points space's label; every knob where none differ. HParams ticks five knobs and five metrics: knobs that

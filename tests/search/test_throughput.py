@@ -87,6 +87,23 @@ def test_every_second_of_the_command_is_accounted_for(run: Path) -> None:
     assert gpu["driver_startup"] == pytest.approx(10.0)  # the one GPU, idle while the driver started
 
 
+def test_the_drivers_start_up_is_split_into_its_phases(run: Path) -> None:
+    (run / "driver.json").unlink()  # the fixture's session, written again with every stamp
+    record_driver(str(run), {"started": 0.0, "main": 1.5, "prepared": 3.0, "imported": 4.0, "ray_started": 7.0,
+                             "trials_started": 8.0, "gpus": 1.0, "ended": 100.0})
+    e = efficiency(run)
+    assert e["driver_phases"] == pytest.approx({"imports": 1.5, "checks and data": 1.5, "Ray's import": 1.0,
+                                                "Ray's start": 3.0, "Tune's set-up": 1.0, "to the first trial": 2.0})
+    assert sum(e["driver_phases"].values()) == pytest.approx(e["lost_seconds"]["driver_startup"])
+    assert e["first_step_seconds"] == pytest.approx(13.0)  # trial a's first step
+
+
+def test_a_driver_from_before_the_stamps_shows_only_what_it_has(run: Path) -> None:
+    e = efficiency(run)
+    assert e["driver_phases"] == {}
+    assert e["first_step_seconds"] == pytest.approx(13.0)
+
+
 def test_a_process_ray_reused_counts_its_start_up_from_the_earlier_trials_end(run: Path) -> None:
     # Trial d ran in trial a's process (the same process start), its first step 1 s after a ended.
     _trial(run, "trial_d", 10.0, 26.0, [_epoch(1.0, 40.0)], end=30.0)
@@ -143,6 +160,11 @@ def test_a_real_search_reports_its_fixed_costs(tmp_path: Path) -> None:
         assert 0 < r["train"] + r["startup"] + r["validation"] + r["checkpoint"] <= r["wall"]
     lost = e["lost_seconds"]
     assert lost["driver_startup"] > 0 and lost["tail"] > 0 and lost["idle_gaps"] >= 0
+    phases = e["driver_phases"]
+    assert set(phases) == {"imports", "checks and data", "Ray's import", "Ray's start", "Tune's set-up",
+                           "to the first trial"} and min(phases.values()) >= 0
+    assert sum(phases.values()) == pytest.approx(lost["driver_startup"])
+    assert lost["driver_startup"] < e["first_step_seconds"] < e["command_seconds"]
     # One trial at a time, the same resources: Ray ran the second in the first one's process (search.run asks it
     # to), so its start-up is not a new process's; each wrote its own folder.
     records = sorted((json.loads(p.read_text()) for p in (tmp_path / "run").glob("trial_*/resources.json")),
