@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -148,11 +149,37 @@ def _warn_once(cfg: TrainConfig, gpu_bytes: int, data: DataSize | None = None) -
 
 
 def driver_gpu_bytes() -> int | None:
-    """Memory of this machine's first visible GPU, or None without one.
+    """Memory of this machine's first visible GPU, or None without one (or where this torch cannot use it).
 
-    Asked in a child process: CUDA in the driver would keep a context (about 0.7 GiB) on a GPU that its trials
-    share, for the whole search, outside every trial's share.
+    Never through CUDA in the driver: a context there (about 0.7 GiB) would sit on a GPU its trials share, for the
+    whole search, outside every trial's share. `nvidia-smi` answers in milliseconds; a child process that imports
+    torch and starts CUDA took 4-5 s of the driver's start-up on an H200 node (docs/benchmarks.md), and is the
+    fallback where `nvidia-smi` cannot answer (no NVIDIA driver tools, a MIG or other device name it does not take).
     """
+    import torch
+
+    if torch.version.cuda is None:  # a CPU or ROCm build: the trials' torch could not use an NVIDIA GPU either
+        return _gpu_bytes_from_torch()
+    return _gpu_bytes_from_nvidia_smi() or _gpu_bytes_from_torch()
+
+
+def _gpu_bytes_from_nvidia_smi() -> int | None:
+    """The first visible GPU's memory as `nvidia-smi` reports it (MiB), or None where it cannot say."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    first = "0" if visible is None else visible.split(",")[0].strip()
+    if not (first.isdigit() or first.startswith("GPU-")):  # none visible ("", "-1"), or a MIG instance
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total,memory.reserved", "--format=csv,noheader,nounits",
+                              "-i", first], capture_output=True, text=True, timeout=30, check=True)
+        total, reserved = (int(v) for v in out.stdout.strip().splitlines()[0].split(","))
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+    # The driver's reserve is not the program's: CUDA's total (what torch reports) is the rest, to the MiB.
+    return (total - reserved) * 2**20 or None
+
+
+def _gpu_bytes_from_torch() -> int | None:
     ask = "import torch; print(torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0)"
     try:
         out = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, timeout=300, check=True)

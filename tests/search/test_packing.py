@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cyclegan.config import TrainConfig
 from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
+from search import packing
 from search.packing import RAY_UNITS, AutoResources, allocator_fraction, gpu_share, needed_bytes, ray_amount, ray_units
 from tests.paths import pythonpath
 
@@ -115,3 +117,61 @@ def test_k_capped_trials_and_their_contexts_fit_in_the_gpu(gib, k):
 
 def test_a_share_too_small_for_a_context_keeps_half_of_itself():
     assert allocator_fraction(0.01, 24 * GiB) == pytest.approx(0.005)
+
+
+def _fake_nvidia_smi(folder: Path, reply: str, code: int = 0) -> Path:
+    """An `nvidia-smi` that prints `reply` and records its arguments."""
+    tool = folder / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\necho \"$@\" > {folder / 'args'}\nprintf '%s\\n' '{reply}'\nexit {code}\n")
+    tool.chmod(0o755)
+    return folder
+
+
+@pytest.fixture
+def cuda_build(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """This torch as a CUDA build; the torch child's answers are counted, not run."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    asked: list[str] = []
+    monkeypatch.setattr(packing, "_gpu_bytes_from_torch", lambda: asked.append("torch") or 7 * 2**30)
+    return asked
+
+
+def test_the_drivers_gpu_memory_comes_from_nvidia_smi_less_the_drivers_reserve(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda_build: list[str]) -> None:
+    # An H200 as nvidia-smi reports it: 143771 MiB, 613 of them the driver's; torch reports 150109880320 bytes.
+    monkeypatch.setenv("PATH", f"{_fake_nvidia_smi(tmp_path, '143771, 613')}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert packing.driver_gpu_bytes() == (143771 - 613) * 2**20 and cuda_build == []
+    assert (tmp_path / "args").read_text().split()[-2:] == ["-i", "3"]  # the first GPU this process may use
+
+
+@pytest.mark.parametrize(("reply", "code", "visible"), [
+    ("143771, 613", 6, None),  # nvidia-smi failed
+    ("143771, [N/A]", 0, None),  # a driver that does not report its reserve
+    ("143771, 613", 0, "MIG-4f7a1e2c-0000-0000-0000-000000000000"),  # an instance nvidia-smi's -i does not take
+])
+def test_where_nvidia_smi_cannot_answer_a_torch_child_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda_build: list[str], reply: str, code: int,
+        visible: str | None) -> None:
+    monkeypatch.setenv("PATH", f"{_fake_nvidia_smi(tmp_path, reply, code)}:{os.environ['PATH']}")
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert packing.driver_gpu_bytes() == 7 * 2**30 and cuda_build == ["torch"]
+
+
+def test_a_torch_without_cuda_asks_torch_not_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU build on a GPU machine: its trials could not use the GPU, so the search must not plan on it.
+    monkeypatch.setenv("PATH", f"{_fake_nvidia_smi(tmp_path, '143771, 613')}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    asked: list[str] = []
+    monkeypatch.setattr(packing, "_gpu_bytes_from_torch", lambda: asked.append("torch"))
+    assert packing.driver_gpu_bytes() is None and asked == ["torch"]
+    assert not (tmp_path / "args").exists()
+
+
+def test_the_torch_child_answers_for_this_machine() -> None:
+    # Run for real: this machine's torch, through CUDA where it has a GPU.
+    expected = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    assert packing._gpu_bytes_from_torch() == expected
