@@ -45,6 +45,7 @@ from cyclegan.common import DataError
 from cyclegan.config import TrainConfig
 from cyclegan.evaluate import VAL_SLICES, subset_indices
 from cyclegan.feed import SLOTS, bytes_per_pixel
+from cyclegan.meta_ops import MetaOps
 
 if TYPE_CHECKING:
     from cyclegan.data import Dataset, Slices
@@ -170,7 +171,17 @@ def saved_knobs(cfg: TrainConfig) -> TrainConfig:
                    **{k: getattr(cfg, k) and (getattr(default, k) or 0.1) for k in ON_OFF_KNOBS})
 
 
+def _under_meta_ops(trace):
+    """`trace` with its meta-device ops answered from the process's memo where they repeat (`cyclegan.meta_ops`)."""
+    @functools.wraps(trace)
+    def run(*args, **kwargs):
+        with MetaOps():
+            return trace(*args, **kwargs)
+    return run
+
+
 @functools.lru_cache(maxsize=1024)
+@_under_meta_ops
 def _saved_per_pair(cfg: TrainConfig) -> tuple[int, int]:
     """(parameters of the four networks, bytes one train step saves for backward per pair of slices)."""
     from cyclegan.train import CycleGAN, discriminator_loss, generator_losses, set_requires_grad
@@ -250,6 +261,7 @@ def validation_bytes(cfg: TrainConfig, v1: int, v2: int, eval_size: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
+@_under_meta_ops
 def _validation_bytes(knobs: tuple, v1: int, v2: int, eval_size: int) -> int:
     from cyclegan.evaluate import translations
     from cyclegan.train import CycleGAN
@@ -268,6 +280,7 @@ def _validation_bytes(knobs: tuple, v1: int, v2: int, eval_size: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
+@_under_meta_ops
 def _scoring_bytes(v1: int, v2: int, eval_size: int) -> int:
     """How far the live tensors rise above the translations while `scores` runs on them."""
     from cyclegan.evaluate import scores
