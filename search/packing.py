@@ -31,6 +31,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,38 @@ def gpu_share(cfg: TrainConfig, gpu_bytes: int, most_per_gpu: int = DEFAULT_TRIA
     units = hundredths * (RAY_UNITS // STEPS)
     units = min(RAY_UNITS, max(units, RAY_UNITS // most_per_gpu))
     return ray_amount(units)
+
+
+class EstimatesAhead:
+    """Makes the memory estimates of `configs` in a thread until `stop`: `search.run` starts it as Ray starts.
+
+    With `gpus_per_trial: auto` the driver estimates each new trial's memory as Tune creates it, and Tune creates a
+    whole first wave before it starts any trial. The first trace in a process also pays for imports and every
+    op's first meta kernel (1-3 s), and each later one is quicker for the ops it repeats (`cyclegan.meta_ops`): done
+    here, beside Ray's start, that time leaves the path to the first trial. The estimates are `needed_bytes`'s own,
+    so a config met again is answered from its cache; one that fails is left to the trial to report."""
+
+    def __init__(self, configs: list[dict[str, Any]], data: DataSize | None) -> None:
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(configs, data), name="estimates-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, configs: list[dict[str, Any]], data: DataSize | None) -> None:
+        for config in configs:
+            if self._stop.is_set():
+                return
+            try:
+                needed_bytes(trial_config(config), data)
+            except Exception:  # noqa: BLE001, S112 - the trial that draws it reports it, in its own words
+                continue
+            self.done += 1
+
+    def stop(self) -> int:
+        """Stops after the estimate under way; returns how many were made."""
+        self._stop.set()
+        self._thread.join()
+        return self.done
 
 
 def trial_config(config: dict[str, Any]) -> TrainConfig:

@@ -38,7 +38,7 @@ from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
 from search.cluster import NoGpuError, gpus_for_trials
 from search.mps import mps_note, mps_running
-from search.packing import check_trials_fit, driver_gpu_bytes, trial_config
+from search.packing import EstimatesAhead, check_trials_fit, driver_gpu_bytes, trial_config
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store, reconcile_study
 
@@ -272,8 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, val "
               f"and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray", file=sys.stderr)
     quiet_console()
-    ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
-             log_to_driver=True, configure_logging=False)
+    # The first wave's memory estimates, made while Ray starts rather than while Tune holds every trial for them.
+    first_wave = min(space.max_concurrent or space.num_samples, space.num_samples)
+    packs = space.auto_gpus and (args.gpu_bytes or space.gpu_memory_gib)  # else no trial is estimated here
+    ahead = EstimatesAhead(space.first_configs(first_wave), args.data_size) if packs else None
+    try:
+        ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
+                 log_to_driver=True, configure_logging=False)
+    finally:
+        if ahead is not None:
+            driver["estimates_ahead"] = ahead.stop()
     try:
         space = gpus_for_trials(space)  # a cluster keeps the share while a GPU node can join; see search/cluster.py
         # A dict, or for auto a callable Tune asks for each trial's resources when it creates the trial.
@@ -285,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     driver.update(ray_started=time.time(), gpus=ray.cluster_resources().get("GPU", 0.0),
                   max_concurrent=space.max_concurrent)
     if args.address is None:  # a cluster's workers are not this machine; cluster.yaml starts MPS on them
-        concurrent = min(space.max_concurrent or space.num_samples, space.num_samples)
-        note = mps_note(space.gpus_per_trial, space.trials_per_gpu, concurrent, driver["gpus"], mps_running())
+        note = mps_note(space.gpus_per_trial, space.trials_per_gpu, first_wave, driver["gpus"], mps_running())
         if note:
             print(note, file=sys.stderr)
     to_trials, args.trial_data = hand_over(args.trial_data)

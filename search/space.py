@@ -275,6 +275,18 @@ class Space:
             members.append(config)
         return members
 
+    def first_configs(self, n: int) -> list[dict[str, Any]]:
+        """Up to `n` flat configs like the search's first trials: the points (or grid) it runs, PBT's first members,
+        or for a sampled space draws at random from `params:` (as Optuna's sampler makes its first trials)."""
+        points = self.trial_points()
+        if points is not None:
+            return points[:n]
+        if self.population is not None:
+            return self.initial_population()[:n]
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
+        draw = self.define_by_run()
+        return [draw(study.ask()) for _ in range(n)]
+
     def param_space(self) -> dict[str, Any]:
         """The Tuner's `param_space`: empty (the searcher supplies each trial's whole config) except under PBT,
         where Tune's BasicVariantGenerator takes only points whose keys its param_space has; each knob is there at

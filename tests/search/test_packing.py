@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,18 @@ import torch
 from cyclegan.config import TrainConfig
 from cyclegan.memory import CONTEXT_BYTES, GiB, estimate_memory
 from search import packing
-from search.packing import RAY_UNITS, AutoResources, allocator_fraction, gpu_share, needed_bytes, ray_amount, ray_units
+from search.packing import (
+    RAY_UNITS,
+    AutoResources,
+    EstimatesAhead,
+    allocator_fraction,
+    gpu_share,
+    needed_bytes,
+    ray_amount,
+    ray_units,
+    trial_config,
+)
+from search.space import load_space
 from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,3 +187,35 @@ def test_the_torch_child_answers_for_this_machine() -> None:
     # Run for real: this machine's torch, through CUDA where it has a GPU.
     expected = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
     assert packing._gpu_bytes_from_torch() == expected
+
+
+def test_estimates_ahead_leave_the_first_waves_estimates_in_the_cache() -> None:
+    space = load_space(ROOT / "spaces" / "full.yaml").with_overrides({"resize": 32, "unet_depth": 5})
+    configs = space.first_configs(3)
+    assert len(configs) == 3 and all(c["resize"] == 32 for c in configs)
+    bad = {**configs[0], "unet_depth": 9}  # deeper than 32 px allows: skipped, left to the trial to report
+    needed_bytes.cache_clear()
+    ahead = EstimatesAhead([bad, *configs], None)
+    deadline = time.monotonic() + 60
+    while ahead.done < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ahead.stop() == 3
+    misses = needed_bytes.cache_info().misses
+    for c in configs:
+        needed_bytes(trial_config(c), None)
+    assert needed_bytes.cache_info().misses == misses  # each answered from the cache
+
+
+def test_estimates_ahead_stop_after_the_estimate_under_way() -> None:
+    configs = [{"resize": 32, "unet_depth": 5, "ngf": 8 + i, "ndf": 8} for i in range(200)]
+    ahead = EstimatesAhead(configs, None)
+    assert ahead.stop() < len(configs)
+
+
+def test_the_first_configs_are_those_the_search_starts_with() -> None:
+    points = load_space(ROOT / "spaces" / "study_v1_v4.yaml")
+    assert points.first_configs(2) == points.trial_points()[:2]
+    sampled = load_space(ROOT / "spaces" / "full.yaml")
+    drawn = sampled.first_configs(8)
+    assert drawn == sampled.first_configs(8)  # the space's seed
+    assert all(2 ** c["unet_depth"] <= c["resize"] for c in drawn) and len({str(c) for c in drawn}) == 8
