@@ -10,13 +10,16 @@ started) or a JSON file holding a list of trial configs.
 
 `--data` gives the slices' sizes as the driver counts them (default: the phantom's, as a search without --data).
 It reaches the library only through `estimate_memory`, so it times an older checkout too, side by side:
-`PYTHONPATH=OLD python benchmarks/estimates.py ...` with OLD a checkout of that commit.
+`PYTHONPATH=OLD python benchmarks/estimates.py ...` with OLD a checkout of that commit. The counts kept on disk
+(`cyclegan.trace_store`) are neither read nor written: every estimate traces, as on a machine's first search;
+`--stored` reads and adds to them, as a search does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -46,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trials", type=Path, help="a run's folder, or a JSON file with a list of trial configs")
     p.add_argument("--data", help="a folder of T1/ and T2/ slices, sized as the driver sizes them")
     p.add_argument("--out", type=Path, help="write the timings here as JSON")
+    p.add_argument("--stored", action="store_true", help="read and add to the counts kept on disk")
     args = p.parse_args(argv)
+    if not args.stored:
+        os.environ["MRI_CYCLEGAN_CACHE"] = "off"  # cyclegan.trace_store.CACHE_ENV, named so for older checkouts
     configs = trial_configs(args.trials)
 
     start = time.perf_counter()

@@ -34,6 +34,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_trace_store(tmp_path_factory: pytest.TempPathFactory):
+    # The memory traces' counts in a folder of this session's, for every test and the searches they start: the
+    # user's own store is neither read nor added to, and every session traces afresh.
+    import os
+
+    from cyclegan.trace_store import CACHE_ENV
+
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("trace-store"))
+
+
 @pytest.fixture(scope="module")
 def local_ray():  # noqa: ANN201
     """One in-process Ray instance (2 CPUs, no dashboard) for the tests of a module that runs Tune in this process.
