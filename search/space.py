@@ -277,13 +277,14 @@ class Space:
 
     def first_configs(self, n: int) -> list[dict[str, Any]]:
         """Up to `n` flat configs like the search's first trials: the points (or grid) it runs, PBT's first members,
-        or for a sampled space draws at random from `params:` (as Optuna's sampler makes its first trials)."""
+        or for a sampled space the space's sampler's first draws, which are the first trials of a new study where
+        the space sets a seed (TPE's first trials are its random start-up draws)."""
         points = self.trial_points()
         if points is not None:
             return points[:n]
         if self.population is not None:
             return self.initial_population()[:n]
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
+        study = optuna.create_study(sampler=self._optuna_sampler())
         draw = self.define_by_run()
         return [draw(study.ask()) for _ in range(n)]
 

@@ -217,5 +217,7 @@ def test_the_first_configs_are_those_the_search_starts_with() -> None:
     assert points.first_configs(2) == points.trial_points()[:2]
     sampled = load_space(ROOT / "spaces" / "full.yaml")
     drawn = sampled.first_configs(8)
-    assert drawn == sampled.first_configs(8)  # the space's seed
     assert all(2 ** c["unet_depth"] <= c["resize"] for c in drawn) and len({str(c) for c in drawn}) == 8
+    # The very configs Tune's searcher gives its first trials: the space's seeded sampler, drawn in the same order.
+    searcher = sampled.make_searcher()
+    assert [searcher.suggest(f"trial_{i}") for i in range(8)] == drawn
