@@ -6,14 +6,19 @@ GPU time no training step shows; `fit` reports it (`startup_seconds`) and `searc
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
 _IMPORTED = time.time()  # the fallback where /proc is missing: this module's import, early in a trial
 
 
+@functools.cache
 def process_started() -> float:
-    """The OS's start time of this process (Linux: /proc), else the time this module was first imported."""
+    """The OS's start time of this process (Linux: /proc), else the time this module was first imported.
+
+    Worked out once: every trial a process runs gives the same value, which is how `search.throughput` tells a
+    reused process from a new one."""
     try:
         with open("/proc/self/stat") as f:
             # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.

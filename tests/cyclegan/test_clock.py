@@ -11,7 +11,8 @@ import time
 
 from tests.paths import pythonpath
 
-SAY_WHEN = "import time; from cyclegan.clock import process_started; print(process_started(), time.time())"
+SAY_WHEN = ("import time; from cyclegan.clock import process_started; a = process_started(); time.sleep(0.05); "
+            "assert process_started() == a; print(a, time.time())")
 
 
 def test_a_process_started_between_its_spawn_and_its_first_line() -> None:
