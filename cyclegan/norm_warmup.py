@@ -53,6 +53,8 @@ def warm(cfgs: list[TrainConfig], val: tuple[int, int], eval_size: int, device: 
     if not torch.cuda.is_available() or not todo:
         return {"warmed": 0, "seconds": 0.0, "why": "no GPU" if todo else "nothing uses the fused norm"}
     dev = torch.device(device)
+    if dev.index is None:  # the cap is set per device, by its index
+        dev = torch.device(dev.type, torch.cuda.current_device())
     torch.cuda.set_per_process_memory_fraction(MEMORY_FRACTION, dev)
     start, done = time.perf_counter(), 0
     for cfg in todo:
