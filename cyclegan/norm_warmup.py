@@ -71,7 +71,8 @@ def warm(cfgs: list[TrainConfig], val: tuple[int, int], eval_size: int, device: 
         done += 1
         del t, x1, x2, v1, v2, split
         torch.cuda.empty_cache()
-    return {"warmed": done, "seconds": round(time.perf_counter() - start, 2)}
+    # When it ended, as wall-clock time: whether the first trials' warm-ups came after it (`search.throughput`).
+    return {"warmed": done, "seconds": round(time.perf_counter() - start, 2), "ended": time.time()}
 
 
 def main(argv: list[str] | None = None) -> int:
