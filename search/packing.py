@@ -196,13 +196,6 @@ def driver_gpu_bytes() -> int | None:
     return _gpu_bytes_from_nvidia_smi() or _gpu_bytes_from_torch()
 
 
-def has_nvidia_gpu() -> bool:
-    """Whether this machine's torch is a CUDA build and `nvidia-smi` reports a GPU this process may use."""
-    import torch
-
-    return torch.version.cuda is not None and _gpu_bytes_from_nvidia_smi() is not None
-
-
 def _gpu_bytes_from_nvidia_smi() -> int | None:
     """The first visible GPU's memory as `nvidia-smi` reports it (MiB), or None where it cannot say."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

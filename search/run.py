@@ -36,7 +36,6 @@ from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, Slices, read_data, source_name
 from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
-from search import prewarm
 from search.cluster import NoGpuError, gpus_for_trials
 from search.mps import mps_note, mps_running
 from search.packing import EstimatesAhead, check_trials_fit, driver_gpu_bytes, trial_config
@@ -261,20 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     driver["prepared"] = time.time()
-    first_wave = min(space.max_concurrent or space.num_samples, space.num_samples)
-    # The first wave's compiles of the fused norm, made while Ray and Tune start (search/prewarm.py).
-    warmup = prewarm.start(space, args, first_wave)
-    try:
-        return run_search(args, argv, space, storage, name, study, driver, first_wave, warmup)
-    finally:
-        if warmup is not None:
-            warmup.end()
 
-
-def run_search(args: argparse.Namespace, argv: list[str] | None, space: Space, storage: str, name: str,
-               study: StudyStore | None, driver: dict[str, Any], first_wave: int, warmup: prewarm.NormWarmup | None
-               ) -> int:
-    """Starts Ray, runs the trials, and summarises them (`main`, once the inputs are checked); the exit code."""
     import ray
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -287,6 +273,7 @@ def run_search(args: argparse.Namespace, argv: list[str] | None, space: Space, s
               f"and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray", file=sys.stderr)
     quiet_console()
     # The first wave's memory estimates, made while Ray starts rather than while Tune holds every trial for them.
+    first_wave = min(space.max_concurrent or space.num_samples, space.num_samples)
     packs = space.auto_gpus and (args.gpu_bytes or space.gpu_memory_gib)  # else no trial is estimated here
     ahead = EstimatesAhead(space.first_configs(first_wave), args.data_size) if packs else None
     try:
@@ -362,8 +349,6 @@ def run_search(args: argparse.Namespace, argv: list[str] | None, space: Space, s
             ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
     from search.throughput import record_driver
 
-    if warmup is not None:
-        driver["norm_warmup"] = warmup.end()
     record_driver(run_path, {**driver, "ended": time.time(), "exit_code": code})
     return code
 
