@@ -124,6 +124,12 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
             s = opt.state.get(p)
             if s and "step" in s:
                 s["step"] = s["step"].to(dtype=torch.float32, device=p.device if on_device else "cpu")
+            for key, value in (s or {}).items():
+                # A checkpoint holds the moments contiguous (its pinned copies, cyclegan.checkpoint_writer), and a
+                # channels_last network's parameters are not: the fused step takes them only in one layout
+                # ("params, grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout").
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    s[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def load_scheduler(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any]) -> None:

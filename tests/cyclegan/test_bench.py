@@ -196,6 +196,27 @@ def test_loading_an_optimizer_keeps_this_runs_kind(tiny_cfg):
     assert step.device.type == "cpu" and step.item() == 1
 
 
+def test_loaded_moments_take_their_parameters_layout():
+    """A checkpoint holds Adam's moments contiguous (the writer's pinned copies); on a GPU the networks' parameters
+    are channels_last, and the fused step takes moments only in its parameters' layout (a retried trial failed so,
+    "params, grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and layout", before this)."""
+    net = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), fused=True)
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    net(x).sum().backward()
+    opt.step()
+    moments = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in net.parameters()}
+    state = opt.state_dict()
+    for s in state["state"].values():
+        s.update({k: v.contiguous() for k, v in s.items() if v.dim() == 4})  # as the checkpoint holds them
+    assert net.weight.stride() != state["state"][0]["exp_avg"].stride()
+    fresh = torch.optim.Adam(net.parameters(), fused=True)
+    _load_optimizer(fresh, state)
+    for p in net.parameters():
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert fresh.state[p][k].stride() == p.stride() and torch.equal(fresh.state[p][k], moments[id(p)][k])
+
+
 def test_batched_validation_scores_equal_the_per_row_metrics(tiny_cfg):
     data = load_data("synthetic", 32)
     t = Trainer.build(tiny_cfg, "cpu")
