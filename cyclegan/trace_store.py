@@ -74,6 +74,12 @@ def _add(path: Path, key: str, value: Any) -> None:
         pass  # a read-only or full disk: the count is made again next time
 
 
+def _is_count(value: Any) -> bool:
+    """An int, or a list of ints (a tuple as JSON keeps it), not a bool."""
+    ints = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+
+
 def stored(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Keeps `trace`'s results (ints, or tuples of ints) in the store, by `name` and the repr of its arguments."""
     def decorate(trace: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,10 +91,10 @@ def stored(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             key = f"{name}{args!r}"
             if key not in _known:
                 _known.update(_read(path))  # another process may have counted it since this one last looked
-            if key in _known:
-                value = _known[key]
+            value = _known.get(key)
+            if _is_count(value):
                 return tuple(value) if isinstance(value, list) else value
-            value = trace(*args)
+            value = trace(*args)  # not there, or not a count (a file edited or damaged): counted again
             _known[key] = value
             _add(path, key, value)
             return value

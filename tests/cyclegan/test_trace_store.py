@@ -92,3 +92,15 @@ def test_stored_counts_come_back_as_they_were_made(tmp_path: Path, monkeypatch: 
     made = memory._saved_per_pair.__wrapped__(CFG)
     trace_store._known.clear()  # as a new process: from the file only
     assert memory._saved_per_pair.__wrapped__(CFG) == made and isinstance(made, tuple)
+
+
+def test_a_stored_value_that_is_not_a_count_is_counted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(trace_store.CACHE_ENV, str(tmp_path))
+    count = trace_store.stored("test_edited")(lambda n: (n, n + 1))
+    assert count(1) == (1, 2)
+    for bad in ("12", None, [], [1, "2"], True, 1.5):
+        trace_store._known.clear()
+        trace_store.store_path().write_text(json.dumps({"test_edited(1,)": bad}))
+        assert count(1) == (1, 2)
+    trace_store._known.clear()
+    assert count(1) == (1, 2) and json.loads(trace_store.store_path().read_text()) == {"test_edited(1,)": [1, 2]}
