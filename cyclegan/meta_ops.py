@@ -70,12 +70,12 @@ class MetaOps(TorchDispatchMode):
         if kind is None or (kind == "in place" and not args):
             return func(*args, **kwargs)
         flat, spec = tree_flatten((args, kwargs))
+        devices = {a.device.type for a in flat if isinstance(a, torch.Tensor)}
+        if devices != {"meta"}:  # no tensor, or one that holds values: nothing to answer from metadata
+            return func(*args, **kwargs)
         try:
             inputs = tuple(_key(a) for a in flat)
         except _Unkeyable:
-            return func(*args, **kwargs)
-        if not any(isinstance(a, torch.Tensor) for a in flat) or any(
-                isinstance(a, torch.Tensor) and a.device.type != "meta" for a in flat):
             return func(*args, **kwargs)
         key = (func, spec, inputs)
         known = _memo.get(key)
