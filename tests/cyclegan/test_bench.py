@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,13 @@ def test_bench_runs_on_the_cpu_and_writes_every_section(tmp_path):
     epoch = res["epoch"]
     assert {"train", "val", "log", "report"} == set(epoch["mean_s"]) and 0 < epoch["val_log_share"] < 1
     assert epoch["checkpoint_each_s"] > 0 and len(epoch["per_epoch"]) == 2
+
+
+def test_each_timing_runs_in_a_fresh_process_and_a_failure_there_is_recorded():
+    assert bench._guard(partial(dict, pid=0), own_process=True) == {"pid": 0}
+    assert bench._in_own_process(os.getpid) != os.getpid()
+    assert bench._guard(partial(int, "x"), own_process=True) == {
+        "error": "ValueError: invalid literal for int() with base 10: 'x'"}
 
 
 def test_flops_are_counted_not_assumed():
