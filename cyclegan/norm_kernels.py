@@ -6,10 +6,11 @@ the first reduces its stretch to per-channel partials, the second combines a cha
 the result to its stretch. Splitting the plane keeps the GPU's SMs busy at a batch of 2, where one program per
 (sample, channels) would leave most of them idle on the large maps.
 
-Statistics are fp32 from mean and M2 merged stretch by stretch (Chan et al.), not from sums of squares, which lose
-the variance where the mean is large against it. The output is in the input's dtype, as `F.instance_norm`'s.
-Shapes are runtime arguments and the block sizes fixed per layout, so one compile of each kernel serves every
-layer and every trial (Triton's on-disk cache then serves every later process on the machine).
+Statistics are fp32 from mean and M2 merged tile by tile and stretch by stretch (Chan et al.), of the values less a
+pivot, not from sums of squares, which lose the variance where the mean is large against it. The output is in the
+input's dtype, as `F.instance_norm`'s. Shapes are runtime arguments and the block sizes fixed per layout, so one
+compile of each kernel per dtype, layout and block of channels serves every layer and every trial (Triton's on-disk
+cache then serves every later process on the machine).
 """
 
 from __future__ import annotations
