@@ -22,6 +22,7 @@ On the CPU, or with `cuda_graphs` off, the same code runs eagerly, call by call.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -120,6 +121,15 @@ class Replay:
         return True
 
 
+# Set by a process that is about to exit (search.trainable, at exit): an epoch then stops launching steps, so that the
+# process can let the GPU finish its queued work before it ends.
+STOP_LAUNCHING = threading.Event()
+
+
+class EpochHalted(RuntimeError):
+    """The process is exiting (`STOP_LAUNCHING`): the epoch stopped before its end."""
+
+
 class StepRunner:
     """Runs an epoch of train steps fed from static buffers: eagerly, or as replays of one captured step.
 
@@ -154,6 +164,8 @@ class StepRunner:
         if self.sums is not None:
             self.sums.zero_()
         for k in range(self.steps):
+            if STOP_LAUNCHING.is_set():
+                raise EpochHalted(f"the process is exiting: the epoch stopped after {k} of {self.steps} steps")
             self.feed.before_step(k)
             self.replay()
             self.feed.after_step(k)

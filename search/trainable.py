@@ -69,6 +69,7 @@ from cyclegan import checkpoint
 from cyclegan.checkpoint_writer import PendingCheckpoint
 from cyclegan.config import CONTINUABLE, TrainConfig
 from cyclegan.data import SYNTHETIC, Dataset, Slices, build_dataset, synthetic_data
+from cyclegan.graphed import STOP_LAUNCHING
 from cyclegan.memory import DataSize, check_fits, estimate_memory, plan_data
 from cyclegan.schedule import KNOBS, TRAINED_BY, knobs_of
 from cyclegan.tensorboard import TABLE3, HParams
@@ -144,18 +145,41 @@ def wait_at_exit_for_this_thread() -> None:
 
 
 def join_trial_thread(timeout: float = EXIT_JOIN_SECONDS) -> bool:
-    """Waits, as the process exits, for the last trial's thread to finish; returns whether it has.
+    """Stops, as the process exits, the last trial's thread at its next train step, waits for it to finish, then for
+    the GPU's queued work; returns whether the thread has finished.
 
     Ray runs a trial in a daemon thread and, once the trial is stopped, ends the process without waiting for the
     thread to unwind (freeing CUDA graphs and tensors). A daemon thread still inside PyTorch as the interpreter
     finalises is stopped at its next GIL acquire, which in pybind11 code aborts the process ("Fatal Python error:
-    Aborted", seen at a search's end). atexit handlers run before that point.
+    Aborted", seen at a search's end). atexit handlers run before that point. The thread would learn of the stop
+    only at its next report, an epoch away, so the epoch is told to stop launching steps (`STOP_LAUNCHING`).
+
+    Under CUDA MPS a client that ends with work still queued on the GPU may leave the MPS server in an undefined
+    state, in which every client can fail (NVIDIA's MPS guide, "Client Early Termination": the client must
+    synchronize first). In one search four trials failed at one instant so, three crashing inside cuGraphLaunch and
+    one with an illegal memory access, 0.9 s after another process's trial was stopped; that process ran no trial
+    after it (docs/benchmarks.md).
     """
     thread = _trial_thread
-    if thread is None or thread is threading.current_thread() or not thread.is_alive():
-        return True
-    thread.join(timeout)
-    return not thread.is_alive()
+    finished = True
+    if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+        STOP_LAUNCHING.set()
+        thread.join(timeout)
+        finished = not thread.is_alive()
+    drain_gpu()
+    return finished
+
+
+def drain_gpu() -> None:
+    """Waits for the work this process queued on its GPUs, if it used any; an error there (a context already lost)
+    is left to the exit."""
+    if not torch.cuda.is_initialized():
+        return
+    for device in range(torch.cuda.device_count()):
+        try:
+            torch.cuda.synchronize(device)
+        except RuntimeError:
+            return
 
 
 def release_last_trial() -> None:

@@ -21,7 +21,7 @@ from benchmarks import bench
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data
 from cyclegan.evaluate import scores, translations
-from cyclegan.graphed import Replay
+from cyclegan.graphed import STOP_LAUNCHING, EpochHalted, Replay
 from cyclegan.images import tile, to_uint8
 from cyclegan.memory import estimate_memory, footprint
 from cyclegan.metrics import DIRECTIONS, IMAGE_METRICS, psnr, ssim
@@ -105,6 +105,28 @@ def test_step_runner_gives_the_plain_loops_batches_and_weights(tiny_cfg):
     assert torch.equal(_params(plain), _params(ran))
     assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
     assert runner.counter.item() == steps and not runner.replay.captured
+
+
+def test_an_epoch_stops_launching_steps_once_the_process_is_exiting(tiny_cfg, monkeypatch):
+    data = load_data("synthetic", 32).train
+    steps, b = 5, tiny_cfg.batch_size
+    t = Trainer.build(tiny_cfg, "cpu")
+    runner = t.runner(t.feed(data.t1, data.t2, steps, bits=None), steps)
+    after_step = runner.feed.after_step
+
+    def exit_begins_during_the_second_step(k: int) -> None:
+        after_step(k)
+        if k == 1:
+            STOP_LAUNCHING.set()
+
+    monkeypatch.setattr(runner.feed, "after_step", exit_begins_during_the_second_step)
+    orders = [epoch_order(len(x), steps, b, k, 1) for k, x in enumerate((data.t1, data.t2))]
+    try:
+        with pytest.raises(EpochHalted, match=r"^the process is exiting: the epoch stopped after 2 of 5 steps$"):
+            runner.run_epoch(*orders)
+    finally:
+        STOP_LAUNCHING.clear()
+    assert runner.counter.item() == 2
 
 
 def test_replay_captures_after_its_warm_up_calls_and_then_only_replays(monkeypatch):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,44 @@ time.sleep(0.2)
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert (tmp_path / "done").read_text() == "unwound"
+
+
+def test_at_exit_the_trial_thread_stops_at_its_next_step_not_its_next_report(tmp_path: Path) -> None:
+    # A trial in the middle of an epoch of hours on this CPU, as Ray ends its process: the process ends within
+    # seconds, after the thread has left the epoch (and, on a GPU, after the GPU has done what it queued).
+    script = f"""
+import threading, time
+from pathlib import Path
+from cyclegan.config import TrainConfig
+from cyclegan.data import load_data
+from cyclegan.graphed import EpochHalted
+from cyclegan.train import Trainer, epoch_order
+from search.trainable import wait_at_exit_for_this_thread
+
+cfg = TrainConfig(resize=32, unet_depth=5, disc_layers=2, ngf=8, ndf=8, batch_size=4, pool_size=4)
+data = load_data("synthetic", 32).train
+steps = 100_000
+trainer = Trainer.build(cfg, "cpu")
+runner = trainer.runner(trainer.feed(data.t1, data.t2, steps, bits=None), steps)
+orders = [epoch_order(len(x), steps, 4, k, 1) for k, x in enumerate((data.t1, data.t2))]
+training = threading.Event()
+
+def trial():
+    wait_at_exit_for_this_thread()
+    training.set()
+    try:
+        runner.run_epoch(*orders)
+    except EpochHalted as e:
+        Path({str(tmp_path / "halted")!r}).write_text(f"{{e}}; counter {{runner.counter.item()}}")
+
+threading.Thread(target=trial, daemon=True).start()
+training.wait()
+time.sleep(1.0)
+"""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert time.perf_counter() - start < 60
+    message = (tmp_path / "halted").read_text()
+    steps = int(re.fullmatch(r"the process is exiting: the epoch stopped after (\d+) of 100000 steps; counter \1",
+                             message).group(1))
+    assert 0 < steps < 100_000
