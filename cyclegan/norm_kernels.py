@@ -35,17 +35,35 @@ def _blocks(channels_last: bool, channels: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _tile_offsets(n, c, hw, C, L, CHANNELS_LAST: tl.constexpr):
-    base = n.to(tl.int64) * L * C
-    if CHANNELS_LAST:
-        return base + hw[:, None] * C + c[None, :]
-    return base + c[None, :] * L + hw[:, None]
+def _program(C, BC: tl.constexpr):
+    """The program's sample, its block of channels (and which of them exist) and its stretch of the plane."""
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    return tl.program_id(0), c, c < C, tl.program_id(2)
 
 
 @triton.jit
 def _stretch(s, L, chunk):
     start = s * chunk
     return start, tl.minimum(start + chunk, L)
+
+
+@triton.jit
+def _tile(n, c, cmask, t, start, end, C, L, CHANNELS_LAST: tl.constexpr, BL: tl.constexpr):
+    """The offsets of the stretch's t-th tile of (pixels, channels), and which of them are in the plane."""
+    hw = start + t * BL + tl.arange(0, BL)
+    base = n.to(tl.int64) * L * C
+    if CHANNELS_LAST:
+        offsets = base + hw[:, None] * C + c[None, :]
+    else:
+        offsets = base + c[None, :] * L + hw[:, None]
+    return offsets, (hw < end)[:, None] & cmask[None, :]
+
+
+@triton.jit
+def _partials(n, c, cmask, C, S, BS: tl.constexpr):
+    """The offsets of the channels' partials, every stretch's, as (stretch, channel), and which of them exist."""
+    si = tl.arange(0, BS)
+    return (n * C + c)[None, :] * S + si[:, None], (si < S)[:, None] & cmask[None, :]
 
 
 # Shapes are not specialised on (only the channels, whose divisibility by 16 lets NHWC tiles load as vectors, and
@@ -57,25 +75,20 @@ _SHAPE_ARGS = ("L", "chunk", "S", "tiles")
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _partial_moments(x_ptr, mean_part_ptr, m2_part_ptr, C, L, chunk, S, tiles,
                      CHANNELS_LAST: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr):
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    s = tl.program_id(2)
-    cmask = c < C
+    n, c, cmask, s = _program(C, BC)
     start, end = _stretch(s, L, chunk)
     # Sums of the values less the stretch's first pixel: fp32 sums of the values themselves lose the mean's low
     # digits where it is large against the spread (an error of 7x the native kernel's at a mean of 100, std 3).
-    pivot = tl.load(x_ptr + _tile_offsets(n, c, start + tl.arange(0, 1), C, L, CHANNELS_LAST), mask=cmask[None, :],
-                    other=0.0).to(tl.float32)
+    first, _ = _tile(n, c, cmask, 0, start, end, C, L, CHANNELS_LAST, 1)
+    pivot = tl.load(x_ptr + first, mask=cmask[None, :], other=0.0).to(tl.float32)
     count = tl.zeros([BC], tl.float32)
     mean = tl.zeros([BC], tl.float32)
     m2 = tl.zeros([BC], tl.float32)
     for t in range(0, tiles):
-        off = start + t * BL
-        hw = off + tl.arange(0, BL)
-        mask = (hw < end)[:, None] & cmask[None, :]
-        v = tl.load(x_ptr + _tile_offsets(n, c, hw, C, L, CHANNELS_LAST), mask=mask, other=0.0).to(tl.float32)
+        offsets, mask = _tile(n, c, cmask, t, start, end, C, L, CHANNELS_LAST, BL)
+        v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         # Pixels of this tile: none past the plane's end in the last stretch's spare tiles (they add nothing).
-        k = tl.maximum(tl.minimum(end - off, BL), 0).to(tl.float32)
+        k = tl.maximum(tl.minimum(end - start - t * BL, BL), 0).to(tl.float32)
         tile_mean = tl.sum(tl.where(mask, v - pivot, 0.0), 0) / tl.maximum(k, 1.0) + tl.sum(pivot, 0)
         d = tl.where(mask, v - tile_mean[None, :], 0.0)
         tile_m2 = tl.sum(d * d, 0)
@@ -92,16 +105,12 @@ def _partial_moments(x_ptr, mean_part_ptr, m2_part_ptr, C, L, chunk, S, tiles,
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _normalize(x_ptr, y_ptr, mean_part_ptr, m2_part_ptr, mean_ptr, rstd_ptr, C, L, chunk, S, tiles, eps,
                CHANNELS_LAST: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr):
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    s = tl.program_id(2)
-    cmask = c < C
+    n, c, cmask, s = _program(C, BC)
     # The channel's statistics from all its stretches' partials, merged as one.
-    si = tl.arange(0, BS)
-    pmask = (si < S)[:, None] & cmask[None, :]
-    part = (n * C + c)[None, :] * S + si[:, None]
+    part, pmask = _partials(n, c, cmask, C, S, BS)
     pmean = tl.load(mean_part_ptr + part, mask=pmask, other=0.0)
     pm2 = tl.load(m2_part_ptr + part, mask=pmask, other=0.0)
+    si = tl.arange(0, BS)
     pcount = tl.where(pmask, tl.minimum(L - si * chunk, chunk).to(tl.float32)[:, None], 0.0)
     mean = tl.sum(pcount * pmean, 0) / L
     d = tl.where(pmask, pmean - mean[None, :], 0.0)
@@ -112,35 +121,31 @@ def _normalize(x_ptr, y_ptr, mean_part_ptr, m2_part_ptr, mean_ptr, rstd_ptr, C, 
         tl.store(rstd_ptr + n * C + c, rstd, mask=cmask)
     start, end = _stretch(s, L, chunk)
     for t in range(0, tiles):
-        off = start + t * BL
-        hw = off + tl.arange(0, BL)
-        mask = (hw < end)[:, None] & cmask[None, :]
-        offsets = _tile_offsets(n, c, hw, C, L, CHANNELS_LAST)
+        offsets, mask = _tile(n, c, cmask, t, start, end, C, L, CHANNELS_LAST, BL)
         v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         y = (v - mean[None, :]) * rstd[None, :]
         tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _x_hat_and_grad(x_ptr, dy_ptr, offsets, mask, mean, rstd):
+    v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return (v - mean[None, :]) * rstd[None, :], g
+
+
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _partial_grad_sums(x_ptr, dy_ptr, mean_ptr, rstd_ptr, dy_part_ptr, dyx_part_ptr, C, L, chunk, S, tiles,
                        CHANNELS_LAST: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr):
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    s = tl.program_id(2)
-    cmask = c < C
+    n, c, cmask, s = _program(C, BC)
     mean = tl.load(mean_ptr + n * C + c, mask=cmask, other=0.0)
     rstd = tl.load(rstd_ptr + n * C + c, mask=cmask, other=0.0)
     sum_dy = tl.zeros([BC], tl.float32)
     sum_dyx = tl.zeros([BC], tl.float32)
     start, end = _stretch(s, L, chunk)
     for t in range(0, tiles):
-        off = start + t * BL
-        hw = off + tl.arange(0, BL)
-        mask = (hw < end)[:, None] & cmask[None, :]
-        offsets = _tile_offsets(n, c, hw, C, L, CHANNELS_LAST)
-        v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        xhat = (v - mean[None, :]) * rstd[None, :]
+        offsets, mask = _tile(n, c, cmask, t, start, end, C, L, CHANNELS_LAST, BL)
+        xhat, g = _x_hat_and_grad(x_ptr, dy_ptr, offsets, mask, mean, rstd)
         sum_dy += tl.sum(g, 0)
         sum_dyx += tl.sum(tl.where(mask, g * xhat, 0.0), 0)
     part = (n * C + c) * S + s
@@ -151,26 +156,16 @@ def _partial_grad_sums(x_ptr, dy_ptr, mean_ptr, rstd_ptr, dy_part_ptr, dyx_part_
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _input_grad(x_ptr, dy_ptr, dx_ptr, mean_ptr, rstd_ptr, dy_part_ptr, dyx_part_ptr, C, L, chunk, S, tiles,
                 CHANNELS_LAST: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr):
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    s = tl.program_id(2)
-    cmask = c < C
+    n, c, cmask, s = _program(C, BC)
     mean = tl.load(mean_ptr + n * C + c, mask=cmask, other=0.0)
     rstd = tl.load(rstd_ptr + n * C + c, mask=cmask, other=0.0)
-    si = tl.arange(0, BS)
-    pmask = (si < S)[:, None] & cmask[None, :]
-    part = (n * C + c)[None, :] * S + si[:, None]
+    part, pmask = _partials(n, c, cmask, C, S, BS)
     mean_dy = tl.sum(tl.load(dy_part_ptr + part, mask=pmask, other=0.0), 0) / L
     mean_dyx = tl.sum(tl.load(dyx_part_ptr + part, mask=pmask, other=0.0), 0) / L
     start, end = _stretch(s, L, chunk)
     for t in range(0, tiles):
-        off = start + t * BL
-        hw = off + tl.arange(0, BL)
-        mask = (hw < end)[:, None] & cmask[None, :]
-        offsets = _tile_offsets(n, c, hw, C, L, CHANNELS_LAST)
-        v = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        xhat = (v - mean[None, :]) * rstd[None, :]
+        offsets, mask = _tile(n, c, cmask, t, start, end, C, L, CHANNELS_LAST, BL)
+        xhat, g = _x_hat_and_grad(x_ptr, dy_ptr, offsets, mask, mean, rstd)
         dx = (g - mean_dy[None, :] - xhat * mean_dyx[None, :]) * rstd[None, :]
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
