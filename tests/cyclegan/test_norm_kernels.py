@@ -1,8 +1,10 @@
 """The InstanceNorm kernels' arithmetic, on the CPU through Triton's interpreter (TRITON_INTERPRET=1), which runs
 the same kernel source on host tensors; on a GPU, tests/cyclegan/test_fused_norm.py runs them compiled.
 
-The interpreter is chosen when Triton is imported, so each check runs in its own process."""
+The interpreter is chosen when Triton is imported, so each check runs in its own process. And as the interpreter runs
+what the compiler may refuse, each kernel is also compiled here for a GPU, without one."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -92,3 +94,35 @@ def test_the_kernels_are_instance_norm_to_rounding_in_both_layouts(programs):
             # bf16 out: the rounding of the output (2**-8 relative, values up to ~4); the interpreter rounds bf16
             # towards zero where the GPU rounds to nearest, so one step, not half of one.
             assert r["y"] <= 2**-5 and r["dx"] <= 2**-6, r
+
+
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION is unset")  # Triton 3.9 on its default changing
+def test_the_kernels_compile_for_a_gpu_without_one():
+    """The interpreter runs what the compiler may refuse (types, constexpr use), so each kernel is also compiled here
+    for an H100/H200 (sm_90) by Triton's own compiler and assembler, in both layouts and both dtypes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from cyclegan import norm_kernels
+
+    shapes = ("C", "L", "chunk", "S", "tiles")
+    # Each kernel's pointers in order: "t" in the tensor's dtype, "f" fp32 (statistics and partials).
+    pointers = {"_partial_moments": "tff", "_normalize": "ttffff", "_partial_grad_sums": "ttffff",
+                "_input_grad": "tttffff"}
+    compiled = 0
+    for name, kinds in pointers.items():
+        fn = getattr(norm_kernels, name)
+        params = fn.arg_names
+        for channels_last, dtype in itertools.product((True, False), ("bf16", "fp32")):
+            bl, bc = norm_kernels._blocks(channels_last, 64)
+            constants = {"CHANNELS_LAST": channels_last, "BL": bl, "BC": bc, "BS": norm_kernels.MAX_STRETCHES}
+            signature = dict(zip(params, (f"*{dtype}" if k == "t" else "*fp32" for k in kinds)))
+            signature |= {p: "i32" for p in shapes} | {p: "fp32" for p in params if p == "eps"}
+            signature |= {p: "constexpr" for p in params if p not in signature}
+            source = ASTSource(fn=fn, signature=signature, constexprs={p: constants[p] for p in params
+                                                                          if signature[p] == "constexpr"})
+            kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            assert kernel.asm["cubin"]
+            compiled += 1
+    assert compiled == 16
