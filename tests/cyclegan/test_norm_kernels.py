@@ -13,7 +13,8 @@ from importlib.util import find_spec
 
 import pytest
 
-pytestmark = pytest.mark.skipif(find_spec("triton") is None, reason="Triton is not installed (pip install triton)")
+pytestmark = pytest.mark.skipif(find_spec("triton") is None,
+                                reason="Triton is not installed: `pip install triton` (.ci/run does)")
 
 CHECK = r"""
 import json, sys
