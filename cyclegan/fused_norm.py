@@ -7,7 +7,7 @@ study's batch of 2 those copies were the largest kernel of the train step (docs/
 
 They replace a torch.compile of the same arithmetic, which a fresh trial process paid for with Dynamo's tracing and
 Inductor's compile or cache loading (4-10 s of its warm-up in a search; docs/benchmarks.md). Triton compiles each
-kernel once for every shape, and its on-disk cache serves every later process on the machine.
+kernel once per dtype and layout for every shape, and its on-disk cache serves every later process on the machine.
 
 The arithmetic is the native kernels': statistics in fp32 (biased variance, as `F.instance_norm`), the output
 in the input's dtype. Modules keep their class's state (none: no affine weights, no running stats), so
