@@ -60,6 +60,14 @@ def _tile(n, c, cmask, t, start, end, C, L, CHANNELS_LAST: tl.constexpr, BL: tl.
 
 
 @triton.jit
+def _store_partials(a_ptr, b_ptr, a, b, n, c, cmask, C, S, s):
+    """Stores the stretch's two per-channel partials, laid out as (sample, channel, stretch)."""
+    part = (n * C + c) * S + s
+    tl.store(a_ptr + part, a, mask=cmask)
+    tl.store(b_ptr + part, b, mask=cmask)
+
+
+@triton.jit
 def _partials(n, c, cmask, C, S, BS: tl.constexpr):
     """The offsets of the channels' partials, every stretch's, as (stretch, channel), and which of them exist."""
     si = tl.arange(0, BS)
@@ -97,9 +105,7 @@ def _partial_moments(x_ptr, mean_part_ptr, m2_part_ptr, C, L, chunk, S, tiles,
         mean += delta * (k / total)
         m2 += tile_m2 + delta * delta * (count * k / total)
         count = total
-    part = (n * C + c) * S + s
-    tl.store(mean_part_ptr + part, mean, mask=cmask)
-    tl.store(m2_part_ptr + part, m2, mask=cmask)
+    _store_partials(mean_part_ptr, m2_part_ptr, mean, m2, n, c, cmask, C, S, s)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
@@ -148,9 +154,7 @@ def _partial_grad_sums(x_ptr, dy_ptr, mean_ptr, rstd_ptr, dy_part_ptr, dyx_part_
         xhat, g = _x_hat_and_grad(x_ptr, dy_ptr, offsets, mask, mean, rstd)
         sum_dy += tl.sum(g, 0)
         sum_dyx += tl.sum(tl.where(mask, g * xhat, 0.0), 0)
-    part = (n * C + c) * S + s
-    tl.store(dy_part_ptr + part, sum_dy, mask=cmask)
-    tl.store(dyx_part_ptr + part, sum_dyx, mask=cmask)
+    _store_partials(dy_part_ptr, dyx_part_ptr, sum_dy, sum_dyx, n, c, cmask, C, S, s)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
