@@ -172,12 +172,14 @@ def join_trial_thread(timeout: float = EXIT_JOIN_SECONDS) -> bool:
 
 def drain_gpu() -> None:
     """Waits for the work this process queued on its GPUs, if it used any; an error there (a context already lost)
-    is left to the exit."""
+    is left to the exit. Only the GPUs it holds memory on: a synchronize on another would make a CUDA context there,
+    as the process ends."""
     if not torch.cuda.is_initialized():
         return
     for device in range(torch.cuda.device_count()):
         try:
-            torch.cuda.synchronize(device)
+            if torch.cuda.memory_reserved(device):
+                torch.cuda.synchronize(device)
         except RuntimeError:
             return
 
