@@ -10,14 +10,19 @@ Statistics are fp32 from mean and M2 merged tile by tile and stretch by stretch 
 pivot, not from sums of squares, which lose the variance where the mean is large against it. The output is in the
 input's dtype, as `F.instance_norm`'s. Shapes are runtime arguments and the block sizes fixed per layout, so one
 compile of each kernel per dtype, layout and block of channels serves every layer and every trial (Triton's on-disk
-cache then serves every later process on the machine).
+cache then serves every later process on the machine). `compile_for` puts them there ahead of any launch, without a
+GPU (cyclegan/compile_ahead.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import triton
 import triton.language as tl
+from triton.backends.compiler import GPUTarget
 
 # Partials per (sample, channel): the grid's stretches of the plane. A power of two (the combining kernels load
 # all of them as one block); 64 stretches of 64 pixels already cover a 64x64 map with one tile each.
@@ -183,10 +188,11 @@ def _layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return x.contiguous(), False
 
 
-def _grid(x: torch.Tensor, channels_last: bool) -> tuple[tuple[int, int, int], int, int, int, int, int]:
+def _grid(shape: torch.Size | tuple[int, ...], channels_last: bool
+          ) -> tuple[tuple[int, int, int], int, int, int, int, int]:
     """The grid, the stretch of the plane a program covers, the stretches, its tiles, and a tile's (pixels,
     channels)."""
-    n, c, h, w = x.shape
+    n, c, h, w = shape
     plane = h * w
     bl, bc = _blocks(channels_last, c)
     blocks = n * triton.cdiv(c, bc)
@@ -200,7 +206,7 @@ def forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, to
     """(output, the input as the kernels read it, mean, 1/std, NHWC?) for a [N, C, H, W] CUDA tensor."""
     x, channels_last = _layout(x)
     n, c, h, w = x.shape
-    grid, chunk, stretches, tiles, bl, bc = _grid(x, channels_last)
+    grid, chunk, stretches, tiles, bl, bc = _grid(x.shape, channels_last)
     y = torch.empty_like(x)
     mean = torch.empty(n * c, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
@@ -218,7 +224,7 @@ def backward(x: torch.Tensor, dy: torch.Tensor, mean: torch.Tensor, rstd: torch.
     """The input's gradient, in `x`'s layout, from the output's `dy` and the forward's saved values."""
     dy = dy.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     n, c, h, w = x.shape
-    grid, chunk, stretches, tiles, bl, bc = _grid(x, channels_last)
+    grid, chunk, stretches, tiles, bl, bc = _grid(x.shape, channels_last)
     dy_part = torch.empty(n * c * stretches, device=x.device, dtype=torch.float32)
     dyx_part = torch.empty_like(dy_part)
     dx = torch.empty_like(x)
@@ -227,3 +233,49 @@ def backward(x: torch.Tensor, dy: torch.Tensor, mean: torch.Tensor, rstd: torch.
     _input_grad[grid](x, dy, dx, mean, rstd, dy_part, dyx_part, c, h * w, chunk, stretches, tiles,
                       CHANNELS_LAST=channels_last, BL=bl, BC=bc, BS=MAX_STRETCHES)
     return dx
+
+
+class _CompileOnly:
+    """What Triton's JIT asks its active driver when it compiles a kernel and launches nothing (`warmup`), answered
+    for a GPU of one compute capability without a call to CUDA: no GPU, no CUDA context, no MPS client."""
+
+    def __init__(self, capability: int) -> None:
+        self.target = GPUTarget("cuda", capability, 32)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+
+@contextlib.contextmanager
+def compiling_for(capability: int) -> Iterator[None]:
+    """Within it, kernels compile for a GPU of compute `capability` (e.g. 90 for an H200), as a launch on one would,
+    into the same on-disk cache entries; only `warmup` works, as nothing can launch. The JIT keeps each kernel's
+    target per device from its first use: run this in a process that launches nothing afterwards."""
+    from triton.runtime import driver
+
+    driver.set_active(_CompileOnly(capability))
+    try:
+        yield
+    finally:
+        driver._active = None  # the default driver again, found on its next use (reset_active looks for it now)
+
+
+def compile_for(dtype: torch.dtype, channels_last: bool, channels: int) -> None:
+    """Compiles the four kernels as `forward` and `backward` launch them on a [N, channels, H, W] tensor of `dtype`
+    in that layout, for the target `compiling_for` set, launching nothing. Shapes are not specialised on
+    (`_SHAPE_ARGS`), so one shape stands for all; tensors are 16-byte aligned as every fresh allocation is."""
+    f32 = torch.float32
+    shape = (2, channels, 64, 64)
+    grid, chunk, stretches, tiles, bl, bc = _grid(shape, channels_last)
+    sizes = (channels, shape[2] * shape[3], chunk, stretches, tiles)
+    layout = {"CHANNELS_LAST": channels_last, "BL": bl, "BC": bc}
+    _partial_moments.warmup(dtype, f32, f32, *sizes, **layout, grid=grid)
+    _normalize.warmup(dtype, dtype, f32, f32, f32, f32, *sizes, 1e-5, **layout, BS=MAX_STRETCHES, grid=grid)
+    _partial_grad_sums.warmup(dtype, dtype, f32, f32, f32, f32, *sizes, **layout, grid=grid)
+    _input_grad.warmup(dtype, dtype, dtype, f32, f32, f32, f32, *sizes, **layout, BS=MAX_STRETCHES, grid=grid)
