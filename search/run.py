@@ -37,6 +37,7 @@ from cyclegan.data import SYNTHETIC, DataError, Slices, read_data, source_name
 from cyclegan.memory import DataSize
 from cyclegan.tensorboard import TABLE3
 from search.cluster import NoGpuError, gpus_for_trials
+from search.kernels_ahead import KernelsAhead
 from search.mps import mps_note, mps_running
 from search.packing import EstimatesAhead, check_trials_fit, driver_gpu_bytes, trial_config
 from search.space import AUTO, Space, SpaceError, load_space
@@ -260,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     driver["prepared"] = time.time()
+    quiet_console()
+    # The first wave's configs: their norm kernels are compiled, and their memory estimated, while Ray starts.
+    first_wave = min(space.max_concurrent or space.num_samples, space.num_samples)
+    first_configs = space.first_configs(first_wave)
+    kernels = KernelsAhead(first_configs) if args.address is None else None  # a cluster's trials run elsewhere
 
     import ray
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -271,11 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args.trial_data, Slices):
         print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, val "
               f"and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray", file=sys.stderr)
-    quiet_console()
     # The first wave's memory estimates, made while Ray starts rather than while Tune holds every trial for them.
-    first_wave = min(space.max_concurrent or space.num_samples, space.num_samples)
     packs = space.auto_gpus and (args.gpu_bytes or space.gpu_memory_gib)  # else no trial is estimated here
-    ahead = EstimatesAhead(space.first_configs(first_wave), args.data_size) if packs else None
+    ahead = EstimatesAhead(first_configs, args.data_size) if packs else None
     try:
         ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
                  log_to_driver=True, configure_logging=False)
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     except (NoGpuError, SpaceError) as e:  # or auto, Ray sees GPUs, and this machine's torch does not (a CPU build)
         print(f"error: {e}", file=sys.stderr)
         ray.shutdown()
+        if kernels is not None:
+            kernels.stop()
         return 2
     driver.update(ray_started=time.time(), gpus=ray.cluster_resources().get("GPU", 0.0),
                   max_concurrent=space.max_concurrent)
@@ -347,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                 reconcile_study(study, results)
             code = summarise(results, space, args.trial_data, run_path, study, tail=driver)
             ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
+    if kernels is not None:
+        driver["kernels_ahead"] = kernels.finish()
     from search.throughput import record_driver
 
     record_driver(run_path, {**driver, "ended": time.time(), "exit_code": code})

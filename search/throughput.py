@@ -196,6 +196,8 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
         tail = sessions[-1]
         lost["driver_startup"] = first - sessions[0]["started"]
         out["driver_phases"] = driver_phases(sessions[0], first)
+        if sessions[0].get("kernels_ahead"):
+            out["kernels_ahead_seconds"] = max(k["seconds"] for k in sessions[0]["kernels_ahead"])
         steps = [r["first_step"] for r in rows if r["first_step"] is not None]
         if steps:
             out["first_step_seconds"] = min(steps) - sessions[0]["started"]
@@ -270,6 +272,9 @@ def table(e: dict[str, Any]) -> str:
     if e.get("driver_phases"):
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in e["driver_phases"].items())
         lines.append(f"  of the driver's start-up: {phases}")
+    if e.get("kernels_ahead_seconds") is not None:
+        lines.append(f"  beside them, a child process compiled the first trials' norm kernels in "
+                     f"{e['kernels_ahead_seconds']:.1f} s")
     if e.get("first_step_seconds") is not None:
         lines.append(f"  the first training step began {e['first_step_seconds']:.1f} s after the command started")
     if e.get("rescore_seconds") is not None:
