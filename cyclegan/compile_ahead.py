@@ -8,8 +8,10 @@ and every process of a search's first wave does so at once. Triton keeps what it
     python -m cyclegan.compile_ahead --capability 90 bf16:nhwc:32 bf16:nhwc:64
 
 Each kernel set is DTYPE:LAYOUT:CHANNELS (`norm_kernel_sets` gives a config's). It compiles for the given compute
-capability without calling CUDA (`norm_kernels.compiling_for`): it needs Triton and a C compiler, not a GPU, and
-adds no client to a GPU that trials share under MPS. It prints one JSON line: the sets and the seconds they took.
+capability without calling CUDA (`norm_kernels.compiling_for`), then the kernels' C launchers, which link against the
+NVIDIA driver's libcuda (where it is missing, only the launchers are left to the trials). It needs Triton and a C
+compiler, not a GPU, and adds no client to a GPU that trials share under MPS. It prints one JSON line: the sets,
+the seconds they took, and why the launchers were not built, if they were not.
 """
 
 from __future__ import annotations
@@ -73,10 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         from cyclegan import norm_kernels
 
         with norm_kernels.compiling_for(args.capability):
-            for dtype, channels_last, channels in sets:
-                norm_kernels.compile_for(dtype, channels_last, channels)
-    print(json.dumps({"sets": args.sets, "capability": args.capability,
-                      "seconds": round(time.perf_counter() - start, 3)}))
+            kernels = [k for dtype, channels_last, channels in sets
+                       for k in norm_kernels.compile_for(dtype, channels_last, channels)]
+        compiled = time.perf_counter() - start
+        try:
+            norm_kernels.build_launchers(kernels)
+            launchers = None
+        except Exception as e:  # noqa: BLE001 - e.g. no libcuda here: each process builds its own at its first launch
+            launchers = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(json.dumps({"sets": args.sets, "capability": args.capability, "kernels_seconds": round(compiled, 3),
+                      "seconds": round(time.perf_counter() - start, 3),
+                      **({"launchers_not_built": launchers} if launchers else {})}))
     return 0
 
 

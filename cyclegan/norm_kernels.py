@@ -266,16 +266,30 @@ def compiling_for(capability: int) -> Iterator[None]:
         driver._active = None  # the default driver again, found on its next use (reset_active looks for it now)
 
 
-def compile_for(dtype: torch.dtype, channels_last: bool, channels: int) -> None:
+def compile_for(dtype: torch.dtype, channels_last: bool, channels: int) -> list:
     """Compiles the four kernels as `forward` and `backward` launch them on a [N, channels, H, W] tensor of `dtype`
-    in that layout, for the target `compiling_for` set, launching nothing. Shapes are not specialised on
-    (`_SHAPE_ARGS`), so one shape stands for all; tensors are 16-byte aligned as every fresh allocation is."""
+    in that layout, for the target `compiling_for` set, launching nothing; returns them (Triton's CompiledKernel).
+    Shapes are not specialised on (`_SHAPE_ARGS`), so one shape stands for all; tensors are 16-byte aligned as every
+    fresh allocation is."""
     f32 = torch.float32
     shape = (2, channels, 64, 64)
     grid, chunk, stretches, tiles, bl, bc = _grid(shape, channels_last)
     sizes = (channels, shape[2] * shape[3], chunk, stretches, tiles)
     layout = {"CHANNELS_LAST": channels_last, "BL": bl, "BC": bc}
-    _partial_moments.warmup(dtype, f32, f32, *sizes, **layout, grid=grid)
-    _normalize.warmup(dtype, dtype, f32, f32, f32, f32, *sizes, 1e-5, **layout, BS=MAX_STRETCHES, grid=grid)
-    _partial_grad_sums.warmup(dtype, dtype, f32, f32, f32, f32, *sizes, **layout, grid=grid)
-    _input_grad.warmup(dtype, dtype, dtype, f32, f32, f32, f32, *sizes, **layout, BS=MAX_STRETCHES, grid=grid)
+    return [
+        _partial_moments.warmup(dtype, f32, f32, *sizes, **layout, grid=grid),
+        _normalize.warmup(dtype, dtype, f32, f32, f32, f32, *sizes, 1e-5, **layout, BS=MAX_STRETCHES, grid=grid),
+        _partial_grad_sums.warmup(dtype, dtype, f32, f32, f32, f32, *sizes, **layout, grid=grid),
+        _input_grad.warmup(dtype, dtype, dtype, f32, f32, f32, f32, *sizes, **layout, BS=MAX_STRETCHES, grid=grid),
+    ]
+
+
+def build_launchers(kernels: list) -> None:
+    """Builds the host-side C launcher of each compiled kernel, and Triton's CUDA utilities, into the same cache, as
+    a process's first launch of them would (a C compile each, about a second). It links against libcuda, so the
+    machine needs the NVIDIA driver's library, but it calls no CUDA."""
+    from triton.backends.nvidia.driver import CudaLauncher, CudaUtils
+
+    CudaUtils()
+    for kernel in kernels:
+        CudaLauncher(kernel.src, kernel.metadata)

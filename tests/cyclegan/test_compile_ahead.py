@@ -48,6 +48,11 @@ def _entries(cache: Path) -> set[str]:
     return {p.name for p in cache.iterdir()} if cache.exists() else set()
 
 
+def _kernels(cache: Path) -> set[str]:
+    """The cache's compiled kernels, not the C launchers and utilities built beside them where libcuda is."""
+    return {p.name for p in cache.iterdir() if any(p.glob("*.cubin"))} if cache.exists() else set()
+
+
 def _launch(cache: Path, cases: list) -> None:
     env = {**os.environ, "TRITON_CACHE_DIR": str(cache)}
     out = subprocess.run([sys.executable, "-c", LAUNCH, json.dumps(cases)], env=env, capture_output=True, text=True,
@@ -65,17 +70,17 @@ def test_the_kernels_compiled_ahead_are_the_ones_the_trainer_launches(tmp_path):
     assert out.stderr == ""  # Triton's notice about its FMA-fusion default is not the user's concern
     report = json.loads(out.stdout)
     assert report["sets"] == ["bf16:nhwc:32", "bf16:nhwc:64", "bf16:nhwc:512"] and report["seconds"] > 0
-    ahead = _entries(cache)
+    ahead = _kernels(cache)
     assert len(ahead) == 8  # four kernels, two blocks of channels (32, and 64 for 64 and 512)
 
     # Other shapes and channel counts of the same blocks: every launch is found in the cache.
     _launch(cache, [["bfloat16", True, 32, 128, 128], ["bfloat16", True, 64, 2, 2], ["bfloat16", True, 256, 16, 16],
                     ["bfloat16", True, 512, 4, 4], ["bfloat16", True, 128, 64, 32]])
-    assert _entries(cache) == ahead
+    assert _kernels(cache) == ahead
 
     # What was not compiled ahead is not found: the check can fail.
     _launch(cache, [["float32", True, 64, 8, 8]])
-    assert len(_entries(cache) - ahead) == 4
+    assert len(_kernels(cache) - ahead) == 4
 
 
 def _channels_seen(cfg: TrainConfig) -> set[int]:
@@ -140,8 +145,10 @@ def test_a_trainer_on_the_gpu_finds_every_kernel_compiled_ahead(tmp_path):
                           *sorted(norm_kernel_sets(cfg))], env={**env, "CUDA_VISIBLE_DEVICES": ""},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert "launchers_not_built" not in report, report
     ahead = _entries(cache)
-    assert ahead
+    assert len(_kernels(cache)) == 8 and len(ahead) > 8  # the kernels, their launchers and Triton's CUDA utilities
     out = subprocess.run([sys.executable, "-c", TRAIN], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert _entries(cache) == ahead

@@ -56,7 +56,9 @@ def test_the_first_waves_kernels_are_compiled_in_a_child(tmp_path, monkeypatch, 
     assert len(ahead.children) == 1
     [report] = ahead.finish()
     assert report["capability"] == 90 and set(report["sets"]) >= {"bf16:nhwc:32", "bf16:nhwc:64"}
-    assert len(list((tmp_path / "triton").iterdir())) == 8
+    # Four kernels for each of two blocks of channels (32, and 64 for the wider norms); where libcuda is, also their
+    # launchers, which a CPU machine leaves to the trials.
+    assert len([d for d in (tmp_path / "triton").iterdir() if any(d.glob("*.cubin"))]) == 8
     assert capsys.readouterr().err == ""
 
 
