@@ -54,7 +54,6 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from cyclegan.common import HEAD_THRESHOLD, DataError, robust_range, robust_scale
 
@@ -593,6 +592,8 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     Holes are filled before the largest component is taken: near the crown a dark skull can cut the thin scalp
     ring off the brain, and the brain alone would then pass for the head.
     """
+    from scipy import ndimage  # here: its import (0.2 s) is paid only by a process that draws masks
+
     fg = ndimage.binary_fill_holes(image > HEAD_THRESHOLD)
     labels, count = ndimage.label(fg)
     if count == 0:

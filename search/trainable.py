@@ -60,7 +60,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -75,9 +74,10 @@ from cyclegan.schedule import KNOBS, TRAINED_BY, knobs_of
 from cyclegan.tensorboard import TABLE3, HParams
 from cyclegan.train import fit
 from search.checkpoint_reports import CheckpointReports
+from search.objective import OBJECTIVE
 from search.packing import AutoResources, FixedShare, allocator_fraction, needed_bytes, trial_budget, trial_config
 from search.population import Looks
-from search.space import OBJECTIVE, POINT_NAME
+from search.schema import POINT_NAME
 
 FAULTS_ENV = "SEARCH_TEST_FAULTS"
 METRICS = "metrics.jsonl"
@@ -344,6 +344,8 @@ def restore(latest: tune.Checkpoint, trial_dir: Path | None = None) -> dict[str,
 
 def _older_checkpoints(latest: tune.Checkpoint) -> list[tune.Checkpoint]:
     """The trial's other checkpoints older than `latest`, newest first (on its filesystem: a folder or s3://)."""
+    import pyarrow.fs  # here: a trial that resumes from its latest checkpoint never needs it (0.1 s of import)
+
     name = Path(latest.path).name
     parent = Path(latest.path).parent.as_posix()
     try:
