@@ -86,7 +86,8 @@ class TrainConfig:
     fused_norm: bool = True
     # cuDNN times its algorithms for each new convolution shape and keeps the fastest. Off by default: in a search every
     # trial meets new shapes beside others training, and the timing held each trial's first step for seconds
-    # (docs/benchmarks.md); on, a long run's steps at batch 32 were 27% faster on an H200 (nothing at batch 2).
+    # (docs/benchmarks.md); on, a long run's steps on an H200 were 26-27% faster at batch 32, 3-7% at 8 and 16 and no
+    # faster at 2.
     cudnn_benchmark: bool = False
     compile: bool = False  # torch.compile the networks: faster steps, but its compile outlasts a short trial
     sample_every: int = 5  # epochs between sample-translation images in TensorBoard

@@ -3,7 +3,7 @@
 Triton's JIT finds a kernel in its on-disk cache only if it would compile exactly the same thing (signature, argument
 specialisation, constants, target, options), so the check is the cache itself: after `compile_ahead`, the real
 `forward` and `backward` add no entry. On the CPU the launches are compiled, not run (`JITFunction.run` with
-`warmup`), for sm_90; on a GPU, tests/cyclegan/test_fused_norm.py launches them."""
+`warmup`), for sm_90; on a GPU the last test trains, and then not even a launcher is added."""
 
 import json
 import os
