@@ -22,15 +22,13 @@ from search.packing import trial_config
 
 def gpu_capabilities() -> list[int]:
     """The compute capabilities (major*10+minor, e.g. 90) of this machine's visible NVIDIA GPUs, from `nvidia-smi`;
-    empty where it cannot say."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and not visible.strip() or visible in ("-1", "none", "NoDevFiles"):
-        return []
+    empty where it cannot say. CUDA_VISIBLE_DEVICES names them by index or UUID; anything else ("", "-1") names none."""
     command = ["nvidia-smi", "--query-gpu=index,uuid,compute_cap", "--format=csv,noheader"]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     wanted = None if visible is None else {v.strip() for v in visible.split(",")}
     found = set()
     for line in out.strip().splitlines():
