@@ -644,7 +644,7 @@ def section_profile(args: argparse.Namespace, dev: torch.device, res: dict[str, 
 
     out = res.setdefault("profile", {})
     slices = train_slices(args.size)
-    variants = [(b, "fast", {}) for b in args.profile_batches]
+    variants = [(b, name, VARIANTS[name]) for name in args.profile_variants for b in args.profile_batches]
     variants.append((args.profile_batches[0], "eager_bf16", {"cuda_graphs": False}))
     for b, name, changes in variants:
         cfg = trial_config(args, b, **changes)
@@ -831,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--profile-batches", type=int, nargs="+", default=[2, 32])
     p.add_argument("--profile-dir", help="where to write the profiler tables")
+    p.add_argument("--profile-variants", nargs="+", choices=list(VARIANTS), default=["fast"],
+                   help="the variants to profile at each of --profile-batches")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["fast", "nchw", "compile"])
     p.add_argument("--variant-batches", type=int, nargs="+", default=[2, 32])
     p.add_argument("--quality-variants", nargs="+", choices=["fp32_eager", *VARIANTS], default=["fast", "fp32_eager"])
