@@ -82,7 +82,8 @@ class TrainConfig:
     channels_last: bool | str = "auto"
     fused_adam: bool = True  # one fused kernel per optimizer step instead of a loop over the parameters
     cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph
-    # InstanceNorm by Triton kernels that keep the tensor's layout (cyclegan.fused_norm), not the native copies.
+    # InstanceNorm by Triton kernels that keep the tensor's layout (cyclegan.fused_norm), not the native copies; the
+    # convolutions before them skip the bias the norm cancels.
     fused_norm: bool = True
     # cuDNN times its algorithms for each new convolution shape and keeps the fastest. Off by default: in a search every
     # trial meets new shapes beside others training, and the timing held each trial's first step for seconds

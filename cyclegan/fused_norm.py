@@ -9,6 +9,12 @@ They replace a torch.compile of the same arithmetic, which a fresh trial process
 Inductor's compile or cache loading (4-10 s of its warm-up in a search; docs/benchmarks.md). Triton compiles each
 kernel once per dtype and layout for every shape, and its on-disk cache serves every later process on the machine.
 
+A convolution whose output goes straight into such a norm has a bias the norm cancels: the norm subtracts each
+channel's mean, and a per-channel constant with it. `skip_cancelled_biases` leaves that bias out: the same
+outputs, without its add or the reduction of its gradient. On an H200 a train step at batch 32 took 65.3 ms instead
+of 71.8, and batch 2 trained 12% more pairs a second (docs/benchmarks.md). The parameter stays, untouched,
+so state dicts keep the reference's names and shapes both ways.
+
 The arithmetic is the native kernels': statistics in fp32 (biased variance, as `F.instance_norm`), the output
 in the input's dtype. Modules keep their class's state (none: no affine weights, no running stats), so
 checkpoints load either way. On the CPU the native `F.instance_norm` runs.
@@ -89,4 +95,42 @@ def fuse_instance_norms(module: nn.Module) -> int:
         if type(m) is nn.InstanceNorm2d and not m.affine and not m.track_running_stats:
             m.__class__ = FusedInstanceNorm2d  # same fields, another forward: nothing to copy or re-register
             count += 1
+    return count
+
+
+class _BiasCancelledConv2d(nn.Conv2d):
+    """An nn.Conv2d that an InstanceNorm without affine weights follows: its bias, which the norm cancels, is not
+    added (see the module's doc). Its parameter stays, gets no gradient, and so never changes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, None)
+
+
+class _BiasCancelledConvTranspose2d(nn.ConvTranspose2d):
+    """`_BiasCancelledConv2d` for an nn.ConvTranspose2d, as the networks call it: without `output_size`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups,
+                                  self.dilation)
+
+
+_CANCELLED = {nn.Conv2d: _BiasCancelledConv2d, nn.ConvTranspose2d: _BiasCancelledConvTranspose2d}
+
+
+def skip_cancelled_biases(module: nn.Module) -> int:
+    """Leaves out, in place, the bias of every convolution in `module` whose output an nn.Sequential hands straight
+    to an InstanceNorm2d without affine weights (the conv may end a nested Sequential, as resize-then-convolve
+    does); returns how many. Names, parameters and outputs do not change, up to rounding."""
+    count = 0
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for before, after in zip(seq, list(seq)[1:]):
+            while isinstance(before, nn.Sequential) and len(before):
+                before = before[-1]
+            plain_norm = isinstance(after, nn.InstanceNorm2d) and not after.affine and not after.track_running_stats
+            swap = _CANCELLED.get(type(before))
+            if plain_norm and swap is not None and before.bias is not None and before.padding_mode == "zeros":
+                before.__class__ = swap  # same fields, another forward, as fuse_instance_norms does
+                count += 1
     return count

@@ -34,7 +34,7 @@ from cyclegan.config import ConfigError, TrainConfig, parse_overrides
 from cyclegan.data import DataError, Dataset, load_data
 from cyclegan.evaluate import validation_pass, validation_subset
 from cyclegan.feed import Feed, Resident, Streamed
-from cyclegan.fused_norm import fuse_instance_norms
+from cyclegan.fused_norm import fuse_instance_norms, skip_cancelled_biases
 from cyclegan.graphed import Replay, StepRunner
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
@@ -254,6 +254,7 @@ class Trainer:
             net.to(dev)
             if gpu and cfg.fused_norm:
                 fuse_instance_norms(net)
+                skip_cancelled_biases(net)
             if gpu and cfg.use_channels_last:
                 net.to(memory_format=torch.channels_last)
         if gpu and not torch.backends.cudnn.deterministic:

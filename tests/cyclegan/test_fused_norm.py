@@ -1,3 +1,4 @@
+import copy
 import itertools
 import warnings
 
@@ -8,7 +9,8 @@ from torch import nn
 
 import cyclegan.fused_norm as fused
 from cyclegan.config import TrainConfig
-from cyclegan.fused_norm import FusedInstanceNorm2d, fuse_instance_norms, instance_norm, kernel_instance_norm
+from cyclegan.fused_norm import (FusedInstanceNorm2d, fuse_instance_norms, instance_norm, kernel_instance_norm,
+                                 skip_cancelled_biases)
 from cyclegan.networks import PatchDiscriminator, ResNetGenerator, UNetGenerator
 from cyclegan.train import Trainer
 
@@ -32,6 +34,37 @@ def test_the_norm_is_instance_norm_in_fp32_and_keeps_the_layout(channels_last):
     (y * g).sum().backward()
     (ref * g).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("net,cancelled", [
+    # U-Net depth 5: the 3 downs and 4 ups between the outermost and innermost levels; depth 5 with resize-convs.
+    (lambda: UNetGenerator(depth=5, ngf=8, dropout=0), 7),
+    (lambda: UNetGenerator(depth=5, ngf=8, dropout=0, upsample="resize"), 7),
+    # ResNet, 2 blocks: the 7x7 in, 2 downs, 2 convs a block, 2 ups; PatchGAN of 3 layers: all but the first and last.
+    (lambda: ResNetGenerator(blocks=2, ngf=8), 9), (lambda: PatchDiscriminator(layers=3, ndf=8), 3)])
+def test_a_bias_the_norm_cancels_is_skipped_and_nothing_else_changes(net, cancelled):
+    torch.manual_seed(0)
+    plain = net().double()
+    for m in plain.modules():  # biases the norm must cancel, not the zeros they start at
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.bias, 0.0, 1.0)
+    fast = copy.deepcopy(plain)
+    assert skip_cancelled_biases(fast) == cancelled and skip_cancelled_biases(fast) == 0
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    x = torch.randn(2, 1, 64, 64, dtype=torch.float64)
+    outs = [n(x) for n in (plain, fast)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-9, atol=1e-9)
+    for out in outs:
+        out.square().mean().backward()
+    grads = {k: p.grad for k, p in fast.named_parameters()}
+    skipped = [k for k, g in grads.items() if g is None]
+    assert len(skipped) == cancelled and all(k.endswith(".bias") for k in skipped)
+    for k, p in plain.named_parameters():
+        if k in skipped:  # zero but for rounding: the norm cancels it
+            assert p.grad.abs().max() < 1e-9
+        else:
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-7, atol=1e-10)
 
 
 def test_in_bf16_the_statistics_are_fp32_and_the_output_bf16():
@@ -73,7 +106,8 @@ def test_norms_with_weights_or_running_stats_are_left_alone():
 def test_the_trainer_swaps_them_on_a_gpu_only():
     cfg = TrainConfig(resize=32, unet_depth=5, ngf=8, ndf=8, disc_layers=2, fused_norm=True)
     models = Trainer.build(cfg, "cpu").models
-    assert not any(isinstance(m, FusedInstanceNorm2d) for net in models.named().values() for m in net.modules())
+    assert not any(isinstance(m, (FusedInstanceNorm2d, fused._BiasCancelledConv2d, fused._BiasCancelledConvTranspose2d))
+                   for net in models.named().values() for m in net.modules())
 
 
 def test_where_the_kernels_fail_it_warns_once_and_runs_the_native_kernel(monkeypatch):
@@ -124,3 +158,11 @@ def test_the_kernels_match_the_native_kernel_on_a_gpu():
         assert (ya.double() - yd).abs().max() <= (yb.double() - yd).abs().max() + tol
         assert (xa.grad.double() - xd.grad).abs().max() <= (xb.grad.double() - xd.grad).abs().max() + tol * (
             xd.grad.abs().max().item())
+
+
+@needs_cuda
+def test_on_a_gpu_the_trainer_skips_the_biases_its_norms_cancel():
+    models = Trainer.build(TrainConfig(resize=32, unet_depth=5, ngf=8, ndf=8, disc_layers=2), "cuda").models
+    skipping = (fused._BiasCancelledConv2d, fused._BiasCancelledConvTranspose2d)
+    assert {k: sum(isinstance(m, skipping) for m in net.modules()) for k, net in models.named().items()} == {
+        "g_t1_t2": 7, "g_t2_t1": 7, "d_t1": 2, "d_t2": 2}
