@@ -714,7 +714,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile_nchw": {"compile": True, "channels_last": False},
     "native_norm": {"fused_norm": False},  # channels_last "auto" then follows the batch
     "native_norm_nhwc": {"fused_norm": False, "channels_last": True},
-    "cudnn_benchmark": {"cudnn_benchmark": True},  # cuDNN times each new shape's algorithms (the default: heuristics)
+    # cuDNN times each new shape's algorithms, or picks them by its heuristics (the default: timed from batch 8 up).
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+    "heuristics": {"cudnn_benchmark": False},
 }
 
 

@@ -34,6 +34,11 @@ RESNET_DIVISOR = 4
 # faster at batch 2, even at batch 4, and 5% slower at batch 5 and 11% at batch 8. With `fused_norm` it is faster at
 # every batch (on an H200: +19% at batch 5, +7% at 32).
 CHANNELS_LAST_BELOW_BATCH = 5
+# cuDNN's timed algorithm picks (`cudnn_benchmark`) against its heuristics, each in a fresh process on an H200 with
+# the fast path (docs/benchmarks.md): no faster at batch 2; +6.5% at 8, +3% at 16, +25% at 24, +26-27% at 32, +3-5%
+# at 48 and 64 (256x256, depth 8); +23% at 32 and +6% at 128 (128x128, depth 7). The timing costs each new shape
+# about 1-3 s once, which a trial at batch 8 or more earns back in its first few thousand pairs.
+CUDNN_BENCHMARK_FROM_BATCH = 8
 
 
 class ConfigError(ValueError):
@@ -85,11 +90,10 @@ class TrainConfig:
     # InstanceNorm by Triton kernels that keep the tensor's layout (cyclegan.fused_norm), not the native copies; the
     # convolutions before them skip the bias the norm cancels.
     fused_norm: bool = True
-    # cuDNN times its algorithms for each new convolution shape and keeps the fastest. Off by default: in a search every
-    # trial meets new shapes beside others training, and the timing held each trial's first step for seconds
-    # (docs/benchmarks.md); on, a long run's steps on an H200 were 26-27% faster at batch 32, 3-7% at 8 and 16 and no
-    # faster at 2.
-    cudnn_benchmark: bool = False
+    # cuDNN times its algorithms for each new convolution shape and keeps the fastest, or picks by its heuristics.
+    # "auto" times them from batch CUDNN_BENCHMARK_FROM_BATCH up: below it the steps are no faster and the timing
+    # would hold a small trial's first step for seconds.
+    cudnn_benchmark: bool | str = "auto"
     compile: bool = False  # torch.compile the networks: faster steps, but its compile outlasts a short trial
     sample_every: int = 5  # epochs between sample-translation images in TensorBoard
 
@@ -98,6 +102,9 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), f.type)
         if self.channels_last not in (True, False, "auto"):
             raise ConfigError(f"channels_last={_show(self.channels_last)} is not allowed; "
+                              "expected true, false or 'auto'")
+        if self.cudnn_benchmark not in (True, False, "auto"):
+            raise ConfigError(f"cudnn_benchmark={_show(self.cudnn_benchmark)} is not allowed; "
                               "expected true, false or 'auto'")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
@@ -155,6 +162,13 @@ class TrainConfig:
         if self.channels_last == "auto":
             return self.fused_norm or self.batch_size < CHANNELS_LAST_BELOW_BATCH
         return bool(self.channels_last)
+
+    @property
+    def use_cudnn_benchmark(self) -> bool:
+        """Whether cuDNN times its convolution algorithms for this run's shapes rather than picking by heuristics."""
+        if self.cudnn_benchmark == "auto":
+            return self.batch_size >= CUDNN_BENCHMARK_FROM_BATCH
+        return bool(self.cudnn_benchmark)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

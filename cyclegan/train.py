@@ -259,7 +259,7 @@ class Trainer:
                 net.to(memory_format=torch.channels_last)
         if gpu and not torch.backends.cudnn.deterministic:
             # Set either way: a process of a search trains one trial after another.
-            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+            torch.backends.cudnn.benchmark = cfg.use_cudnn_benchmark
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and gpu)
         autocast = partial(torch.autocast, device_type=dev.type, dtype=torch.bfloat16) if bf16 else nullcontext
         opt_g, opt_d, scheds = make_optimizers(cfg, [models.g_t1_t2, models.g_t2_t1], [models.d_t1, models.d_t2], dev)

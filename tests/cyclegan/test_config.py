@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyclegan.config import CHANNELS_LAST_BELOW_BATCH, FIELD_NAMES, ConfigError, TrainConfig, parse_overrides
+from cyclegan.config import (CHANNELS_LAST_BELOW_BATCH, CUDNN_BENCHMARK_FROM_BATCH, FIELD_NAMES, ConfigError, TrainConfig,
+                             parse_overrides)
 from tests.badfiles import set_items
 
 
@@ -79,11 +80,21 @@ def test_field_names_include_the_design_contract():
 def test_the_fast_path_is_the_default_and_each_switch_turns_off():
     c = TrainConfig()
     assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.fused_norm, c.cudnn_benchmark,
-            c.compile) == ("auto", "auto", True, True, True, False, False)
+            c.compile) == ("auto", "auto", True, True, True, "auto", False)
     eager = TrainConfig.from_dict({"precision": "fp32", "channels_last": False, "fused_adam": False,
                                    "cuda_graphs": False, "fused_norm": False})
     assert parse_overrides(["cuda_graphs=false", "fused_adam=false"]) == {"cuda_graphs": False, "fused_adam": False}
     assert TrainConfig.from_dict(eager.to_dict()) == eager
+
+
+def test_cudnn_benchmark_auto_times_the_algorithms_from_its_batch_up_and_true_or_false_force_it():
+    assert not TrainConfig(batch_size=CUDNN_BENCHMARK_FROM_BATCH - 1).use_cudnn_benchmark
+    assert TrainConfig(batch_size=CUDNN_BENCHMARK_FROM_BATCH).use_cudnn_benchmark
+    assert TrainConfig(batch_size=1, cudnn_benchmark=True).use_cudnn_benchmark
+    assert not TrainConfig(batch_size=64, cudnn_benchmark=False).use_cudnn_benchmark
+    assert parse_overrides(["cudnn_benchmark=auto"]) == {"cudnn_benchmark": "auto"}
+    with pytest.raises(ConfigError, match="cudnn_benchmark='yes' is not allowed; expected true, false or 'auto'"):
+        TrainConfig(cudnn_benchmark="yes")
 
 
 def test_channels_last_auto_is_on_with_the_fused_norm_else_follows_the_batch_and_true_or_false_force_it():

@@ -130,9 +130,11 @@ def test_where_the_kernels_fail_it_warns_once_and_runs_the_native_kernel(monkeyp
 @needs_cuda
 def test_cudnn_benchmark_follows_the_config_in_each_trainer_a_process_builds():
     try:
-        for on in (False, True, False):
-            Trainer.build(TrainConfig(resize=32, unet_depth=3, ngf=4, ndf=4, cudnn_benchmark=on), device="cuda")
-            assert torch.backends.cudnn.benchmark is on
+        for on, batch, timed in ((False, 8, False), (True, 2, True), ("auto", 2, False), ("auto", 8, True),
+                                 (False, 2, False)):
+            Trainer.build(TrainConfig(resize=32, unet_depth=3, ngf=4, ndf=4, batch_size=batch, cudnn_benchmark=on),
+                          device="cuda")
+            assert torch.backends.cudnn.benchmark is timed
     finally:
         torch.backends.cudnn.benchmark = False
 
