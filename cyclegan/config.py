@@ -83,7 +83,7 @@ class TrainConfig:
     precision: str = "auto"
     # NHWC for the bf16 convolutions. "auto" uses it with `fused_norm` at every batch; with the native InstanceNorm,
     # below CHANNELS_LAST_BELOW_BATCH only: from there up its layout copies cost more than NHWC saves
-    # (docs/benchmarks.md).
+    # (docs/benchmarks.md). In NHWC the one-channel convolutions run as products over patches (cyclegan.one_channel).
     channels_last: bool | str = "auto"
     fused_adam: bool = True  # one fused kernel per optimizer step instead of a loop over the parameters
     cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph

@@ -39,6 +39,7 @@ from cyclegan.graphed import Replay, StepRunner
 from cyclegan.losses import gan_loss, l1
 from cyclegan.metrics import IMAGE_METRICS
 from cyclegan.networks import PatchDiscriminator, build_generator
+from cyclegan.one_channel import patch_one_channel_convs
 from cyclegan.optim import make_optimizers, set_learning_rates
 from cyclegan.schedule import KNOBS, Schedule, ScheduleError, knobs_of
 from cyclegan.tensorboard import HParams, TensorBoard
@@ -257,6 +258,7 @@ class Trainer:
                 skip_cancelled_biases(net)
             if gpu and cfg.use_channels_last:
                 net.to(memory_format=torch.channels_last)
+                patch_one_channel_convs(net)
         if gpu and not torch.backends.cudnn.deterministic:
             # Set either way: a process of a search trains one trial after another.
             torch.backends.cudnn.benchmark = cfg.use_cudnn_benchmark

@@ -1,0 +1,79 @@
+"""The convolutions with one image channel, as one matrix product over image patches, for channels_last on a GPU.
+
+A convolution whose input has one channel (the generators' and discriminators' first) or a transposed one whose
+output has one (the U-Net's last) is the one shape cuDNN runs badly in channels_last: at batch 32 on an H200 its
+kernels for them and the copies between layouts around them took about 9.5 ms of a 56 ms train step
+(docs/benchmarks.md). With one channel a patch is small (16 values for a 4x4 kernel): `F.unfold` gathers the
+patches, one matrix product with the weights gives the output already in channels_last order, and `F.fold` is the
+transposed convolution's scatter of patches back into the image. Outputs are the convolution's, up to rounding;
+the modules keep their class's parameters and names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def patch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                 padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """`F.conv2d` of a one-channel `x` [N, 1, H, W], returned in channels_last."""
+    n, _, h, w = x.shape
+    out, _, kh, kw = weight.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, kh*kw, oh*ow]
+    rows = cols.transpose(1, 2).reshape(n * oh * ow, kh * kw)
+    wt = weight.reshape(out, kh * kw).t()
+    y = rows @ wt if bias is None else torch.addmm(bias, rows, wt)  # [N*oh*ow, out]: NHWC order
+    return y.view(n, oh, ow, out).permute(0, 3, 1, 2)
+
+
+def patch_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           stride: tuple[int, int], padding: tuple[int, int],
+                           dilation: tuple[int, int]) -> torch.Tensor:
+    """`F.conv_transpose2d` (no output padding, one group) whose weight [C, 1, kh, kw] gives one channel out."""
+    n, c, h, w = x.shape
+    _, _, kh, kw = weight.shape
+    oh = (h - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + 1
+    ow = (w - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + 1
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view of a channels_last x
+    cols = (rows @ weight.reshape(c, kh * kw)).view(n, h * w, kh * kw).transpose(1, 2)  # [N, kh*kw, h*w]
+    y = F.fold(cols, (oh, ow), (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, 1, oh, ow]
+    return y if bias is None else y + bias.to(y.dtype).view(1, 1, 1, 1)  # in autocast's dtype, as cuDNN's
+
+
+class _PatchConv2d(nn.Conv2d):
+    """An nn.Conv2d of one input channel that runs as `patch_conv2d` on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            return super().forward(x)
+        return patch_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+class _PatchConvTranspose2d(nn.ConvTranspose2d):
+    """An nn.ConvTranspose2d of one output channel that runs as `patch_conv_transpose2d` on a GPU, called as the
+    networks call it: without `output_size`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            return super().forward(x)
+        return patch_conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+def patch_one_channel_convs(module: nn.Module) -> int:
+    """Makes, in place, each plain convolution of `module` with one input channel, and each transposed one with one
+    output channel, run as a product over patches on a GPU; returns how many. Names and parameters do not change."""
+    count = 0
+    for m in module.modules():
+        plain = m.padding_mode == "zeros" and m.groups == 1 if isinstance(m, nn.modules.conv._ConvNd) else False
+        if type(m) is nn.Conv2d and plain and m.in_channels == 1:
+            m.__class__ = _PatchConv2d
+        elif type(m) is nn.ConvTranspose2d and plain and m.out_channels == 1 and not any(m.output_padding):
+            m.__class__ = _PatchConvTranspose2d
+        else:
+            continue
+        count += 1
+    return count
