@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyclegan.config import (CHANNELS_LAST_BELOW_BATCH, CUDNN_BENCHMARK_FROM_BATCH, FIELD_NAMES, ConfigError, TrainConfig,
-                             parse_overrides)
+from cyclegan.config import (
+    CHANNELS_LAST_BELOW_BATCH,
+    CUDNN_BENCHMARK_FROM_BATCH,
+    FIELD_NAMES,
+    ConfigError,
+    TrainConfig,
+    parse_overrides,
+)
 from tests.badfiles import set_items
 
 

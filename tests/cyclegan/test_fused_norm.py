@@ -9,8 +9,13 @@ from torch import nn
 
 import cyclegan.fused_norm as fused
 from cyclegan.config import TrainConfig
-from cyclegan.fused_norm import (FusedInstanceNorm2d, fuse_instance_norms, instance_norm, kernel_instance_norm,
-                                 skip_cancelled_biases)
+from cyclegan.fused_norm import (
+    FusedInstanceNorm2d,
+    fuse_instance_norms,
+    instance_norm,
+    kernel_instance_norm,
+    skip_cancelled_biases,
+)
 from cyclegan.networks import PatchDiscriminator, ResNetGenerator, UNetGenerator
 from cyclegan.train import Trainer
 

@@ -1,9 +1,12 @@
 """One trial process's start, phase by phase: python -c, run 8 at once."""
 import time
+
 t0 = time.perf_counter()
 import torch  # noqa: E402
+
 t1 = time.perf_counter()
 import search.trainable  # noqa: E402,F401
+
 t2 = time.perf_counter()
 p = torch.nn.Parameter(torch.zeros(3))
 torch.optim.Adam([p])  # imports torch._dynamo (torch._compile._disable_dynamo)
