@@ -100,12 +100,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
-        if self.channels_last not in (True, False, "auto"):
-            raise ConfigError(f"channels_last={_show(self.channels_last)} is not allowed; "
-                              "expected true, false or 'auto'")
-        if self.cudnn_benchmark not in (True, False, "auto"):
-            raise ConfigError(f"cudnn_benchmark={_show(self.cudnn_benchmark)} is not allowed; "
-                              "expected true, false or 'auto'")
+        for key in ("channels_last", "cudnn_benchmark"):
+            if getattr(self, key) not in (True, False, "auto"):
+                raise ConfigError(f"{key}={_show(getattr(self, key))} is not allowed; expected true, false or 'auto'")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}={_show(getattr(self, key))} is not allowed; expected one of {list(allowed)}")
