@@ -65,17 +65,22 @@ class _PatchConvTranspose2d(nn.ConvTranspose2d):
         return patch_conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
 
+_PATCHED = {nn.Conv2d: _PatchConv2d, nn.ConvTranspose2d: _PatchConvTranspose2d}
+
+
 def patch_one_channel_convs(module: nn.Module) -> int:
     """Makes, in place, each plain convolution of `module` with one input channel, and each transposed one with one
     output channel, run as a product over patches on a GPU; returns how many. Names and parameters do not change."""
     count = 0
     for m in module.modules():
-        plain = m.padding_mode == "zeros" and m.groups == 1 if isinstance(m, nn.modules.conv._ConvNd) else False
-        if type(m) is nn.Conv2d and plain and m.in_channels == 1:
-            m.__class__ = _PatchConv2d
-        elif type(m) is nn.ConvTranspose2d and plain and m.out_channels == 1 and not any(m.output_padding):
-            m.__class__ = _PatchConvTranspose2d
-        else:
+        # Zero padding given in pixels ("same" is a string), one group: what the patch products compute.
+        if type(m) not in _PATCHED or m.padding_mode != "zeros" or isinstance(m.padding, str) or m.groups != 1:
             continue
-        count += 1
+        if type(m) is nn.Conv2d:
+            one_channel = m.in_channels == 1
+        else:  # a transposed convolution's output padding would not be a plain fold
+            one_channel = m.out_channels == 1 and not any(m.output_padding)
+        if one_channel:
+            m.__class__ = _PATCHED[type(m)]
+            count += 1
     return count

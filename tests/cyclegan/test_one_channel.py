@@ -87,9 +87,10 @@ def test_the_one_channel_convolutions_are_swapped_and_names_and_cpu_outputs_stay
         assert torch.equal(plain(x), out)
 
 
-def test_grouped_or_output_padded_ones_are_left_alone():
+def test_grouped_output_padded_reflect_or_same_padded_ones_are_left_alone():
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(2, 2, 3, groups=2), nn.ConvTranspose2d(4, 1, 3, stride=2,
-                        output_padding=1), nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"))
+                        output_padding=1), nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"),
+                        nn.Conv2d(1, 4, 3, padding="same"))
     assert patch_one_channel_convs(net) == 1 and type(net[0]) is _PatchConv2d
 
 
