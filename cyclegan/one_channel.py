@@ -20,16 +20,55 @@ from torch import nn
 
 def patch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
                  padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
-    """`F.conv2d` of a one-channel `x` [N, 1, H, W], returned in channels_last."""
-    n, _, h, w = x.shape
-    out, _, kh, kw = weight.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, kh*kw, oh*ow]
-    rows = cols.transpose(1, 2).reshape(n * oh * ow, kh * kw)
-    wt = weight.reshape(out, kh * kw).t()
-    y = rows @ wt if bias is None else torch.addmm(bias, rows, wt)  # [N*oh*ow, out]: NHWC order
-    return y.view(n, oh, ow, out).permute(0, 3, 1, 2)
+    """`F.conv2d` of a one-channel `x` [N, 1, H, W], returned in channels_last; in autocast's dtype, as cuDNN's."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias = (t if t is None else t.to(dtype) for t in (x, weight, bias))
+    return _PatchProduct.apply(x, weight, bias, stride, padding, dilation)
+
+
+class _PatchProduct(torch.autograd.Function):
+    """The product writes straight into a new channels_last tensor. Returned as a view of the product's rows, it
+    would make the in-place LeakyReLU that follows the first convolution of each U-Net and PatchGAN copy the whole
+    gradient twice in backward (autograd's CopySlices): 0.35 ms of a 10.7 ms step at batch 2 on an H200."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out, _, kh, kw = weight.shape
+        oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        with torch.autocast(x.device.type, enabled=False):  # the caller chose the dtype
+            cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, kh*kw, oh*ow]
+            rows = cols.transpose(1, 2).reshape(n * oh * ow, kh * kw)
+            y = torch.empty(n, out, oh, ow, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+            flat = y.permute(0, 2, 3, 1).view(n * oh * ow, out)  # NHWC order: y's own memory
+            wt = weight.reshape(out, kh * kw).t()
+            torch.mm(rows, wt, out=flat) if bias is None else torch.addmm(bias, rows, wt, out=flat)
+        ctx.save_for_backward(rows, weight)
+        ctx.geometry = (h, w), (kh, kw), stride, padding, dilation
+        ctx.with_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, weight = ctx.saved_tensors
+        size, kernel, stride, padding, dilation = ctx.geometry
+        out = weight.shape[0]
+        n = dy.shape[0]
+        dx = dw = db = None
+        with torch.autocast(dy.device.type, enabled=False):
+            g = dy.permute(0, 2, 3, 1).reshape(-1, out).to(rows.dtype)  # a view if dy is channels_last
+            if ctx.needs_input_grad[0]:
+                drows = g @ weight.reshape(out, -1)  # [N*oh*ow, kh*kw]
+                dcols = drows.view(n, -1, drows.shape[1]).transpose(1, 2)
+                dx = F.fold(dcols, size, kernel, dilation=dilation, padding=padding, stride=stride)
+            if ctx.needs_input_grad[1]:
+                dw = (g.t() @ rows).view_as(weight)
+            if ctx.with_bias and ctx.needs_input_grad[2]:
+                db = g.sum(0, dtype=torch.promote_types(g.dtype, torch.float32)).to(g.dtype)
+        return dx, dw, db, None, None, None
 
 
 def patch_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -52,6 +52,21 @@ def test_the_patch_product_is_the_convolution_and_its_gradients(kernel, stride, 
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_the_patch_product_is_no_view_so_an_in_place_activation_after_it_stays_cheap_and_right():
+    """The networks' first convolutions hand their output to an in-place LeakyReLU: on a view autograd would copy
+    the whole gradient around it (CopySlices)."""
+    torch.manual_seed(0)
+    x, w, b = _leaf(2, 1, 16, 16), _leaf(8, 1, 4, 4), _leaf(8)
+    y = patch_conv2d(x, w, b, (2, 2), (1, 1), (1, 1))
+    assert not y._is_view()
+    y = F.leaky_relu_(y, 0.2)
+    assert "CopySlices" not in type(y.grad_fn).__name__
+    ref = F.leaky_relu(F.conv2d(x, w, b, stride=2, padding=1), 0.2)
+    g = torch.randn_like(ref)
+    for got, want in zip(_grads(y, g, x, w, b), _grads(ref, g, x, w, b)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kernel,stride,padding,size", [(4, 2, 1, (16, 16)), (3, 1, 1, (9, 13)), (5, 3, 2, (7, 6))])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_the_patch_scatter_is_the_transposed_convolution_and_its_gradients(kernel, stride, padding, size, with_bias):
@@ -112,3 +127,26 @@ def test_on_a_gpu_the_trainer_patches_them_and_bf16_outputs_match_cudnn():
         got = up(torch.relu(conv(x)))
     assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape
     torch.testing.assert_close(got.float(), want.float(), rtol=2**-6, atol=2**-6)
+
+
+@needs_cuda
+def test_on_a_gpu_the_bf16_patch_products_gradients_match_cudnns():
+    torch.manual_seed(0)
+    x = (torch.rand(4, 1, 64, 64, device="cuda") * 2 - 1).requires_grad_()
+    nets = {}
+    for patched in (False, True):
+        torch.manual_seed(1)
+        conv = nn.Conv2d(1, 16, 4, 2, 1).cuda().to(memory_format=torch.channels_last)
+        up = nn.ConvTranspose2d(16, 1, 4, 2, 1).cuda().to(memory_format=torch.channels_last)
+        if patched:
+            conv.__class__, up.__class__ = _PatchConv2d, _PatchConvTranspose2d
+        with torch.autocast("cuda", torch.bfloat16):
+            # No activation between them: where a bf16 rounding flips an output's sign, a LeakyReLU's slope would
+            # change that pixel's gradient five-fold (seen on an H200), whichever kernel computed it.
+            y = up(conv(x))
+        (dx,) = torch.autograd.grad(y.float().square().sum(), x, retain_graph=True)
+        y.float().square().sum().backward()
+        nets[patched] = [dx, conv.weight.grad, conv.bias.grad, up.weight.grad, up.bias.grad]
+    for got, want in zip(nets[True], nets[False]):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=2**-5, atol=2**-5 * want.abs().max().item())
