@@ -325,8 +325,7 @@ def section_steps(args: argparse.Namespace, dev: torch.device, res: dict[str, An
                                own_process=True)
             log(f"batch {b}: {name} {row[name]}")
         if args.fp32_eager:
-            eager = cfg.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False,
-                                fused_norm=False)
+            eager = cfg.replace(**EAGER_FP32)
             row["fp32_eager"] = _guard(partial(time_trainer, eager, slices, args.steps, dev, repeats=1),
                                        own_process=True)
             log(f"batch {b}: trainer in eager fp32 {row['fp32_eager']}")
@@ -515,8 +514,7 @@ def section_quality(args: argparse.Namespace, dev: torch.device, res: dict[str, 
     size, depth = args.quality_size, args.quality_depth
     data = synthetic_data(size, 0)
     base = TrainConfig(resize=size, unet_depth=depth, epochs=args.quality_epochs)
-    known = {"fp32_eager": base.replace(precision="fp32", channels_last=False, cuda_graphs=False, fused_adam=False,
-                                        fused_norm=False),
+    known = {"fp32_eager": base.replace(**EAGER_FP32),
              **{k: base.replace(**v) for k, v in VARIANTS.items()}}
     variants = {k: known[k] for k in args.quality_variants}
     out = res.setdefault("quality", {"size": size, "depth": depth, "epochs": args.quality_epochs, "runs": []})
@@ -617,8 +615,7 @@ def section_memory(args: argparse.Namespace, dev: torch.device, res: dict[str, A
     configs = [dict(batch_size=b) for b in args.batches] + [
         dict(resize=128, unet_depth=7, batch_size=2), dict(resize=128, unet_depth=7, batch_size=16),
         dict(unet_depth=6, batch_size=4), dict(ngf=32, ndf=32, batch_size=8), dict(pool_size=0, batch_size=2),
-        *(dict(batch_size=b, precision="fp32", cuda_graphs=False, channels_last=False, fused_adam=False,
-               fused_norm=False) for b in (2, 8)),
+        *(dict(batch_size=b, **EAGER_FP32) for b in (2, 8)),
     ]
     rows = res.setdefault("memory", {"context_bytes": _context_bytes(dev), "rows": []})["rows"]
     for kw in configs:
@@ -705,6 +702,10 @@ def _categories(kernels: list[tuple[str, float]], busy: float) -> dict[str, floa
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
+# Every speed switch off: the trainer as plain eager fp32, in the reference's order of passes.
+EAGER_FP32: dict[str, Any] = {"precision": "fp32", "channels_last": False, "cuda_graphs": False, "fused_adam": False,
+                              "fused_norm": False, "stacked_passes": False}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "fast": {},  # the defaults
     "nchw": {"channels_last": False},
@@ -717,6 +718,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # cuDNN times each new shape's algorithms, or picks them by its heuristics (the default: timed from batch 8 up).
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "heuristics": {"cudnn_benchmark": False},
+    "unstacked": {"stacked_passes": False},  # each generator and discriminator pass on its own batch
 }
 
 

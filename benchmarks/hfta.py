@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     dev = torch.device(args.device)
-    cfg = TrainConfig(resize=args.size, unet_depth=args.depth, batch_size=args.batch, channels_last=False)
+    # Its networks take [K, N, C, H, W]: passes stacked on the first axis would mix trials, not batches.
+    cfg = TrainConfig(resize=args.size, unet_depth=args.depth, batch_size=args.batch, channels_last=False,
+                      stacked_passes=False)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []

@@ -87,6 +87,9 @@ class TrainConfig:
     channels_last: bool | str = "auto"
     fused_adam: bool = True  # one fused kernel per optimizer step instead of a loop over the parameters
     cuda_graphs: bool = True  # replay the whole train step (and validation) as one CUDA graph
+    # One generator's passes that need not wait on each other (translation, identity, cycle) run as one batch, and
+    # each discriminator sees reals and fakes in one batch: the same outputs, fewer and fuller kernels.
+    stacked_passes: bool = True
     # InstanceNorm by Triton kernels that keep the tensor's layout (cyclegan.fused_norm), not the native copies; the
     # convolutions before them skip the bias the norm cancels.
     fused_norm: bool = True

@@ -168,21 +168,42 @@ def generator_update(m: CycleGAN, opt_g: torch.optim.Optimizer, real_t1: torch.T
 def generator_losses(m: CycleGAN, real_t1: torch.Tensor, real_t2: torch.Tensor, cfg: TrainConfig,
                      autocast: Callable = nullcontext
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The forward passes of `generator_update`: (the loss it steps on, its terms, fake T1, fake T2)."""
+    """The forward passes of `generator_update`: (the loss it steps on, its terms, fake T1, fake T2).
+
+    With `stacked_passes` the six generator passes run as three: G on (T1, T2) gives the fake T2 and T2's identity,
+    F on (T2, T1, fake T2) the fake T1, T1's identity and T1's cycle, then G the T2 cycle. Every layer treats the
+    samples of a batch apart (instance norm, no batch statistics), so the outputs are the six passes'; each weight is
+    read, and its gradient made, once per pass instead of once per sample set.
+    """
+    identity = cfg.lambda_identity > 0
     with autocast():
-        fake_t2 = m.g_t1_t2(real_t1)
-        rec_t1 = m.g_t2_t1(_jitter(fake_t2, cfg.cycle_noise))
-        fake_t1 = m.g_t2_t1(real_t2)
-        rec_t2 = m.g_t1_t2(_jitter(fake_t1, cfg.cycle_noise))
+        if cfg.stacked_passes:
+            fake_t2, *idt_t2 = _stacked(m.g_t1_t2, real_t1, *([real_t2] if identity else []))
+            fake_t1, *idt_t1, rec_t1 = _stacked(m.g_t2_t1, real_t2, *([real_t1] if identity else []),
+                                                _jitter(fake_t2, cfg.cycle_noise))
+            rec_t2 = m.g_t1_t2(_jitter(fake_t1, cfg.cycle_noise))
+        else:  # the reference's order, one pass each
+            fake_t2 = m.g_t1_t2(real_t1)
+            rec_t1 = m.g_t2_t1(_jitter(fake_t2, cfg.cycle_noise))
+            fake_t1 = m.g_t2_t1(real_t2)
+            rec_t2 = m.g_t1_t2(_jitter(fake_t1, cfg.cycle_noise))
+            idt_t2, idt_t1 = ([m.g_t1_t2(real_t2)], [m.g_t2_t1(real_t1)]) if identity else ([], [])
         loss_g = gan_loss(m.d_t2(fake_t2), True, cfg.gan_loss) + gan_loss(m.d_t1(fake_t1), True, cfg.gan_loss)
         loss_cycle = (l1(rec_t1, real_t1) + l1(rec_t2, real_t2)) * cfg.lambda_cycle
-        if cfg.lambda_identity > 0:
-            idt = l1(m.g_t1_t2(real_t2), real_t2) + l1(m.g_t2_t1(real_t1), real_t1)
+        if identity:
+            idt = l1(idt_t2[0], real_t2) + l1(idt_t1[0], real_t1)
             loss_identity = idt * cfg.lambda_cycle * cfg.lambda_identity
         else:
             loss_identity = torch.zeros((), device=real_t1.device)
     losses = {"loss_cycle": loss_cycle, "loss_identity": loss_identity, "loss_G": loss_g}
     return loss_g + loss_cycle + loss_identity, losses, fake_t1, fake_t2
+
+
+def _stacked(net: nn.Module, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`net` on each of `inputs`, as one pass on them stacked along the batch."""
+    if len(inputs) == 1:
+        return (net(inputs[0]),)
+    return net(torch.cat(inputs)).split([len(x) for x in inputs])
 
 
 def _jitter(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -203,11 +224,13 @@ def discriminator_update(m: CycleGAN, opt_d: torch.optim.Optimizer, real_t1: tor
 
 def discriminator_loss(m: CycleGAN, real_t1: torch.Tensor, real_t2: torch.Tensor, fake_t1: torch.Tensor,
                        fake_t2: torch.Tensor, cfg: TrainConfig, autocast: Callable = nullcontext) -> torch.Tensor:
-    """The forward passes of `discriminator_update`: the loss it steps on."""
+    """The forward passes of `discriminator_update`: the loss it steps on (reals and fakes one pass with
+    `stacked_passes`)."""
     with autocast():
         loss_d = 0.0
         for d, real, fake in ((m.d_t2, real_t2, fake_t2), (m.d_t1, real_t1, fake_t1)):
-            loss_d = loss_d + (gan_loss(d(real), True, cfg.gan_loss) + gan_loss(d(fake), False, cfg.gan_loss)) \
+            on_real, on_fake = _stacked(d, real, fake) if cfg.stacked_passes else (d(real), d(fake))
+            loss_d = loss_d + (gan_loss(on_real, True, cfg.gan_loss) + gan_loss(on_fake, False, cfg.gan_loss)) \
                 * cfg.lambda_disc
     return loss_d
 

@@ -86,9 +86,9 @@ def test_field_names_include_the_design_contract():
 def test_the_fast_path_is_the_default_and_each_switch_turns_off():
     c = TrainConfig()
     assert (c.precision, c.channels_last, c.fused_adam, c.cuda_graphs, c.fused_norm, c.cudnn_benchmark,
-            c.compile) == ("auto", "auto", True, True, True, "auto", False)
+            c.stacked_passes, c.compile) == ("auto", "auto", True, True, True, "auto", True, False)
     eager = TrainConfig.from_dict({"precision": "fp32", "channels_last": False, "fused_adam": False,
-                                   "cuda_graphs": False, "fused_norm": False})
+                                   "cuda_graphs": False, "fused_norm": False, "stacked_passes": False})
     assert parse_overrides(["cuda_graphs=false", "fused_adam=false"]) == {"cuda_graphs": False, "fused_adam": False}
     assert TrainConfig.from_dict(eager.to_dict()) == eager
 

@@ -219,3 +219,33 @@ def test_cycle_noise_must_not_be_negative(tiny_cfg):
 
     with pytest.raises(ConfigError, match="cycle_noise must be >= 0"):
         tiny_cfg.replace(cycle_noise=-0.1)
+
+
+@pytest.mark.parametrize("generator,identity", [("unet", 0.5), ("unet", 0.0), ("resnet_6blocks", 0.5)])
+def test_stacked_passes_give_the_separate_passes_losses_and_gradients(tiny_cfg, generator, identity):
+    """Stacking a network's independent passes into one batch changes neither a loss nor a gradient (float64)."""
+    from cyclegan.train import discriminator_loss, generator_losses
+
+    x1, x2 = (torch.rand(2, 1, 32, 32, dtype=torch.float64) * 2 - 1 for _ in range(2))
+    pool_t1, pool_t2 = (torch.rand(2, 1, 32, 32, dtype=torch.float64) * 2 - 1 for _ in range(2))
+    out = {}
+    for stacked in (False, True):
+        cfg = tiny_cfg.replace(generator=generator, lambda_identity=identity, dropout=0.0, stacked_passes=stacked)
+        torch.manual_seed(0)
+        m = CycleGAN.build(cfg)
+        for net in m.named().values():
+            net.double()
+        total, losses, fake_t1, fake_t2 = generator_losses(m, x1, x2, cfg)
+        loss_d = discriminator_loss(m, x1, x2, pool_t1, pool_t2, cfg)
+        (total + loss_d).backward()
+        grads = {f"{k}.{n}": p.grad for k, net in m.named().items() for n, p in net.named_parameters()}
+        out[stacked] = ({**losses, "loss_D": loss_d}, fake_t1, fake_t2, grads)
+    (l0, f1, f2, g0), (l1_, s1, s2, g1) = out[False], out[True]
+    assert l0.keys() == l1_.keys() and all(torch.allclose(l0[k], l1_[k], rtol=1e-10, atol=1e-12) for k in l0)
+    assert torch.allclose(f1, s1, atol=1e-12) and torch.allclose(f2, s2, atol=1e-12)
+    assert g0.keys() == g1.keys()
+    for name, g in g0.items():
+        assert (g is None) == (g1[name] is None), name
+        if g is not None:
+            assert torch.allclose(g, g1[name], rtol=1e-9, atol=1e-12), name
+    assert sum(g.abs().sum().item() for g in g0.values() if g is not None) > 0
