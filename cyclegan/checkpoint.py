@@ -29,20 +29,24 @@ class CheckpointError(ValueError):
     """A checkpoint or export that is missing, damaged or from another architecture."""
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
+def save(path: Path, payload: dict[str, Any], *, durable: bool = True) -> None:
     """Writes `payload` to `path` through a temporary name, so a crash never leaves half a file.
 
     A crash mid-write leaves the previous file whole (and a stray `.NAME.tmp`, overwritten by the next save).
-    The data is flushed to disk before the rename, and the rename itself after it, so that a power cut
-    cannot leave the new name pointing at a file whose blocks were never written.
+    `durable`: the data is flushed to disk before the rename, and the rename itself after it, so that a power cut
+    cannot leave the new name pointing at a file whose blocks were never written. A file that is copied elsewhere
+    and deleted at once (a search trial's, which Ray Tune copies into the run's storage) needs neither.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)

@@ -49,6 +49,10 @@ class PendingCheckpoint:
         finally:
             self.waited_seconds += time.perf_counter() - start
 
+    def written(self) -> float:
+        """`wait` for a thread other than the training loop's: its wait is not counted in `waited_seconds`."""
+        return self._future.result()
+
 
 class CheckpointWriter:
     def __init__(self) -> None:
@@ -57,8 +61,9 @@ class CheckpointWriter:
         self._pinned: dict[str, torch.Tensor] = {}
         self._stream: torch.cuda.Stream | None = None
 
-    def save(self, path: Path, state: dict[str, Any]) -> PendingCheckpoint:
-        """Copies `state` (nested dicts and lists of tensors and plain values) off the device and queues its write."""
+    def save(self, path: Path, state: dict[str, Any], *, durable: bool = True) -> PendingCheckpoint:
+        """Copies `state` (nested dicts and lists of tensors and plain values) off the device and queues its write
+        (`checkpoint.save`'s `durable`: flushed to disk before the file gets its name)."""
         start = time.perf_counter()
         if self._last is not None:
             self._last.wait()  # its error, if any, surfaces here rather than being lost
@@ -74,7 +79,7 @@ class CheckpointWriter:
             main.wait_stream(self._stream)  # and the loop's next kernels may not change a tensor before it is copied
         else:
             host = self._copy(state, "")
-        future = self._thread.submit(_write, Path(path), host, event)
+        future = self._thread.submit(_write, Path(path), host, event, durable)
         self._last = PendingCheckpoint(Path(path), future, time.perf_counter() - start)
         return self._last
 
@@ -102,11 +107,11 @@ class CheckpointWriter:
         return value  # numbers, strings, None: nothing the loop changes in place
 
 
-def _write(path: Path, host: dict[str, Any], event: torch.cuda.Event | None) -> float:
+def _write(path: Path, host: dict[str, Any], event: torch.cuda.Event | None, durable: bool) -> float:
     start = time.perf_counter()
     if event is not None:
         event.synchronize()  # the copies into the pinned buffers have landed
-    checkpoint.save(path, host)
+    checkpoint.save(path, host, durable=durable)
     return time.perf_counter() - start
 
 

@@ -352,7 +352,8 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     """Trains for `cfg.epochs` (or up to epoch `until`), calling `report(metrics, save)` after every epoch.
 
     `save(path)` writes the checkpoint of that epoch to `path`, off the training path (`checkpoint_writer`): it
-    returns a `PendingCheckpoint` once the state is copied, and `wait()` on it is what says the file is whole.
+    returns a `PendingCheckpoint` once the state is copied, and `wait()` on it is what says the file is whole
+    (`save(path, durable=False)`: not flushed to disk first, for a file that is copied elsewhere and deleted).
     The caller decides when to call it; `fit` returns once the last write is done. Each epoch's metrics carry
     the run's fixed costs too (`fixed_costs`).
     `resume` is a checkpoint dict (from `checkpoint.load`) to continue from. `derived` adds metrics computed
@@ -435,8 +436,9 @@ def fit(cfg: TrainConfig, data: Dataset, *, device: str | torch.device | None = 
     return result
 
 
-def _save(path: Path, state: Callable[[], dict[str, Any]], writer: CheckpointWriter) -> PendingCheckpoint:
-    return writer.save(path, state())
+def _save(path: Path, state: Callable[[], dict[str, Any]], writer: CheckpointWriter, durable: bool = True
+          ) -> PendingCheckpoint:
+    return writer.save(path, state(), durable=durable)
 
 
 def fixed_costs(runner: StepRunner, graphs: bool, started: float, first_step_at: float) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 `tune.report(metrics, checkpoint=...)` persists the checkpoint's folder as it is when called, so the file must be on
 disk by then; `fit` writes it from a background thread (`cyclegan.checkpoint_writer`). Waiting for it at once would
 put the write back on the training path, so an epoch with a checkpoint is reported at the next report (the next
-epoch's, or the trial's end), by when the thread has had an epoch of training to finish it. Reports stay one an
+epoch's, or the trial's end), by when the thread has had an epoch of training to finish it; where that report is
+queued (below), the sender waits for the write, not the training thread. Reports stay one an
 epoch, in order, each with the checkpoint of its own epoch (what `search.select` picks the best one by); ASHA and
 Optuna hear of such an epoch one epoch later.
 
@@ -65,6 +66,7 @@ class _Queued:
     metrics: dict[str, Any]
     folder: Path | None
     queued: float  # time.perf_counter() when it was queued
+    write: PendingCheckpoint | None = None  # the checkpoint the sender waits for before it records and reports
 
 
 # An epoch (train, val, logging) shorter than this is reported in the background: a stopped trial then trains at most
@@ -96,7 +98,7 @@ class CheckpointReports:
         report, such as PBT)."""
         self.flush()
         if not with_checkpoint:
-            self._report({**metrics, "checkpoint_seconds": 0.0, "checkpoint_write_seconds": 0.0}, None, at_once)
+            self._report(metrics, None, at_once)
             return
         folder = Path(tempfile.mkdtemp(prefix="checkpoint-"))
         try:
@@ -108,15 +110,13 @@ class CheckpointReports:
             self.flush(at_once=True)
 
     def flush(self, at_once: bool = False) -> None:
-        """Waits for the pending checkpoint's write, then reports its epoch with it."""
+        """Reports the pending checkpoint's epoch with it once its write is done: in the sender thread for a short
+        epoch (the training thread goes on meanwhile), else here."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
         try:
-            write_seconds = pending.write.wait()
-            costs = {"checkpoint_seconds": pending.write.copy_seconds + pending.write.waited_seconds,
-                     "checkpoint_write_seconds": write_seconds}
-            self._report({**pending.metrics, **costs}, pending.folder, at_once)
+            self._report(pending.metrics, pending.folder, at_once, pending.write)
         except BaseException:
             shutil.rmtree(pending.folder, ignore_errors=True)  # never handed to Ray (a delivery removes its own)
             raise
@@ -145,23 +145,35 @@ class CheckpointReports:
         if outcome is not None:
             raise outcome
 
-    def _report(self, metrics: dict[str, Any], folder: Path | None, at_once: bool = False) -> None:
+    def _report(self, metrics: dict[str, Any], folder: Path | None, at_once: bool = False,
+                write: PendingCheckpoint | None = None) -> None:
         epoch_seconds = sum(metrics.get(k, 0.0) for k in ("train_seconds", "val_seconds", "log_seconds"))
         queued = not at_once and in_background(epoch_seconds)
         self.wait(MAX_LAG if queued else 0.0)  # in order, and raises a stop a delivery heard of
-        metrics = {**metrics, "report_round_trip_seconds": self.round_trip}
+        if not queued:
+            self._deliver(self._record(metrics, folder, write, waited=True), folder)
+            return
+        with self._changed:
+            self._queue.append(_Queued(metrics, folder, time.perf_counter(), write))
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send, name="tune-report", daemon=True)
+                self._sender.start()
+
+    def _record(self, metrics: dict[str, Any], folder: Path | None, write: PendingCheckpoint | None,
+                waited: bool) -> dict[str, Any]:
+        """Waits for the checkpoint's write (`waited`: as the training thread), adds what it cost and the last round
+        trip, and appends the epoch to the metrics file, which the checkpoint's folder then gets a copy of."""
+        costs = {"checkpoint_seconds": 0.0, "checkpoint_write_seconds": 0.0}
+        if write is not None:
+            write_seconds = write.wait() if waited else write.written()
+            costs = {"checkpoint_seconds": write.copy_seconds + write.waited_seconds,
+                     "checkpoint_write_seconds": write_seconds}
+        metrics = {**metrics, **costs, "report_round_trip_seconds": self.round_trip}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         if folder is not None:
             shutil.copy(self.metrics_file, folder / self.metrics_file.name)
-        if not queued:
-            self._deliver(metrics, folder)
-            return
-        with self._changed:
-            self._queue.append(_Queued(metrics, folder, time.perf_counter()))
-            if self._sender is None:
-                self._sender = threading.Thread(target=self._send, name="tune-report", daemon=True)
-                self._sender.start()
+        return metrics
 
     def _send(self) -> None:
         """The sender thread: delivers the queue in order, and ends when it is empty. Once a delivery raised, the
@@ -175,9 +187,11 @@ class CheckpointReports:
                 first = self._queue[0]
             failed = None
             try:
-                self._deliver(first.metrics, first.folder)
+                self._deliver(self._record(first.metrics, first.folder, first.write, waited=False), first.folder)
             except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report
                 failed = e
+                if first.folder is not None:
+                    shutil.rmtree(first.folder, ignore_errors=True)  # a failed write never reached Ray
             with self._changed:
                 self._queue.popleft()
                 if failed is not None:

@@ -57,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,9 @@ def _train(cfg: TrainConfig, trial_dir: Path, dataset: Dataset,
         due = not metrics["epoch"] % checkpoint_every or metrics["epoch"] == cfg.epochs or looked_at
         # PBT decides on a look's own report, so that one waits for its write: a trial it exploits trains no
         # epoch in between.
-        reports.epoch(metrics, save, with_checkpoint=due, at_once=looked_at)
+        # Tune copies the file into the run's storage and the folder is deleted: flushing it to disk first would
+        # only lengthen the write the report waits for.
+        reports.epoch(metrics, partial(save, durable=False), with_checkpoint=due, at_once=looked_at)
 
     def objectives(metrics: dict[str, Any]) -> Mapping[str, float]:
         value = objective(metrics)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,9 @@ def test_a_checkpoint_written_while_training_goes_on_loads_equal_to_one_written_
     epoch2_done = threading.Event()
     real_save = checkpoint_writer.checkpoint.save
 
-    def held_save(path: Path, payload: dict) -> None:
+    def held_save(path: Path, payload: dict, **options: Any) -> None:
         assert epoch2_done.wait(60), "epoch 2 never reported"
-        real_save(path, payload)
+        real_save(path, payload, **options)
 
     monkeypatch.setattr(checkpoint_writer.checkpoint, "save", held_save)
     pending = []
@@ -93,3 +94,18 @@ def test_on_a_gpu_the_copy_is_ordered_before_what_the_loop_does_next(tmp_path: P
     writer.close()
     assert torch.equal(checkpoint.load(tmp_path / "checkpoint.pt")["models"]["w"], expected)
     assert torch.equal(w.cpu(), expected + 1.0)
+
+
+@pytest.mark.parametrize("durable,syncs", [(True, 2), (False, 0)])
+def test_a_file_that_need_not_be_durable_is_written_whole_without_fsync(tmp_path, monkeypatch, durable, syncs):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    writer = CheckpointWriter()
+    writer.save(tmp_path / "c.pt", {"config": {}, "epoch": 3, "w": torch.arange(5.0)},
+                durable=durable).wait()
+    writer.close()
+    assert len(calls) == syncs
+    got = checkpoint.load(tmp_path / "c.pt")
+    assert got["epoch"] == 3 and torch.equal(got["w"], torch.arange(5.0))
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -189,6 +189,8 @@ def test_a_checkpoint_report_goes_in_the_background_for_a_short_epoch_only(
         def wait(self) -> float:
             return 0.2
 
+        written = wait
+
     reports = CheckpointReports(tmp_path / "metrics.jsonl")
     reports.epoch({"epoch": 1, "train_seconds": 0.1}, lambda path: Written(), True)
     reports.finish()
@@ -198,3 +200,78 @@ def test_a_checkpoint_report_goes_in_the_background_for_a_short_epoch_only(
     reports.flush()
     assert delivered == [(1, True), (2, True)] and in_thread[1] == threading.current_thread().name
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+class SlowWrite:
+    """A checkpoint still being written for `seconds` after the save returned; says which thread waited for it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.copy_seconds, self.waited_seconds, self.seconds = 0.01, 0.0, seconds
+        self.start, self.waiters = time.perf_counter(), []
+
+    def _wait(self) -> float:
+        self.waiters.append(threading.current_thread().name)
+        time.sleep(max(0.0, self.start + self.seconds - time.perf_counter()))
+        return self.seconds
+
+    def wait(self) -> float:
+        started = time.perf_counter()
+        try:
+            return self._wait()
+        finally:
+            self.waited_seconds += time.perf_counter() - started
+
+    def written(self) -> float:
+        return self._wait()
+
+
+def test_a_short_epochs_checkpoint_is_waited_for_by_the_sender_not_the_training_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    delivered: list = []
+    monkeypatch.setattr(checkpoint_reports.tune, "report",
+                        lambda metrics, checkpoint=None: delivered.append((metrics, checkpoint is not None)))
+    reports = CheckpointReports(tmp_path / "metrics.jsonl")
+    write, paths = SlowWrite(0.5), []
+    started = time.perf_counter()
+    reports.epoch({"epoch": 1, "train_seconds": 0.05}, lambda path: paths.append(path) or write, True)
+    for epoch in (2, 3):  # the next epochs' reports queue behind the checkpoint's, in order
+        reports.epoch({"epoch": epoch, "train_seconds": 0.05}, lambda path: None, False)
+    held = time.perf_counter() - started
+    reports.finish()
+    assert held < 0.3, held  # the training thread went on while the file was written
+    assert write.waiters == ["tune-report"]
+    assert [(m["epoch"], ckpt) for m, ckpt in delivered] == [(1, True), (2, False), (3, False)]
+    first = delivered[0][0]
+    assert first["checkpoint_write_seconds"] == 0.5 and first["checkpoint_seconds"] == pytest.approx(0.01)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3] and lines[0]["checkpoint_write_seconds"] == 0.5
+    assert not paths[0].parent.exists()  # handed to Tune, then removed
+
+
+def test_a_long_epochs_checkpoint_is_waited_for_by_the_training_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    delivered: list = []
+    monkeypatch.setattr(checkpoint_reports.tune, "report",
+                        lambda metrics, checkpoint=None: delivered.append(metrics))
+    reports = CheckpointReports(tmp_path / "metrics.jsonl")
+    write = SlowWrite(0.3)
+    reports.epoch({"epoch": 1, "train_seconds": 3.0}, lambda path: write, True)
+    reports.flush()
+    assert write.waiters == [threading.current_thread().name] and write.waited_seconds > 0.2
+    assert delivered[0]["checkpoint_seconds"] == pytest.approx(0.01 + write.waited_seconds)
+
+
+def test_a_failed_background_write_is_raised_in_the_training_thread_and_never_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    delivered: list = []
+    monkeypatch.setattr(checkpoint_reports.tune, "report", lambda metrics, checkpoint=None: delivered.append(metrics))
+
+    class Failed(SlowWrite):
+        def _wait(self) -> float:
+            raise OSError("No space left on device")
+
+    reports, paths = CheckpointReports(tmp_path / "metrics.jsonl"), []
+    reports.epoch({"epoch": 1, "train_seconds": 0.05}, lambda path: paths.append(path) or Failed(0.0), True)
+    with pytest.raises(OSError, match="No space left"):
+        reports.finish()
+    assert delivered == [] and not paths[0].parent.exists()
