@@ -151,7 +151,7 @@ class CheckpointReports:
         queued = not at_once and in_background(epoch_seconds)
         self.wait(MAX_LAG if queued else 0.0)  # in order, and raises a stop a delivery heard of
         if not queued:
-            self._deliver(self._record(metrics, folder, write, waited=True), folder)
+            self._deliver(self._record(metrics, folder, write, in_loop=True), folder)
             return
         with self._changed:
             self._queue.append(_Queued(metrics, folder, time.perf_counter(), write))
@@ -160,12 +160,13 @@ class CheckpointReports:
                 self._sender.start()
 
     def _record(self, metrics: dict[str, Any], folder: Path | None, write: PendingCheckpoint | None,
-                waited: bool) -> dict[str, Any]:
-        """Waits for the checkpoint's write (`waited`: as the training thread), adds what it cost and the last round
-        trip, and appends the epoch to the metrics file, which the checkpoint's folder then gets a copy of."""
+                in_loop: bool) -> dict[str, Any]:
+        """Waits for the checkpoint's write (`in_loop`: in the training thread, whose wait it counts), adds what it cost
+        and the last round trip, and appends the epoch to the metrics file, which the checkpoint's folder then gets
+        a copy of."""
         costs = {"checkpoint_seconds": 0.0, "checkpoint_write_seconds": 0.0}
         if write is not None:
-            write_seconds = write.wait() if waited else write.written()
+            write_seconds = write.wait() if in_loop else write.written()
             costs = {"checkpoint_seconds": write.copy_seconds + write.waited_seconds,
                      "checkpoint_write_seconds": write_seconds}
         metrics = {**metrics, **costs, "report_round_trip_seconds": self.round_trip}
@@ -187,7 +188,7 @@ class CheckpointReports:
                 first = self._queue[0]
             failed = None
             try:
-                self._deliver(self._record(first.metrics, first.folder, first.write, waited=False), first.folder)
+                self._deliver(self._record(first.metrics, first.folder, first.write, in_loop=False), first.folder)
             except BaseException as e:  # noqa: BLE001 - raised in the trial's thread at its next report
                 failed = e
                 if first.folder is not None:
