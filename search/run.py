@@ -351,14 +351,45 @@ def main(argv: list[str] | None = None) -> int:
             if study is not None:
                 close_study(study)
                 reconcile_study(study, results)
-            code = summarise(results, space, args.trial_data, run_path, study, tail=driver)
-            ray.shutdown()  # here, not at exit: the trials' last lines it flushes still pass the filter
+            # Ray stops while the finalists are scored and the report written, rather than after them; here, not
+            # at exit: the trials' last lines its shutdown flushes still pass the filter.
+            stop = RayShutdown()
+            try:
+                code = summarise(results, space, args.trial_data, run_path, study, tail=driver, ray_stop=stop)
+            finally:
+                stop.finish()
     if kernels is not None:
         driver["kernels_ahead"] = kernels.finish()
     from search.throughput import record_driver
 
     record_driver(run_path, {**driver, "ended": time.time(), "exit_code": code})
     return code
+
+
+class RayShutdown:
+    """`ray.shutdown()` in a thread of its own: `start` begins it, `finish` begins it if need be, waits for it and
+    returns the seconds it took. Stopping Ray's workers, raylet and GCS takes seconds in which the search's end
+    goes on scoring the finalists and writing its report (`summarise`)."""
+
+    def __init__(self) -> None:
+        self._thread = threading.Thread(target=self._stop, name="ray-shutdown")
+        self._seconds = 0.0
+
+    def _stop(self) -> None:
+        import ray
+
+        clock = time.perf_counter()
+        ray.shutdown()
+        self._seconds = time.perf_counter() - clock
+
+    def start(self) -> None:
+        if self._thread.ident is None:
+            self._thread.start()
+
+    def finish(self) -> float:
+        self.start()
+        self._thread.join()
+        return self._seconds
 
 
 def tensorboard_view(space: Space) -> TensorBoardView:
@@ -434,11 +465,17 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
 
 
 def summarise(results: Any, space: Space, data: Slices | str, run_path: str, study: StudyStore | None = None,
-              outcomes: list | None = None, tail: dict[str, Any] | None = None) -> int:
+              outcomes: list | None = None, tail: dict[str, Any] | None = None, ray_stop: RayShutdown | None = None
+              ) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code. `tail`
-    gets the seconds the final re-scoring (`rescore_seconds`) and the export (`export_seconds`) took.
+    gets the seconds the final re-scoring (`rescore_seconds`), the export (`export_seconds`) and the report's
+    plots and files (`report_seconds`) took.
 
     `data` is what the trials were handed (`read_trial_data`): the finalists are scored on it, not on `--data`.
+    `ray_stop`, where given, is started as soon as `data` (views of Ray's object store, see `hand_over`) is no
+    longer read, its val and test copied (`Datasets`), so that Ray stops while the finalists are scored and the
+    report written; it is finished before the summary's lines are printed, which then follow the trials' last lines
+    that Ray's shutdown flushes.
     """
     import tempfile
 
@@ -457,6 +494,8 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     tail = {} if tail is None else tail
     clock = time.perf_counter()
     datasets = Datasets(data)  # each finalist's val and test built once, for the choice, the yardsticks and the export
+    if ray_stop is not None:
+        ray_stop.start()
     winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets)
     tail["rescore_seconds"] = time.perf_counter() - clock
     samples = schedule = baseline = None
@@ -474,6 +513,7 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
             # Every epoch each trial trained, as it reported it (its metrics.jsonl keeps only its last lineage).
             reported = {o.trial_id: read_metrics(o.path, "result.json") for o in outcomes}
             schedule = schedule_lines(lineage, schedule_plot(lineage, reported, summary))
+    clock = time.perf_counter()
     plots, plots_source = optuna_plots(outcomes, space, summary, study)
     write_trials_csv(summary / "trials.csv", outcomes)
     write_report(summary / "report.md", outcomes, winner, finalists, space, source_name(data), plots, samples, study,
@@ -488,6 +528,9 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
         import pyarrow.fs
 
         pyarrow.fs.copy_files(str(run_dir), run_path)
+    tail["report_seconds"] = time.perf_counter() - clock
+    if ray_stop is not None:
+        tail["shutdown_seconds"] = ray_stop.finish()
     print(f"\n{len(outcomes)} trials: {status_counts(outcomes)}")
     if winner is not None:
         print(f"winner {winner.trial_id}: val objective re-scored at full precision "

@@ -146,29 +146,33 @@ class Datasets:
     or exports one (`choose`, its threads, `yardsticks`, `search.export.export`).
 
     A folder (or URI) is read once, whatever sizes its trials took, and its data sets do not depend on the seed
-    (only the phantom's do). A folder's hold val and test only: its training slices, most of a data set, are not
-    squared and resized again at each resize, for nothing here reads them.
+    (only the phantom's do). Only val and test are kept, as a copy of their own: the training slices, most of a
+    data set, are not squared and resized again at each resize, for nothing here reads them, and slices handed
+    over as views of Ray's object store (`search.run.hand_over`) are read here after Ray has stopped.
     """
 
     def __init__(self, data: str | Slices) -> None:
-        self.data = data
+        self.data = held_out_copy(data) if isinstance(data, Slices) else data
         self._loaded: dict[tuple[int, int], Dataset] = {}
         self._lock = threading.Lock()
 
     def get(self, resize: int, seed: int) -> Dataset:
         with self._lock:  # one build a key, the others wait for it
             if not isinstance(self.data, Slices) and str(self.data) != SYNTHETIC:
-                self.data = read_data(self.data)
+                self.data = held_out_copy(read_data(self.data))
             if isinstance(self.data, Slices):
                 seed = 0
             if (resize, seed) not in self._loaded:
-                self._loaded[resize, seed] = load_data(self._held_out(), resize=resize, seed=seed)
+                self._loaded[resize, seed] = load_data(self.data, resize=resize, seed=seed)
             return self._loaded[resize, seed]
 
-    def _held_out(self) -> str | Slices:
-        if isinstance(self.data, Slices):  # the training slices' names stay: a data set's split still lists them
-            return replace(self.data, train={domain: [] for domain in self.data.train})
-        return self.data
+
+def held_out_copy(data: Slices) -> Slices:
+    """`data` without its training slices (their names stay: a data set's split still lists them), its val and
+    test copied."""
+    copied = {part: {domain: (images.copy(), masks.copy()) for domain, (images, masks) in domains.items()}
+              for part, domains in data.held_out.items()}
+    return replace(data, train={domain: [] for domain in data.train}, held_out=copied)
 
 
 Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split

@@ -21,7 +21,7 @@ GPUs Ray saw):
 - idle gaps: a slot (one trial's place on the machines) left empty between one trial's end and the next one's
   start on it;
 - driver start-up (the command's start to the first trial's) and tail (the last trial's end to the command's end:
-  the final re-scoring, the export, Ray's shutdown).
+  the final re-scoring, the export, the report's plots and files, and Ray's shutdown, which runs beside these three).
 
 Read from each trial's `result.json` (Ray Tune's log of its reports, where the trainer's timing fields are) and
 `resources.json` (search/trainable.py), and the run's `driver.json`. `--peak` (the packed peak, pairs/s, e.g.
@@ -204,7 +204,8 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
         lost["tail"] = max(0.0, tail["ended"] - last)
         lost_gpu["driver_startup"], lost_gpu["tail"] = lost["driver_startup"] * gpus, lost["tail"] * gpus
         out.update(command_seconds=command, pairs_per_second_command=pairs / command, gpus=gpus,
-                   rescore_seconds=tail.get("rescore_seconds"), export_seconds=tail.get("export_seconds"))
+                   **{k: tail.get(k) for k in ("rescore_seconds", "export_seconds", "report_seconds",
+                                               "shutdown_seconds")})
     out.update(lost_seconds=lost, lost_gpu_seconds=lost_gpu if any(r["gpu_share"] for r in rows) else None)
     if peak:
         out["peak_pairs_per_second"] = peak
@@ -278,8 +279,11 @@ def table(e: dict[str, Any]) -> str:
     if e.get("first_step_seconds") is not None:
         lines.append(f"  the first training step began {e['first_step_seconds']:.1f} s after the command started")
     if e.get("rescore_seconds") is not None:
+        later = "".join(f", {name} {e[key]:.1f} s" for key, name in (
+            ("report_seconds", "report"), ("shutdown_seconds", "Ray's shutdown (beside them)"))
+            if e.get(key) is not None)  # runs from before these were stamped leave them out
         lines.append(f"  of the tail: final re-scoring {e['rescore_seconds']:.1f} s, export "
-                     f"{e.get('export_seconds') or 0.0:.1f} s")
+                     f"{e.get('export_seconds') or 0.0:.1f} s{later}")
     return "\n".join(lines)
 
 

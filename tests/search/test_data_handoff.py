@@ -100,6 +100,7 @@ def test_the_driver_keeps_the_object_stores_copy_of_the_slices_not_a_second_one(
 
     from cyclegan.data import read_data
     from search.run import hand_over
+    from search.select import Datasets
 
     slices = read_data(study_data)
     own = weakref.ref(slices.held_out["val"]["T1"][0])
@@ -117,3 +118,10 @@ def test_the_driver_keeps_the_object_stores_copy_of_the_slices_not_a_second_one(
     assert own_copy.held_out["val"]["T1"][0].flags.writeable
     assert np.array_equal(own_copy.held_out["val"]["T1"][0], fresh.held_out["val"]["T1"][0])
     assert hand_over("synthetic") == ("synthetic", "synthetic")  # the phantom is drawn in each trial
+    # What the search's end scores and exports from, Ray stopping meanwhile: val and test copied, no training slice.
+    held = Datasets(kept).data
+    assert held.names == kept.names and all(not held.train[d] for d in ("T1", "T2"))
+    for part in ("val", "test"):
+        for d in ("T1", "T2"):
+            for a, b in zip(held.held_out[part][d], kept.held_out[part][d]):
+                assert np.array_equal(a, b) and a.flags.writeable and not np.shares_memory(a, b)

@@ -130,6 +130,13 @@ def test_the_table_and_json_say_the_same(run: Path, capsys: pytest.CaptureFixtur
     assert "command: 100.0 s, 360 pairs: 3.6 pairs/s" in out and "trial window: 50.0 s" in out
     assert "driver start-up" in out and "idle gaps between trials" in out and "final re-scoring 20.0 s" in out
     assert "reports to Ray Tune" in out and "logging (TensorBoard)" in out
+    assert "of the tail: final re-scoring 20.0 s, export 5.0 s\n" in out + "\n"  # a run from before the later stamps
+    (run / "driver.json").unlink()
+    record_driver(str(run), {"started": 0.0, "gpus": 1.0, "rescore_seconds": 20.0, "export_seconds": 5.0,
+                             "report_seconds": 1.5, "shutdown_seconds": 3.0, "ended": 100.0})
+    assert main([str(run)]) == 0
+    assert ("of the tail: final re-scoring 20.0 s, export 5.0 s, report 1.5 s, Ray's shutdown (beside them) 3.0 s"
+            in capsys.readouterr().out)
     assert main([str(run.parent / "nothing")]) == 2
     assert "no trial_*/result.json" in capsys.readouterr().err
 
@@ -172,4 +179,5 @@ def test_a_real_search_reports_its_fixed_costs(tmp_path: Path) -> None:
     assert [r["trial_in_process"] for r in records] == [1, 2] and records[0]["pid"] == records[1]["pid"]
     first, second = sorted(e["trials"], key=lambda r: r["start"])
     assert second["startup"] < first["startup"], (first["startup"], second["startup"])
-    assert e["rescore_seconds"] > 0 and e["export_seconds"] > 0
+    assert e["rescore_seconds"] > 0 and e["export_seconds"] > 0 and e["report_seconds"] > 0
+    assert e["shutdown_seconds"] > 0
