@@ -53,13 +53,17 @@ def save(path: Path, payload: dict[str, Any], *, durable: bool = True) -> None:
             os.close(folder)
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Reads a checkpoint with `weights_only=True` (no arbitrary code), with a clear error if it is bad."""
+def load(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Reads a checkpoint with `weights_only=True` (no arbitrary code), with a clear error if it is bad.
+
+    `mmap`: map the file instead of reading it whole, so that only the tensors used are read; for a reader of the
+    generators alone, which are a fraction of a training checkpoint (its optimizer moments and pools are most of it).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - a damaged or hostile file can fail in the unpickler in any way
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]  # an empty file raises with no message
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({why})") from None
@@ -99,7 +103,7 @@ def load_generators(directory: Path, device: str | torch.device = "cpu", referen
         except reference.LayoutError as e:
             raise CheckpointError(str(e)) from None
     path = find(directory)
-    payload = load(path)  # its errors already name the file
+    payload = load(path, mmap=True)  # its errors already name the file
     try:
         return generators(payload, device)
     except CheckpointError as e:

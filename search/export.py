@@ -42,7 +42,7 @@ def export(o: TrialOutcome, data: str | Slices, out: Path, datasets: Datasets | 
     `data` is a folder, URI or "synthetic", or the slices a search already read (`cyclegan.data.read_data`);
     `datasets`, the data sets built from it so far (`search.select.Datasets`), shared with the final choice."""
     with tune.Checkpoint(o.checkpoint).as_directory() as d:
-        state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT)
+        state = checkpoint.load(Path(d) / checkpoint.CHECKPOINT, mmap=True)  # of the trainer's state, the generators
         history = Path(d) / METRICS  # the rows of the epochs that led to this checkpoint (search/trainable.py)
         rows = _rows(history.read_text()) if history.is_file() else []
     cfg, g_t1_t2, g_t2_t1 = checkpoint.generators(state)
