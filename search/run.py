@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -469,8 +470,8 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
               outcomes: list | None = None, tail: dict[str, Any] | None = None, ray_stop: RayShutdown | None = None
               ) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code. `tail`
-    gets the seconds the final re-scoring (`rescore_seconds`), the export (`export_seconds`) and the report's
-    plots and files (`report_seconds`) took.
+    gets the seconds the final re-scoring (`rescore_seconds`), the export (`export_seconds`) and the report
+    (`report_seconds`: its files, and the plots still being drawn once the winner is exported) took.
 
     `data` is what the trials were handed (`read_trial_data`): the finalists are scored on it, not on `--data`.
     `ray_stop`, where given, is started as soon as `data` (views of Ray's object store, see `hand_over`) is no
@@ -497,25 +498,31 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     datasets = Datasets(data)  # each finalist's val and test built once, for the choice, the yardsticks and the export
     if ray_stop is not None:
         ray_stop.start()
-    winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets)
-    tail["rescore_seconds"] = time.perf_counter() - clock
-    samples = schedule = baseline = None
-    if winner is not None:
-        # On paired data, what copying and the truth score: the yardsticks the report holds the winner to.
-        baseline = yardsticks(winner, data, datasets=datasets) if winner.last.get("paired") else None
+    # The plots need neither the GPU nor the finalists' scores: one thread draws them (pyplot's state is the
+    # process's) while the finalists are scored and the winner exported.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as draw:
+        study_plots = draw.submit(optuna_plots, outcomes, space, summary, study)
+        winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets)
+        tail["rescore_seconds"] = time.perf_counter() - clock
+        samples = schedule = baseline = curves = None
+        if winner is not None:
+            # On paired data, what copying and the truth score: the yardsticks the report holds the winner to.
+            baseline = yardsticks(winner, data, datasets=datasets) if winner.last.get("paired") else None
+            curves = draw.submit(curves_plot, read_metrics(winner.path), f"winner {winner.trial_id}", summary)
+            clock = time.perf_counter()
+            best = export(winner, data, run_dir / "best", datasets)
+            tail["export_seconds"] = time.perf_counter() - clock
+            (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
+            samples = "samples.png"
+            if (best / SCHEDULE).is_file():
+                lineage = Schedule.load(best / SCHEDULE)
+                # Every epoch each trial trained, as it reported it (its metrics.jsonl keeps only its last lineage).
+                reported = {o.trial_id: read_metrics(o.path, "result.json") for o in outcomes}
+                schedule = schedule_lines(lineage, draw.submit(schedule_plot, lineage, reported, summary).result())
         clock = time.perf_counter()
-        best = export(winner, data, run_dir / "best", datasets)
-        tail["export_seconds"] = time.perf_counter() - clock
-        (summary / "samples.png").write_bytes((best / "samples.png").read_bytes())
-        samples = "samples.png"
-        curves_plot(read_metrics(winner.path), f"winner {winner.trial_id}", summary)
-        if (best / SCHEDULE).is_file():
-            lineage = Schedule.load(best / SCHEDULE)
-            # Every epoch each trial trained, as it reported it (its metrics.jsonl keeps only its last lineage).
-            reported = {o.trial_id: read_metrics(o.path, "result.json") for o in outcomes}
-            schedule = schedule_lines(lineage, schedule_plot(lineage, reported, summary))
-    clock = time.perf_counter()
-    plots, plots_source = optuna_plots(outcomes, space, summary, study)
+        plots, plots_source = study_plots.result()
+        if curves is not None:
+            curves.result()
     write_trials_csv(summary / "trials.csv", outcomes)
     write_report(summary / "report.md", outcomes, winner, finalists, space, source_name(data), plots, samples, study,
                  run_path, plots_source, schedule, baseline)
