@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import copy
 import dataclasses
 import io
 import json
@@ -343,12 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             driver["trials_ended"] = time.time()
             logging.getLogger("ray.tune.tune").removeFilter(quiet)
         if _interrupted.is_set():
-            # Ray's workers stop first, so that no trial's output follows the line that says how to continue. The
+            # Ray's workers stop before the line that says how to continue, so that no trial's output follows it. The
             # study is left as it is: the trials it holds as running continue on --resume, and are told then.
-            if args.export_on_interrupt:  # the driver's slices are views of Ray's store, which ends with it
-                args.trial_data = copy.deepcopy(args.trial_data)
-            ray.shutdown()
-            code = interrupted(results, space, args, run_path, study, argv, tail=driver)
+            stop = RayShutdown()
+            try:
+                code = interrupted(results, space, args, run_path, study, argv, tail=driver, ray_stop=stop)
+            finally:
+                stop.finish()
         else:
             if study is not None:
                 close_study(study)
@@ -447,8 +447,10 @@ class _DropRayResumeHint(logging.Filter):
 
 
 def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: str, study: StudyStore | None,
-                argv: list[str] | None, tail: dict[str, Any] | None = None) -> int:
-    """Says how far an interrupted search got and how to continue it; summarises and exports only if asked."""
+                argv: list[str] | None, tail: dict[str, Any] | None = None, ray_stop: RayShutdown | None = None
+                ) -> int:
+    """Says how far an interrupted search got and how to continue it; summarises and exports only if asked.
+    `ray_stop` is finished before that line (by `summarise` where it exports)."""
     from search.select import outcome
 
     outcomes = [outcome(r, space.objective.mode) for r in results]
@@ -458,7 +460,9 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     done = len(outcomes) - len(running)
     code = INTERRUPTED
     if args.export_on_interrupt:
-        summarise(results, space, args.trial_data, run_path, study, outcomes=outcomes, tail=tail)
+        summarise(results, space, args.trial_data, run_path, study, outcomes=outcomes, tail=tail, ray_stop=ray_stop)
+    elif ray_stop is not None:
+        ray_stop.finish()
     command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
     again = shlex.join(["python", "-m", "search.run", *command, *([] if args.resume else ["--resume"])])
     print(f"interrupted: {done} of {len(outcomes)} trials ended, {len(running)} interrupted"

@@ -152,14 +152,14 @@ class Datasets:
     """
 
     def __init__(self, data: str | Slices) -> None:
-        self.data = held_out_copy(data) if isinstance(data, Slices) else data
+        self.data = held_out(data) if isinstance(data, Slices) else data
         self._loaded: dict[tuple[int, int], Dataset] = {}
         self._lock = threading.Lock()
 
     def get(self, resize: int, seed: int) -> Dataset:
         with self._lock:  # one build a key, the others wait for it
             if not isinstance(self.data, Slices) and str(self.data) != SYNTHETIC:
-                self.data = held_out_copy(read_data(self.data))
+                self.data = held_out(read_data(self.data), copy=False)  # read here: its own arrays
             if isinstance(self.data, Slices):
                 seed = 0
             if (resize, seed) not in self._loaded:
@@ -167,12 +167,14 @@ class Datasets:
             return self._loaded[resize, seed]
 
 
-def held_out_copy(data: Slices) -> Slices:
-    """`data` without its training slices (their names stay: a data set's split still lists them), its val and
-    test copied."""
-    copied = {part: {domain: (images.copy(), masks.copy()) for domain, (images, masks) in domains.items()}
-              for part, domains in data.held_out.items()}
-    return replace(data, train={domain: [] for domain in data.train}, held_out=copied)
+def held_out(data: Slices, copy: bool = True) -> Slices:
+    """`data` without its training slices (their names stay: a data set's split still lists them); its val and
+    test copied unless `copy` is false."""
+    if copy:
+        data = replace(data, held_out={part: {domain: (images.copy(), masks.copy())
+                                              for domain, (images, masks) in domains.items()}
+                                       for part, domains in data.held_out.items()})
+    return replace(data, train={domain: [] for domain in data.train})
 
 
 Scorer = Callable[[TrialOutcome, str], dict[str, float]]  # (trial, split) -> its metrics on that split

@@ -118,3 +118,33 @@ def test_reconcile_rewrites_what_the_study_was_told_before_a_killed_driver_to_wh
     got = {t.user_attrs[TUNE_TRIAL_ID]: (t.state.name, t.value, t.user_attrs.get("epochs_run"))
            for t in reopened.trials}
     assert got == {"a": ("COMPLETE", 0.5, 4), "b": ("COMPLETE", 0.7, 4), "c": ("COMPLETE", 0.9, None)}
+
+
+@pytest.mark.slow  # a real search, interrupted once a checkpoint is in
+def test_ctrl_c_with_export_on_interrupt_exports_the_best_so_far_from_slices_ray_held(tmp_path: Path,
+                                                                                       study_data: Path) -> None:
+    # Slices read from a folder reach the driver as views of Ray's object store; Ray stops while they are scored.
+    space = tmp_path / "stop.yaml"
+    space.write_text(SPACE)
+    command = ["search.run", str(space), *TINY, "--data", str(study_data), "--storage", str(tmp_path / "runs"),
+               "--export-on-interrupt"]
+    run_dir = tmp_path / "runs" / "stop"
+    p = subprocess.Popen([sys.executable, "-m", *command], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:  # polled: a checkpoint is in the run's storage
+            if list(run_dir.glob("trial_*/checkpoint_*/checkpoint.pt")):
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, "the search ended before its first checkpoint"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("interrupted: ") and "nothing exported" not in lines[-1], err[-3000:]
+    assert "Traceback" not in err and "winner " in out
+    assert (run_dir / "best" / "model.pt").is_file() and (run_dir / "summary" / "report.md").is_file()
