@@ -49,10 +49,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from cyclegan.common import HEAD_THRESHOLD, DataError, robust_range, robust_scale
@@ -61,6 +60,9 @@ from cyclegan.common import HEAD_THRESHOLD, DataError, robust_range, robust_scal
 from cyclegan.common import PERCENTILES as PERCENTILES
 from cyclegan.files import Folder, open_folder
 from cyclegan.phantom import Phantom, make_phantom
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading and checking a folder (a search's driver,
+    import torch  # before Ray starts) needs none of it
 
 DOMAINS = ("T1", "T2")
 PARTS = ("train", "val", "test")
@@ -605,6 +607,8 @@ def head_mask(image: np.ndarray) -> np.ndarray:
 def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int,
                heads: tuple[np.ndarray, np.ndarray] | None = None) -> SliceSet:
     """A SliceSet from [N, S, S] arrays in [0, 1], and their head masks where they are drawn already."""
+    import torch
+
     images = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None] * 2 - 1) for x in (t1, t2)]
     if heads is None:
         heads = tuple(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape) for x in (t1, t2))

@@ -35,7 +35,6 @@ import weakref
 from dataclasses import dataclass, replace
 from functools import partial
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,16 +42,12 @@ from torch.utils._pytree import tree_flatten
 
 from cyclegan.common import DataError
 from cyclegan.config import TrainConfig
-from cyclegan.evaluate import VAL_SLICES, subset_indices
+from cyclegan.evaluate import VAL_SLICES
 from cyclegan.feed import SLOTS, bytes_per_pixel
 from cyclegan.meta_ops import MetaOps
+from cyclegan.sizes import CONTEXT_BYTES, EVAL_SIZE, DataSize, GiB  # noqa: F401 - the first two re-exported
 from cyclegan.trace_store import stored
 
-if TYPE_CHECKING:
-    from cyclegan.data import Dataset, Slices
-
-GiB = 2**30
-CONTEXT_BYTES = 3 * GiB // 4
 MARGIN = 1.10  # relative, on top of the calibrated estimate
 MARGIN_BYTES = 256 * 2**20
 # On the validation pass's live-tensor peak, counted in fp32 on the meta device: the graph's private pool rounds
@@ -60,57 +55,6 @@ MARGIN_BYTES = 256 * 2**20
 # generators run in bf16 on a GPU, so the fp32 count is already high there; not yet fitted to measured peaks
 # (benchmarks/bigdata.py prints both).
 VALIDATION_FACTOR = 1.1
-EVAL_SIZE = 256  # the val slices' side where no data is given (cyclegan.data.EVAL_SIZE, the phantom's)
-
-
-@dataclass(frozen=True)
-class DataSize:
-    """What of a data set takes a trial's device memory: slice counts, the val slices' side, the source's bits."""
-
-    train_t1: int
-    train_t2: int
-    val_t1: int
-    val_t2: int
-    eval_size: int = EVAL_SIZE
-    bits: int = 16  # 8: kept as uint8, else int16 (cyclegan.feed)
-    source: str = ""
-
-    @classmethod
-    def of(cls, data: Dataset | Slices) -> DataSize:
-        """The size of a built data set, or of the slices a driver read (counted without building them)."""
-        from cyclegan.data import DOMAINS, Slices
-
-        if isinstance(data, Slices):  # what each trial will build from them, counted by their names
-            (t1, t2), (v1, v2) = ([len(data.names[part][d]) for d in DOMAINS] for part in ("train", "val"))
-            return cls(t1, t2, v1, v2, data.eval_size, data.bits, data.source)
-        return cls(len(data.train.t1), len(data.train.t2), len(data.val.t1), len(data.val.t2), data.eval_size,
-                   data.bits, data.source)
-
-    @classmethod
-    def of_phantom(cls) -> DataSize:
-        """The size of the built-in phantom (`cyclegan.data.synthetic_data`), counted from its layout: drawing its
-        heads at the eval size takes seconds, which a search's start need not spend to count them."""
-        from cyclegan.data import EVAL_SIZE, SYNTHETIC, SYNTHETIC_HEADS, SYNTHETIC_SLICES, Dataset, split_labels
-
-        labels = split_labels(SYNTHETIC_SLICES)
-        train, val = SYNTHETIC_HEADS * labels.count("train"), labels.count("val")
-        return cls(train, train, val, val, EVAL_SIZE, Dataset.bits, SYNTHETIC)
-
-    def train_bytes(self, resize: int) -> int:
-        """The training slices at `resize`, compact: what a resident feed holds."""
-        return (self.train_t1 + self.train_t2) * resize**2 * bytes_per_pixel(self.bits)
-
-    def scored(self) -> tuple[int, int]:
-        """Val slices scored every epoch, per domain (`cyclegan.evaluate.validation_subset`)."""
-        return len(subset_indices(self.val_t1)), len(subset_indices(self.val_t2))
-
-    def describe(self, resize: int) -> str:
-        n = self.train_t1 + self.train_t2
-        kind = "uint8" if bytes_per_pixel(self.bits) == 1 else "int16"
-        where = f"{self.source}: " if self.source else ""
-        size = self.train_bytes(resize)
-        shown = f"{size / GiB:.2f} GiB" if size >= GiB // 10 else f"{size / 2**20:.1f} MiB"
-        return f"{where}{n:,} training slices at {resize}x{resize} ({shown} as {kind})"
 
 
 def _no_data() -> DataSize:

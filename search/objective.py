@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from cyclegan.metrics import IMAGE_METRICS
-from cyclegan.metrics import REPORTED_METRICS as TRAINER_METRICS
+from cyclegan.metric_names import IMAGE_METRICS
+from cyclegan.metric_names import REPORTED_METRICS as TRAINER_METRICS
 from search.schema import check_keys, fail, key_name, number, show
 
 OBJECTIVE = "objective"  # the key every trial reports its (first) objective under, and what Tune selects on

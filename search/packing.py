@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cyclegan.config import TrainConfig
-from cyclegan.memory import CONTEXT_BYTES, DataSize, GiB, check_fits, estimate_memory
+from cyclegan.sizes import CONTEXT_BYTES, DataSize, GiB
 from search.schema import POINT_NAME
 
 RAY_UNITS = 10_000  # Ray's fixed point: one GPU is 10000 units
@@ -67,6 +67,8 @@ def needed_bytes(cfg: TrainConfig, data: DataSize | None = None) -> int:
     """GPU memory one trial of `cfg` on `data` takes, its CUDA context included (the data resident or streamed as
     `RESIDENT_BYTES` says). Cached: a new architecture's estimate holds Tune's loop for a fraction of a second, and
     Tune asks for a trial's resources more than once."""
+    from cyclegan.memory import estimate_memory  # torch: the driver's checks before Ray starts go without it
+
     streamed = data is not None and data.train_bytes(cfg.resize) > RESIDENT_BYTES
     return estimate_memory(cfg, data, streamed) + CONTEXT_BYTES
 
@@ -166,6 +168,8 @@ def trial_budget(share: float, gpu_bytes: int) -> int:
 def check_trials_fit(configs: list[TrainConfig], data: DataSize, share: float, gpu_bytes: int) -> None:
     """Refuses (DataError, one line) the first config that does not fit `share` of a GPU of `gpu_bytes` even with
     its training slices streamed."""
+    from cyclegan.memory import check_fits
+
     budget = trial_budget(share, gpu_bytes)
     text = f"gpus_per_trial {share:g} of a {gpu_bytes / GiB:.3g} GiB GPU, less its CUDA context"
     for cfg in dict.fromkeys(configs):

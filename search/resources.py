@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from cyclegan.memory import DataSize
+from cyclegan.sizes import DataSize
 from search.packing import DEFAULT_TRIALS_PER_GPU, MOST_TRIALS_PER_GPU, AutoResources, FixedShare
 from search.schema import AUTO, Int, Number, Section, fail, show
 

@@ -43,7 +43,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from cyclegan.config import UNET_KNOBS, TrainConfig
-from cyclegan.memory import DataSize
+from cyclegan.sizes import DataSize
 from search.knobs import (
     DEPTH_KNOBS,
     MAX_DEPTH,
