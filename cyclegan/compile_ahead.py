@@ -6,8 +6,11 @@ and every process of a search's first wave does so at once. Triton keeps what it
 `search.run` starts this module in a child process while Ray starts, for the kernels of its first trials:
 
     python -m cyclegan.compile_ahead --capability 90 bf16:nhwc:32 bf16:nhwc:64
+    python -m cyclegan.compile_ahead --capability 90 --configs '[{"resize": 128, "unet_depth": 7}]'
 
-Each kernel set is DTYPE:LAYOUT:CHANNELS (`norm_kernel_sets` gives a config's). It compiles for the given compute
+Each kernel set is DTYPE:LAYOUT:CHANNELS; `--configs` (TrainConfig knobs as JSON) names them by the trials instead,
+whose sets this process works out (`norm_kernel_sets`: their networks built on the meta device), so that the driver
+that starts it need not import torch for it. It compiles for the given compute
 capability without calling CUDA (`norm_kernels.compiling_for`), then the kernels' C launchers, which link against the
 NVIDIA driver's libcuda (where it is missing, only the launchers are left to the trials). It needs Triton and a C
 compiler, not a GPU, and adds no client to a GPU that trials share under MPS. It prints one JSON line: the sets,
@@ -61,14 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     # One per process: Triton's JIT keeps the first target it compiles for (norm_kernels.compiling_for).
     p.add_argument("--capability", type=int, required=True,
                    help="the GPU's compute capability as major*10+minor, e.g. 90")
-    p.add_argument("sets", nargs="+", metavar="DTYPE:LAYOUT:CHANNELS")
+    p.add_argument("sets", nargs="*", metavar="DTYPE:LAYOUT:CHANNELS")
+    p.add_argument("--configs", metavar="JSON", help="a JSON list of TrainConfig knobs: compile their kernel sets too")
     args = p.parse_args(argv)
+    start = time.perf_counter()
     try:
+        if args.configs is not None:
+            configs = [TrainConfig.from_dict(c) for c in json.loads(args.configs)]
+            args.sets = sorted({*args.sets, *(s for cfg in configs for s in norm_kernel_sets(cfg))})
         sets = [parse_set(s) for s in args.sets]
-    except ValueError as e:
+    except ValueError as e:  # a set or JSON that does not parse, or a ConfigError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
+    if not sets:
+        print("error: no kernel set: give DTYPE:LAYOUT:CHANNELS, or --configs of trials with the fused norm",
+              file=sys.stderr)
+        return 2
+    compiling = time.perf_counter()
     with warnings.catch_warnings():
         # Triton 3.9's notice that its FMA-fusion default changes in 3.10: the kernels do not depend on it.
         warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         with norm_kernels.compiling_for(args.capability):
             kernels = [k for dtype, channels_last, channels in sets
                        for k in norm_kernels.compile_for(dtype, channels_last, channels)]
-        compiled = time.perf_counter() - start
+        compiled = time.perf_counter() - compiling
         try:
             norm_kernels.build_launchers(kernels)
             launchers = None

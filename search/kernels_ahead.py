@@ -16,7 +16,6 @@ import sys
 from importlib.util import find_spec
 from typing import Any
 
-from cyclegan.compile_ahead import norm_kernel_sets
 from search.packing import trial_config
 
 
@@ -50,16 +49,21 @@ class KernelsAhead:
         self.children: list[subprocess.Popen] = []
         if find_spec("triton") is None:
             return
-        sets: set[str] = set()
+        knobs = []
         for config in configs:
             try:
-                sets |= norm_kernel_sets(trial_config(config))
+                cfg = trial_config(config)
             except Exception:  # noqa: BLE001, S112 - a config the trial refuses is reported by that trial
                 continue
-        if not sets:
+            if cfg.fused_norm:
+                knobs.append(cfg.to_dict())
+        if not knobs:
             return
+        # The child works out the kernel sets from the configs (their networks built on the meta device), so that
+        # the driver starts it before it has imported torch (search/run.py).
         for capability in gpu_capabilities():
-            command = [sys.executable, "-m", "cyclegan.compile_ahead", "--capability", str(capability), *sorted(sets)]
+            command = [sys.executable, "-m", "cyclegan.compile_ahead", "--capability", str(capability),
+                       "--configs", json.dumps(knobs)]
             self.children.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                   text=True, start_new_session=True))
 

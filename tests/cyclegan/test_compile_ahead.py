@@ -125,6 +125,30 @@ def test_a_bad_kernel_set_is_refused_in_one_line(bad):
     assert out.stderr.count("\n") == 1 and repr(bad) in out.stderr and "DTYPE:LAYOUT:CHANNELS" in out.stderr
 
 
+@needs_triton
+def test_configs_name_their_kernel_sets_for_the_child_to_work_out(tmp_path):
+    # What search.kernels_ahead hands the child: trials' knobs, not sets (its driver has not imported torch).
+    knobs = [{"resize": 64, "unet_depth": 5, "ngf": 32, "ndf": 16, "disc_layers": 2}, {"resize": 32, "unet_depth": 4}]
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-m", "cyclegan.compile_ahead", "--capability", "90", "--configs",
+                          json.dumps(knobs)], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    expected = set().union(*(norm_kernel_sets(TrainConfig(**k)) for k in knobs))
+    assert set(json.loads(out.stdout)["sets"]) == expected and len(expected) >= 3
+
+
+@pytest.mark.parametrize(("configs", "said"), [
+    ("[{", "Expecting"),  # not JSON
+    ('[{"resize": 64, "no_such_knob": 1}]', "unknown key 'no_such_knob'"),
+    ('[{"fused_norm": false}]', "no kernel set"),
+])
+def test_bad_configs_are_refused_in_one_line(configs, said):
+    out = subprocess.run([sys.executable, "-m", "cyclegan.compile_ahead", "--capability", "90", "--configs", configs],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and said in out.stderr, out.stderr
+
+
 # A trainer's first epochs on the GPU, graphed as in a search, in a process of its own.
 TRAIN = r"""
 from cyclegan.config import TrainConfig
