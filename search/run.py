@@ -35,12 +35,12 @@ from ray import tune
 from cyclegan.clock import process_started
 from cyclegan.config import ConfigError, parse_overrides
 from cyclegan.data import SYNTHETIC, DataError, Slices, read_data, source_name
-from cyclegan.memory import DataSize
-from cyclegan.tensorboard import TABLE3
+from cyclegan.sizes import DataSize
 from search.cluster import NoGpuError, gpus_for_trials
 from search.kernels_ahead import KernelsAhead
 from search.mps import mps_note, mps_running
 from search.packing import EstimatesAhead, check_trials_fit, driver_gpu_bytes, trial_config
+from search.ray_owner import RayOwner
 from search.space import AUTO, Space, SpaceError, load_space
 from search.study import StudyStore, close_study, open_study_store, reconcile_study
 
@@ -99,19 +99,20 @@ def number_or_auto(text: str) -> float | str:
 def prepare(args: argparse.Namespace) -> tuple[Space, str, str]:
     """Checks everything the user gave before Ray starts; returns (space, storage, name).
 
-    For `gpus_per_trial: auto` it also sets `args.gpu_bytes`, the memory of this machine's GPU (None without one):
-    joining a cluster (`--address`) with neither that nor `gpu_memory_gib` is refused here. It reads `--data` (the
-    only read of it: see `read_trial_data`) into `args.trial_data`.
+    Joining a cluster (`--address`) with `gpus_per_trial: auto` it sets `args.gpu_bytes`, the memory of this
+    machine's GPU, and refuses the search where neither that nor `gpu_memory_gib` is known; a search on this machine
+    asks after its GPU in `main`, while Ray starts, since the answer needs torch. It reads `--data` (the only read of
+    it: see `read_trial_data`) into `args.trial_data`. Nothing here imports torch (a test checks it): `main` imports
+    it beside Ray's start.
     """
     space = load_space(args.space).with_overrides(parse_overrides(args.overrides))
     space = space.replace_search(num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                                  gpu_memory_gib=args.gpu_memory_gib)
     args.gpu_bytes = None
-    if space.auto_gpus and space.gpu_memory_gib is None:
+    if space.auto_gpus and space.gpu_memory_gib is None and args.address is not None:
         args.gpu_bytes = driver_gpu_bytes()
-        if args.address is not None:
-            space.resources(args.gpu_bytes)  # a cluster's GPUs may not have started yet: refuse now, not later
+        space.resources(args.gpu_bytes)  # a cluster's GPUs may not have started yet: refuse now, not later
     name = args.name or args.space.stem
     storage = args.storage
     if "://" not in storage:
@@ -267,33 +268,42 @@ def main(argv: list[str] | None = None) -> int:
     first_wave = min(space.max_concurrent or space.num_samples, space.num_samples)
     first_configs = space.first_configs(first_wave)
     kernels = KernelsAhead(first_configs) if args.address is None else None  # a cluster's trials run elsewhere
-
     import ray
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from search.trainable import train_trial
-
-    driver["imported"] = time.time()
-
-    if isinstance(args.trial_data, Slices):
-        print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, val "
-              f"and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray", file=sys.stderr)
-    # The first wave's memory estimates, made while Ray starts rather than while Tune holds every trial for them.
-    packs = space.auto_gpus and (args.gpu_bytes or space.gpu_memory_gib)  # else no trial is estimated here
-    ahead = EstimatesAhead(first_configs, args.data_size) if packs else None
+    # Ray starts in a thread while torch and the trainer are imported here: the checks above needed neither.
+    owner = RayOwner(args.address, log_to_driver=True, configure_logging=False)
+    driver["ray_starting"] = time.time()
     try:
-        ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1",
-                 log_to_driver=True, configure_logging=False)
-    finally:
-        if ahead is not None:
-            driver["estimates_ahead"] = ahead.stop()
+        from search.trainable import train_trial
+
+        driver["imported"] = time.time()
+        if space.auto_gpus and space.gpu_memory_gib is None and args.address is None:
+            args.gpu_bytes = driver_gpu_bytes()  # it asks torch's build, imported only now (see `prepare`)
+        if isinstance(args.trial_data, Slices):
+            print(f"data: read {args.data} in {args.read_seconds:.1f} s: {args.trial_data.count} slices for train, "
+                  f"val and test ({args.trial_data.nbytes / 2**20:.1f} MiB), handed to the trials by Ray",
+                  file=sys.stderr)
+        # The first wave's memory estimates, made while Ray starts rather than while Tune holds every trial for them.
+        packs = space.auto_gpus and (args.gpu_bytes or space.gpu_memory_gib)  # else no trial is estimated here
+        ahead = EstimatesAhead(first_configs, args.data_size) if packs else None
+        try:
+            owner.wait_started()
+        finally:
+            if ahead is not None:
+                driver["estimates_ahead"] = ahead.stop()
+    except BaseException:
+        owner.finish()
+        if kernels is not None:
+            kernels.stop()
+        raise
     try:
         space = gpus_for_trials(space)  # a cluster keeps the share while a GPU node can join; see search/cluster.py
         # A dict, or for auto a callable Tune asks for each trial's resources when it creates the trial.
         resources = space.resources(args.gpu_bytes, args.data_size)
     except (NoGpuError, SpaceError) as e:  # or auto, Ray sees GPUs, and this machine's torch does not (a CPU build)
         print(f"error: {e}", file=sys.stderr)
-        ray.shutdown()
+        owner.finish()
         if kernels is not None:
             kernels.stop()
         return 2
@@ -344,22 +354,20 @@ def main(argv: list[str] | None = None) -> int:
         if _interrupted.is_set():
             # Ray's workers stop before the line that says how to continue, so that no trial's output follows it. The
             # study is left as it is: the trials it holds as running continue on --resume, and are told then.
-            stop = RayShutdown()
             try:
-                code = interrupted(results, space, args, run_path, study, argv, tail=driver, ray_stop=stop)
+                code = interrupted(results, space, args, run_path, study, argv, tail=driver, ray_stop=owner)
             finally:
-                stop.finish()
+                owner.finish()
         else:
             if study is not None:
                 close_study(study)
                 reconcile_study(study, results)
             # Ray stops while the finalists are scored and the report written, rather than after them; here, not
             # at exit: the trials' last lines its shutdown flushes still pass the filter.
-            stop = RayShutdown()
             try:
-                code = summarise(results, space, args.trial_data, run_path, study, tail=driver, ray_stop=stop)
+                code = summarise(results, space, args.trial_data, run_path, study, tail=driver, ray_stop=owner)
             finally:
-                stop.finish()
+                owner.finish()
     if kernels is not None:
         driver["kernels_ahead"] = kernels.finish()
     from search.throughput import record_driver
@@ -368,35 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-class RayShutdown:
-    """`ray.shutdown()` in a thread of its own: `start` begins it, `finish` begins it if need be, waits for it and
-    returns the seconds it took. Stopping Ray's workers, raylet and GCS takes seconds in which the search's end
-    goes on scoring the finalists and writing its report (`summarise`)."""
-
-    def __init__(self) -> None:
-        self._thread = threading.Thread(target=self._stop, name="ray-shutdown")
-        self._seconds = 0.0
-
-    def _stop(self) -> None:
-        import ray
-
-        clock = time.perf_counter()
-        ray.shutdown()
-        self._seconds = time.perf_counter() - clock
-
-    def start(self) -> None:
-        if self._thread.ident is None:
-            self._thread.start()
-
-    def finish(self) -> float:
-        self.start()
-        self._thread.join()
-        return self._seconds
-
-
 def tensorboard_view(space: Space) -> TensorBoardView:
     """The knobs the trials of `space` differ in, and the metrics HParams compares them by: the objective(s), the
     metrics the objective weighs, then the study's SSIM/PSNR (`cyclegan.tensorboard.TABLE3`)."""
+    from cyclegan.tensorboard import TABLE3
     from search.trainable import TensorBoardView  # imports Ray, which the checks before it starts do not need
 
     points = space.trial_points()
@@ -447,7 +430,7 @@ class _DropRayResumeHint(logging.Filter):
 
 
 def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: str, study: StudyStore | None,
-                argv: list[str] | None, tail: dict[str, Any] | None = None, ray_stop: RayShutdown | None = None
+                argv: list[str] | None, tail: dict[str, Any] | None = None, ray_stop: RayOwner | None = None
                 ) -> int:
     """Says how far an interrupted search got and how to continue it; summarises and exports only if asked.
     `ray_stop` is finished before that line (by `summarise` where it exports)."""
@@ -471,7 +454,7 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
 
 
 def summarise(results: Any, space: Space, data: Slices | str, run_path: str, study: StudyStore | None = None,
-              outcomes: list | None = None, tail: dict[str, Any] | None = None, ray_stop: RayShutdown | None = None
+              outcomes: list | None = None, tail: dict[str, Any] | None = None, ray_stop: RayOwner | None = None
               ) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code. `tail`
     gets the seconds the final re-scoring (`rescore_seconds`), the export (`export_seconds`) and the report
@@ -501,7 +484,7 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     clock = time.perf_counter()
     datasets = Datasets(data)  # each finalist's val and test built once, for the choice, the yardsticks and the export
     if ray_stop is not None:
-        ray_stop.start()
+        ray_stop.stop()
     # The plots need neither the GPU nor the finalists' scores: one thread draws them (pyplot's state is the
     # process's) while the finalists are scored and the winner exported.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as draw:

@@ -196,6 +196,8 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
         tail = sessions[-1]
         lost["driver_startup"] = first - sessions[0]["started"]
         out["driver_phases"] = driver_phases(sessions[0], first)
+        if sessions[0].get("ray_starting") is not None and sessions[0].get("imported") is not None:
+            out["imports_beside_ray_seconds"] = sessions[0]["imported"] - sessions[0]["ray_starting"]
         if sessions[0].get("kernels_ahead"):
             out["kernels_ahead_seconds"] = max(k["seconds"] for k in sessions[0]["kernels_ahead"])
         steps = [r["first_step"] for r in rows if r["first_step"] is not None]
@@ -216,17 +218,22 @@ def efficiency(run_dir: Path, peak: float | None = None) -> dict[str, Any]:
 
 
 # The driver's start-up, phase by phase: (name, stamp it starts at, stamp it ends at) in driver.json's session;
-# "first_trial" is the first trial process's start. Runs from before a stamp was written leave its phases out.
+# "first_trial" is the first trial process's start. Ray starts beside the imports of torch and the trainer
+# (`ray_starting` to `imported`, shown apart); a session from before that (no `ray_starting`) imported them first
+# ("Ray's import") and started Ray after. Runs from before a stamp was written leave its phases out.
 DRIVER_PHASES = (("imports", "started", "main"), ("checks and data", "main", "prepared"),
-                 ("Ray's import", "prepared", "imported"), ("Ray's start", "imported", "ray_started"),
+                 ("first configs", "prepared", "ray_starting"), ("Ray's start", "ray_starting", "ray_started"),
                  ("Tune's set-up", "ray_started", "trials_started"), ("to the first trial", "trials_started",
                                                                        "first_trial"))
+IMPORTS_THEN_RAY = (*DRIVER_PHASES[:2], ("Ray's import", "prepared", "imported"),
+                    ("Ray's start", "imported", "ray_started"), *DRIVER_PHASES[4:])
 
 
 def driver_phases(session: dict[str, Any], first_trial: float) -> dict[str, float]:
     """Seconds of each phase of the driver's start-up that `session` has both stamps of."""
     stamps = {**session, "first_trial": first_trial}
-    return {name: stamps[end] - stamps[start] for name, start, end in DRIVER_PHASES
+    phases = DRIVER_PHASES if "ray_starting" in session else IMPORTS_THEN_RAY
+    return {name: stamps[end] - stamps[start] for name, start, end in phases
             if stamps.get(start) is not None and stamps.get(end) is not None}
 
 
@@ -273,6 +280,9 @@ def table(e: dict[str, Any]) -> str:
     if e.get("driver_phases"):
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in e["driver_phases"].items())
         lines.append(f"  of the driver's start-up: {phases}")
+    if e.get("imports_beside_ray_seconds") is not None:
+        lines.append(f"  beside Ray's start, torch and the trainer were imported in "
+                     f"{e['imports_beside_ray_seconds']:.1f} s")
     if e.get("kernels_ahead_seconds") is not None:
         lines.append(f"  beside them, a child process compiled the first trials' norm kernels in "
                      f"{e['kernels_ahead_seconds']:.1f} s")

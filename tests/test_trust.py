@@ -49,7 +49,7 @@ def test_yaml_is_only_read_with_the_safe_loader() -> None:
 
 def test_search_starts_ray_without_a_dashboard_and_bound_to_localhost() -> None:
     inits = calls("ray.init")
-    assert [p.name for p, _ in inits] == ["run.py"]
+    assert [p.name for p, _ in inits] == ["ray_owner.py"]  # search.run starts Ray through it
     _, call = inits[0]
     assert keyword(call, "include_dashboard") is False and keyword(call, "dashboard_host") == "127.0.0.1"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from search.throughput import efficiency, idle_gaps, main, record_driver
+from search.throughput import efficiency, idle_gaps, main, record_driver, table
 from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,13 +89,26 @@ def test_every_second_of_the_command_is_accounted_for(run: Path) -> None:
 
 def test_the_drivers_start_up_is_split_into_its_phases(run: Path) -> None:
     (run / "driver.json").unlink()  # the fixture's session, written again with every stamp
+    record_driver(str(run), {"started": 0.0, "main": 1.5, "prepared": 3.0, "ray_starting": 3.5, "imported": 5.0,
+                             "ray_started": 7.0, "trials_started": 8.0, "gpus": 1.0, "ended": 100.0})
+    e = efficiency(run)
+    assert e["driver_phases"] == pytest.approx({"imports": 1.5, "checks and data": 1.5, "first configs": 0.5,
+                                                "Ray's start": 3.5, "Tune's set-up": 1.0, "to the first trial": 2.0})
+    assert sum(e["driver_phases"].values()) == pytest.approx(e["lost_seconds"]["driver_startup"])
+    assert e["imports_beside_ray_seconds"] == pytest.approx(1.5)
+    assert "beside Ray's start, torch and the trainer were imported in 1.5 s" in table(e)
+    assert e["first_step_seconds"] == pytest.approx(13.0)  # trial a's first step
+
+
+def test_a_driver_that_imported_torch_before_ray_started_is_split_as_it_ran(run: Path) -> None:
+    (run / "driver.json").unlink()
     record_driver(str(run), {"started": 0.0, "main": 1.5, "prepared": 3.0, "imported": 4.0, "ray_started": 7.0,
                              "trials_started": 8.0, "gpus": 1.0, "ended": 100.0})
     e = efficiency(run)
     assert e["driver_phases"] == pytest.approx({"imports": 1.5, "checks and data": 1.5, "Ray's import": 1.0,
                                                 "Ray's start": 3.0, "Tune's set-up": 1.0, "to the first trial": 2.0})
     assert sum(e["driver_phases"].values()) == pytest.approx(e["lost_seconds"]["driver_startup"])
-    assert e["first_step_seconds"] == pytest.approx(13.0)  # trial a's first step
+    assert "imports_beside_ray_seconds" not in e and "beside Ray's start" not in table(e)
 
 
 def test_a_driver_from_before_the_stamps_shows_only_what_it_has(run: Path) -> None:
@@ -168,9 +181,10 @@ def test_a_real_search_reports_its_fixed_costs(tmp_path: Path) -> None:
     lost = e["lost_seconds"]
     assert lost["driver_startup"] > 0 and lost["tail"] > 0 and lost["idle_gaps"] >= 0
     phases = e["driver_phases"]
-    assert set(phases) == {"imports", "checks and data", "Ray's import", "Ray's start", "Tune's set-up",
+    assert set(phases) == {"imports", "checks and data", "first configs", "Ray's start", "Tune's set-up",
                            "to the first trial"} and min(phases.values()) >= 0
     assert sum(phases.values()) == pytest.approx(lost["driver_startup"])
+    assert 0 < e["imports_beside_ray_seconds"] <= phases["Ray's start"]  # torch imported while Ray started
     assert lost["driver_startup"] < e["first_step_seconds"] < e["command_seconds"]
     # One trial at a time, the same resources: Ray ran the second in the first one's process (search.run asks it
     # to), so its start-up is not a new process's; each wrote its own folder.
