@@ -34,6 +34,9 @@ class _NotMainThread(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+_NOT_MAIN_THREAD = _NotMainThread()  # one: a logger keeps a filter once however often it is added
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     sys.exit(signum)  # what ray.init sets in a main thread: exit handlers, Ray's shutdown among them, then run
 
@@ -47,7 +50,7 @@ class RayOwner:
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+        logging.getLogger("ray._private.worker").addFilter(_NOT_MAIN_THREAD)
         self._address, self._init_args = address, init_args
         self._started = threading.Event()
         self._stopping = threading.Event()
