@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 T1W_TR, T1W_TE = 500.0, 15.0  # ms, T1-weighted spin echo
 T2W_TR, T2W_TE = 4000.0, 100.0  # ms, T2-weighted spin echo
@@ -205,6 +204,8 @@ def bias_field(levels: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.random.
 
 def _partial_volume(labels: np.ndarray, signal: np.ndarray) -> np.ndarray:
     # Blurring the signal equals blurring each tissue fraction and mixing, since the mix is linear.
+    from scipy import ndimage  # here: a trial on real slices imports this module but draws no phantom (0.3 s)
+
     sigma = (0.0, PARTIAL_VOLUME_SIGMA, PARTIAL_VOLUME_SIGMA)  # in-plane only: slices are separate acquisitions
     return ndimage.gaussian_filter(signal.astype(np.float32)[labels], sigma=sigma)
 
