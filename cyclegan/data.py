@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -81,6 +81,7 @@ SYNTHETIC_HEADS = 2
 EVAL_SIZE = 256
 # Files read and decoded at once (`read_domain`): enough to hide a cloud store's delay per request.
 READ_THREADS = 16
+DRAW = "draw"  # `_slice_set`'s head masks drawn from its slices
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
 
@@ -92,12 +93,14 @@ class SliceSet:
     When `paired`, t1[i] and t2[i] show the same anatomy, so translations can be scored against the truth.
     `resize` is the side the models take; a split held at another size (val and test, at the dataset's
     `eval_size`) is brought to it before a generator sees it (`cyclegan.evaluate.translations`).
+    The training split has no head masks (None): only scoring reads them, and the training slices are not scored.
+    Drawn for them, they cost every trial 3 ms a slice at 256 px, a minute on 20,000 slices.
     """
 
     t1: torch.Tensor
     t2: torch.Tensor
-    t1_head: torch.Tensor
-    t2_head: torch.Tensor
+    t1_head: torch.Tensor | None
+    t2_head: torch.Tensor | None
     t1_names: tuple[str, ...]
     t2_names: tuple[str, ...]
     paired: bool
@@ -108,7 +111,8 @@ class SliceSet:
         return self.t1.shape[-1]
 
     def to(self, device: torch.device | str) -> SliceSet:
-        return replace(self, **{k: getattr(self, k).to(device) for k in ("t1", "t2", "t1_head", "t2_head")})
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("t1", "t2", "t1_head", "t2_head")
+                                if getattr(self, k) is not None})
 
 
 @dataclass(frozen=True)
@@ -242,10 +246,8 @@ def source_name(data: str | Path | Slices) -> str:
 
 def build_dataset(data: Slices, resize: int) -> Dataset:
     """`data` as tensors: train padded to squares and resized to `resize`; val and test as read, at the eval size."""
-    parts = {"train": _slice_set(*[np.stack([to_square(img, resize) for img in data.train[d]]) if data.train[d]
-                                   else np.zeros((0, resize, resize), np.float32) for d in DOMAINS],
-                                 *[[name for _, name in data.names["train"][d]] for d in DOMAINS],
-                                 paired=False, resize=resize)}
+    parts = {"train": _training_set(data.train, {d: [name for _, name in data.names["train"][d]] for d in DOMAINS},
+                                    resize)}
     for part, domains in data.held_out.items():
         (t1, t1_head), (t2, t2_head) = (domains[d] for d in DOMAINS)
         parts[part] = _slice_set(t1, t2, *[[name for _, name in data.names[part][d]] for d in DOMAINS],
@@ -272,15 +274,15 @@ def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES,
     pick = lambda part: [i for i, lab in enumerate(labels) if lab == part]  # noqa: E731
     names = lambda subject, idx: [f"phantom{subject}_level{i:03d}" for i in idx]  # noqa: E731
     train, train_heads = pick("train"), {d: phantom_heads(seed, heads, d) for d in DOMAINS}
-    slices = {d: np.stack([to_square(x, resize) for k in subjects for x in _training_head(n_slices, eval_size, k, d)])
+    slices = {d: [x for k in subjects for x in _training_head(n_slices, eval_size, k, d)]
               for d, subjects in train_heads.items()}
-    parts = {"train": _slice_set(slices["T1"], slices["T2"], *[[n for k in train_heads[d] for n in names(k, train)]
-                                                                 for d in DOMAINS], paired=False, resize=resize)}
+    parts = {"train": _training_set(slices, {d: [n for k in train_heads[d] for n in names(k, train)] for d in DOMAINS},
+                                    resize)}
     held_out = _phantom(n_slices, eval_size, 3 * seed + 2)
     for part in ("val", "test"):
         idx = pick(part)
         parts[part] = _slice_set(held_out.t1[idx], held_out.t2[idx], names(3 * seed + 2, idx),
-                                 names(3 * seed + 2, idx), paired=True, resize=resize)
+                                 names(3 * seed + 2, idx), paired=True, resize=resize, heads=DRAW)
     subjects = {"train": {d: [f"phantom{k}" for k in train_heads[d]] for d in DOMAINS},
                 **{part: {d: [f"phantom{3 * seed + 2}"] for d in DOMAINS} for part in ("val", "test")}}
     return Dataset(parts["train"], parts["val"], parts["test"], source=SYNTHETIC, eval_size=eval_size,
@@ -605,16 +607,40 @@ def head_mask(image: np.ndarray) -> np.ndarray:
 
 
 def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bool, resize: int,
-               heads: tuple[np.ndarray, np.ndarray] | None = None) -> SliceSet:
-    """A SliceSet from [N, S, S] arrays in [0, 1], and their head masks where they are drawn already."""
+               heads: tuple[np.ndarray, np.ndarray] | Literal["draw"]) -> SliceSet:
+    """A held-out SliceSet from [N, S, S] arrays in [0, 1], and their head masks, given or drawn here (DRAW)."""
     import torch
 
     images = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None] * 2 - 1) for x in (t1, t2)]
-    if heads is None:
+    if heads == DRAW:
         heads = tuple(np.array([head_mask(s) for s in x], dtype=bool).reshape(x.shape) for x in (t1, t2))
     # A copy: arrays from Ray's object store are read-only views of shared memory.
     masks = [torch.from_numpy(np.array(m, dtype=bool)[:, None]) for m in heads]
     return SliceSet(*images, *masks, tuple(t1_names), tuple(t2_names), paired, resize)
+
+
+def _training_set(images: dict[str, Sequence[np.ndarray]], names: dict[str, list[str]], resize: int) -> SliceSet:
+    """The training SliceSet: each contrast's [0, 1] slices squared at `resize` (`to_square`), in [-1, 1], no masks.
+
+    The squares are written into one array and scaled there, on the trial's threads (PIL's resize runs without
+    Python's lock): at real size the set is gigabytes, and a stack and a scaled copy of it would hold it thrice.
+    """
+    import torch
+
+    threads = max(1, torch.get_num_threads())  # a trial's cpus_per_trial: Ray sets them as its OMP_NUM_THREADS
+    tensors = []
+    for d in DOMAINS:
+        out = np.empty((len(images[d]), resize, resize), np.float32)
+
+        def square(k: int, d: str = d, out: np.ndarray = out) -> None:
+            out[k] = to_square(images[d][k], resize)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(square, range(len(out))))
+        out *= 2
+        out -= 1
+        tensors.append(torch.from_numpy(out[:, None]))
+    return SliceSet(*tensors, None, None, tuple(names["T1"]), tuple(names["T2"]), False, resize)
 
 
 def _slice_order(path: Path | str) -> tuple:

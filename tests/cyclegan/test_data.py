@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import SYNTHETIC_SLICES, DataError, load_data, read_domain, read_image, split_labels, synthetic_data
+from cyclegan.data import (SYNTHETIC_SLICES, DataError, build_dataset, load_data, read_data, read_domain, read_image,
+                           split_labels, synthetic_data, to_square)
 from cyclegan.evaluate import resample
 from cyclegan.nifti import read_volume
 from tests.badfiles import png_header_only, truncated_png
@@ -67,7 +68,7 @@ def test_a_heads_16_bit_slices_of_12_bit_values_are_scaled_as_its_volume_is(tmp_
     np.testing.assert_allclose(np.stack(stack.images), read_volume(tmp_path / "a.nii.gz").slices, atol=1e-6)
     # The head masks of the 16-bit T1 slices cover what those of the same head in 8 bits (T2/) cover.
     d = load_data(tmp_path, 32)
-    t1, t2 = d.train.t1_head, d.train.t2_head
+    t1, t2 = torch.cat([d.val.t1_head, d.test.t1_head]), torch.cat([d.val.t2_head, d.test.t2_head])
     assert t2.sum() > 0 and (t1 & t2).sum() / (t1 | t2).sum() > 0.9
     # A 16-bit slice read alone (as `cyclegan.translate` reads one) is scaled by its own percentiles.
     assert read_image(tmp_path / "T1" / f"slice_{len(data) // 2:03d}.png").max() == 1.0
@@ -115,6 +116,23 @@ def test_slices_sort_by_number_not_text(tmp_path):
     for part in ("train", "val", "test"):
         expected = [f"slice_{95 + i:03d}.png" for i, lab in enumerate(labels) if lab == part]
         assert list(getattr(d, part).t1_names) == expected
+
+
+def test_training_slices_are_each_slice_squared_in_order_on_several_threads_without_masks(folder):
+    # Squared on the trial's threads into one array: each slice must land at its own index, scaled to [-1, 1]. The
+    # training split carries no head masks (nothing scores it); val and test keep theirs.
+    slices = read_data(folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        d = build_dataset(slices, 48)
+    finally:
+        torch.set_num_threads(threads)
+    for domain, x in (("T1", d.train.t1), ("T2", d.train.t2)):
+        expected = np.stack([to_square(img, 48) for img in slices.train[domain]])[:, None] * 2 - 1
+        assert np.array_equal(x.numpy(), expected) and x.dtype == torch.float32
+    assert d.train.t1_head is None and d.train.t2_head is None
+    assert d.val.t1_head.shape == d.val.t1.shape and d.test.t2_head.dtype == torch.bool
 
 
 def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():
