@@ -43,7 +43,8 @@ def compact(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         x = expand(x)
     if dtype.is_floating_point:
         return x.to(dtype)
-    codes = ((x.float().clamp(-1, 1) + _OFFSET[dtype]) * _SCALE[dtype]).round_()
+    # In place on clamp's new tensor: at real size each pass over the floats is gigabytes.
+    codes = x.float().clamp(-1, 1).add_(_OFFSET[dtype]).mul_(_SCALE[dtype]).round_()
     return codes.to(dtype)
 
 
