@@ -82,6 +82,7 @@ EVAL_SIZE = 256
 # Files read and decoded at once (`read_domain`): enough to hide a cloud store's delay per request.
 READ_THREADS = 16
 DRAW = "draw"  # `_slice_set`'s head masks drawn from its slices
+TRAINING_CHUNK = 512  # training slices squared as floats at once before they become compact codes
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
 
@@ -244,10 +245,15 @@ def source_name(data: str | Path | Slices) -> str:
     return data.source if isinstance(data, Slices) else str(data)
 
 
-def build_dataset(data: Slices, resize: int) -> Dataset:
-    """`data` as tensors: train padded to squares and resized to `resize`; val and test as read, at the eval size."""
+def build_dataset(data: Slices, resize: int, *, compact: bool = False) -> Dataset:
+    """`data` as tensors: train padded to squares and resized to `resize`; val and test as read, at the eval size.
+
+    With `compact` the training slices are held as the training feed keeps them, `cyclegan.feed.compact` codes of
+    `data.bits` (int16, or uint8 for 8-bit sources), made a chunk at a time: a trial then never holds them as
+    floats, which at 20,000 slices of 256 px are 5 GB, and the feed's conversion of them as many again.
+    """
     parts = {"train": _training_set(data.train, {d: [name for _, name in data.names["train"][d]] for d in DOMAINS},
-                                    resize)}
+                                    resize, data.bits if compact else None)}
     for part, domains in data.held_out.items():
         (t1, t1_head), (t2, t2_head) = (domains[d] for d in DOMAINS)
         parts[part] = _slice_set(t1, t2, *[[name for _, name in data.names[part][d]] for d in DOMAINS],
@@ -619,27 +625,40 @@ def _slice_set(t1: np.ndarray, t2: np.ndarray, t1_names, t2_names, *, paired: bo
     return SliceSet(*images, *masks, tuple(t1_names), tuple(t2_names), paired, resize)
 
 
-def _training_set(images: dict[str, Sequence[np.ndarray]], names: dict[str, list[str]], resize: int) -> SliceSet:
-    """The training SliceSet: each contrast's [0, 1] slices squared at `resize` (`to_square`), in [-1, 1], no masks.
+def _training_set(images: dict[str, Sequence[np.ndarray]], names: dict[str, list[str]], resize: int,
+                  bits: int | None = None) -> SliceSet:
+    """The training SliceSet: each contrast's [0, 1] slices squared at `resize` (`to_square`), in [-1, 1] as floats,
+    or with `bits` as the feed's compact codes for them (`cyclegan.feed.compact`); no masks.
 
-    The squares are written into one array and scaled there, on the trial's threads (PIL's resize runs without
-    Python's lock): at real size the set is gigabytes, and a stack and a scaled copy of it would hold it thrice.
+    The squares are written in place (into the set itself, or for codes into a chunk then converted), on the trial's
+    threads (PIL's resize runs without Python's lock): at real size the set is gigabytes, and a stack of it and a
+    scaled copy would hold it three times.
     """
     import torch
 
+    from cyclegan.feed import compact, compact_dtype
+
     threads = max(1, torch.get_num_threads())  # a trial's cpus_per_trial: Ray sets them as its OMP_NUM_THREADS
     tensors = []
-    for d in DOMAINS:
-        out = np.empty((len(images[d]), resize, resize), np.float32)
+    with ThreadPoolExecutor(threads) as pool:
+        for d in DOMAINS:
+            n = len(images[d])
+            out = torch.empty((n, 1, resize, resize), dtype=torch.float32 if bits is None else compact_dtype(bits))
+            chunk = n if bits is None else min(n, TRAINING_CHUNK)
+            floats = out.numpy()[:, 0] if bits is None else np.empty((chunk, resize, resize), np.float32)
+            for start in range(0, n, max(1, chunk)):
+                stop = min(n, start + chunk)
+                squares = floats[start:stop] if bits is None else floats[:stop - start]
 
-        def square(k: int, d: str = d, out: np.ndarray = out) -> None:
-            out[k] = to_square(images[d][k], resize)
+                def square(k: int, d: str = d, start: int = start, squares: np.ndarray = squares) -> None:
+                    squares[k] = to_square(images[d][start + k], resize)
 
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(square, range(len(out))))
-        out *= 2
-        out -= 1
-        tensors.append(torch.from_numpy(out[:, None]))
+                list(pool.map(square, range(stop - start)))
+                squares *= 2
+                squares -= 1
+                if bits is not None:
+                    out[start:stop, 0] = compact(torch.from_numpy(squares), out.dtype)
+            tensors.append(out)
     return SliceSet(*tensors, None, None, tuple(names["T1"]), tuple(names["T2"]), False, resize)
 
 

@@ -7,9 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclegan.data import (SYNTHETIC_SLICES, DataError, build_dataset, load_data, read_data, read_domain, read_image,
-                           split_labels, synthetic_data, to_square)
+from cyclegan import data
+from cyclegan.data import (
+    SYNTHETIC_SLICES,
+    DataError,
+    build_dataset,
+    load_data,
+    read_data,
+    read_domain,
+    read_image,
+    split_labels,
+    synthetic_data,
+    to_square,
+)
 from cyclegan.evaluate import resample
+from cyclegan.feed import compact, compact_dtype
 from cyclegan.nifti import read_volume
 from tests.badfiles import png_header_only, truncated_png
 from tests.cyclegan.test_nifti import phantom_volume
@@ -133,6 +145,19 @@ def test_training_slices_are_each_slice_squared_in_order_on_several_threads_with
         assert np.array_equal(x.numpy(), expected) and x.dtype == torch.float32
     assert d.train.t1_head is None and d.train.t2_head is None
     assert d.val.t1_head.shape == d.val.t1.shape and d.test.t2_head.dtype == torch.bool
+
+
+@pytest.mark.parametrize("chunk", [3, 512])
+def test_compact_training_slices_are_the_codes_the_feed_makes_of_the_floats(folder, monkeypatch, chunk):
+    # A trial builds its training slices as compact codes, a chunk at a time: the same codes the feed would have
+    # made of the whole float set (T1/ is 8-bit, T2/ 16-bit: the folder's codes are int16).
+    slices = read_data(folder)
+    monkeypatch.setattr(data, "TRAINING_CHUNK", chunk)
+    floats, codes = build_dataset(slices, 40), build_dataset(slices, 40, compact=True)
+    assert codes.train.t1.dtype == compact_dtype(slices.bits) == torch.int16
+    for key in ("t1", "t2"):
+        assert torch.equal(getattr(codes.train, key), compact(getattr(floats.train, key), torch.int16))
+    assert torch.equal(codes.val.t1, floats.val.t1) and codes.val.t1.dtype == torch.float32  # held out: as read
 
 
 def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():

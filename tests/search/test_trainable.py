@@ -21,6 +21,7 @@ from ray import tune
 from cyclegan import checkpoint
 from cyclegan.config import TrainConfig
 from cyclegan.data import load_data, read_data
+from cyclegan.feed import compact
 from cyclegan.memory import DataSize
 from cyclegan.train import fit
 from search.packing import AutoResources, needed_bytes
@@ -142,8 +143,11 @@ def test_a_trial_keeps_its_data_resident_when_it_fits_streams_it_when_not_and_re
 def test_a_trial_builds_its_data_from_the_slices_it_is_handed_and_refuses_a_path(tiny_cfg, study_data: Path) -> None:
     slices = read_data(study_data)
     for resize in (32, 64):
-        built = trial_dataset(slices, tiny_cfg.replace(resize=resize))
-        assert built.split() == load_data(study_data, resize).split() and built.train.t1.shape[-1] == resize
+        built, loaded = trial_dataset(slices, tiny_cfg.replace(resize=resize)), load_data(study_data, resize)
+        assert built.split() == loaded.split() and built.train.t1.shape[-1] == resize
+        # Its training slices come as the feed keeps them: the study's 8-bit PNGs as uint8 codes, never floats.
+        assert built.train.t1.dtype == torch.uint8
+        assert torch.equal(built.train.t2, compact(loaded.train.t2, torch.uint8))
     phantom = trial_dataset("synthetic", tiny_cfg)  # drawn in the trial, at its resize and seed
     assert torch.equal(phantom.train.t1, load_data("synthetic", 32, seed=0).train.t1)
     # A path names a folder on the driver's machine; a trial on another node may not have it.
