@@ -1,4 +1,4 @@
-"""How efficiently a search used its machines: `python -m search.throughput RUN_DIR [--json] [--peak PAIRS_PER_S]`.
+"""How efficiently a search used its machines: `python -m search.throughput RUN_DIR [--peak PAIRS_PER_S] [--dmon F]`.
 
 What a user pays for is the command's whole wall time, so that is what pairs are counted against: image pairs
 trained over the command's wall time (from `driver.json`, which `search.run` writes: when the command started and
@@ -25,7 +25,8 @@ GPUs Ray saw):
 
 Read from each trial's `result.json` (Ray Tune's log of its reports, where the trainer's timing fields are) and
 `resources.json` (search/trainable.py), and the run's `driver.json`. `--peak` (the packed peak, pairs/s, e.g.
-from `python -m cyclegan.bench --sections processes`) adds each rate as a share of it.
+from `python -m cyclegan.bench --sections processes`) adds each rate as a share of it. `--dmon` (what
+`nvidia-smi dmon -s u -o DT` wrote while the command ran) adds the GPUs' mean SM use over the command's time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import argparse
 import json
 import statistics
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -297,18 +299,66 @@ def table(e: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sm_use(path: Path, window: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean SM use from `nvidia-smi dmon -s u` output, over all samples and over those with any SM busy.
+
+    With the dates and times dmon writes under `-o DT`, only samples within `window` (epoch seconds; the command's
+    start and end) count; without them, every sample does, so dmon should run just around the command.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read the dmon output ({e.strerror})") from e
+    header = next((line.lstrip("#").split() for line in lines if line.startswith("#")), [])
+    if "sm" not in header:
+        raise ValueError(f"{path}: not `nvidia-smi dmon -s u` output (no sm column in its header)")
+    dated = header[:2] == ["Date", "Time"]
+    samples = []
+    for line in lines:
+        fields = line.split()
+        if line.startswith("#") or len(fields) != len(header):
+            continue
+        row = dict(zip(header, fields))
+        if not row["sm"].isdigit():
+            continue  # "-": no reading this sample
+        if dated and window is not None:
+            at = datetime.strptime(row["Date"] + row["Time"], "%Y%m%d%H:%M:%S").timestamp()  # dmon's local time
+            if not window[0] <= at <= window[1]:
+                continue
+        samples.append((row["gpu"], int(row["sm"])))
+    if not samples:
+        raise ValueError(f"{path}: no SM samples" + (" within the command's time" if dated and window else ""))
+    busy = [sm for _, sm in samples if sm > 0]
+    return {"samples": len(samples), "gpus": len({gpu for gpu, _ in samples}),
+            "mean": sum(sm for _, sm in samples) / len(samples), "in_use": sum(busy) / len(busy) if busy else 0.0,
+            "windowed": dated and window is not None}
+
+
+def sm_line(sm: dict[str, Any]) -> str:
+    where = "within the command's time" if sm["windowed"] else "every sample of the file"
+    gpus = f"{sm['gpus']} GPU" + ("s" if sm["gpus"] > 1 else "")
+    return (f"SM use (nvidia-smi dmon, {sm['samples']} samples of {gpus}, {where}): mean {sm['mean']:.1f}%, "
+            f"{sm['in_use']:.1f}% while in use")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m search.throughput", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     p.add_argument("--peak", type=float, metavar="PAIRS_PER_S", help="the packed peak, to show rates as a share of")
+    p.add_argument("--dmon", type=Path, metavar="FILE",
+                   help="`nvidia-smi dmon -s u [-o DT]` output of the command's time, to add its mean SM use")
     args = p.parse_args(argv)
     try:
         e = efficiency(args.run_dir, args.peak)
-    except FileNotFoundError as err:
+        if args.dmon is not None:
+            sessions = _lines_json(args.run_dir / DRIVER)
+            window = (sessions[0]["started"], sessions[-1]["ended"]) if sessions else None
+            e["sm_use"] = sm_use(args.dmon, window)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(e, indent=1) if args.json else table(e))
+    print(json.dumps(e, indent=1) if args.json else table(e) + ("\n" + sm_line(e["sm_use"]) if "sm_use" in e else ""))
     return 0
 
 

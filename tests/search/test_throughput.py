@@ -12,11 +12,12 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from search.throughput import efficiency, idle_gaps, main, record_driver, table
+from search.throughput import efficiency, idle_gaps, main, record_driver, sm_use, table
 from tests.paths import pythonpath
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,6 +153,41 @@ def test_the_table_and_json_say_the_same(run: Path, capsys: pytest.CaptureFixtur
             in capsys.readouterr().out)
     assert main([str(run.parent / "nothing")]) == 2
     assert "no trial_*/result.json" in capsys.readouterr().err
+
+
+def test_mean_sm_use_is_read_from_dmon_as_the_benchmarks_report_it() -> None:
+    # A search's own dmon output, as recorded on an H200 (docs/benchmarks.md gives its mean as 86.5%, 96.3% in use).
+    sm = sm_use(ROOT / "docs/benchmarks/h200-2026-12-04g/z1-dmon.txt")
+    assert sm["samples"] == 88 and sm["gpus"] == 1 and not sm["windowed"]
+    assert round(sm["mean"], 1) == 86.5 and round(sm["in_use"], 1) == 96.3
+
+
+def test_dated_dmon_samples_count_only_within_the_commands_time(run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    # `nvidia-smi dmon -s u -o DT` on two GPUs; the driver ran from 12:00:02 to 12:00:06 local time.
+    lines = ["#Date       Time        gpu     sm    mem    enc    dec    jpg    ofa",
+             "#YYYYMMDD   HH:MM:SS    Idx      %      %      %      %      %      %"]
+    for second, (sm0, sm1) in enumerate([(90, 90), (0, 0), (80, 40), (100, 0), (0, 0), (-1, 60), (60, 60), (7, 7)]):
+        lines += [f" 20261204   12:00:{second:02d}    {gpu}    {'-' if sm < 0 else sm}" + "      0" * 5
+                  for gpu, sm in ((0, sm0), (1, sm1))]
+    dmon = tmp_path / "dmon.txt"
+    dmon.write_text("\n".join(lines) + "\n")
+    start = datetime(2026, 12, 4, 12, 0, 2).timestamp()
+    sm = sm_use(dmon, (start, start + 4))  # seconds 2-6: nine readings ("-" is none), four of them 0
+    assert sm == {"samples": 9, "gpus": 2, "mean": pytest.approx(400 / 9), "in_use": pytest.approx(400 / 6),
+                  "windowed": True}
+    assert sm_use(dmon)["samples"] == 15  # no window: every reading
+    (run / "driver.json").unlink()
+    record_driver(str(run), {"started": start, "gpus": 2.0, "ended": start + 4})
+    assert main([str(run), "--dmon", str(dmon)]) == 0
+    assert ("SM use (nvidia-smi dmon, 9 samples of 2 GPUs, within the command's time): mean 44.4%, 66.7% while in use"
+            in capsys.readouterr().out)
+    (tmp_path / "other.txt").write_text("# gpu   pwr  gtemp\n    0    70     40\n")
+    for bad, says in ((tmp_path / "other.txt", "other.txt: not `nvidia-smi dmon -s u` output"),
+                      (tmp_path / "missing.txt", "missing.txt: cannot read the dmon output")):
+        assert main([str(run), "--dmon", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1
 
 
 SPACE = """
