@@ -82,6 +82,12 @@ EVAL_SIZE = 256
 # Files read and decoded at once (`read_domain`): enough to hide a cloud store's delay per request.
 READ_THREADS = 16
 DRAW = "draw"  # `_slice_set`'s head masks drawn from its slices
+# Val slices per domain scored every epoch. The per-epoch score steers ASHA and Optuna, so it must be the same
+# slices each epoch, but it need not be all of them: 64 slices spread over val give a mean SSIM whose
+# slice-to-slice standard error is well under the differences between trials, while the pass (six generator
+# passes a slice) and its CUDA graph's memory stay fixed as the data grows (at 6,000 val slices, ~12% of a 50k
+# set, all of them would need tens of GB). The finalists are re-scored on every val slice (`search.select`).
+VAL_SLICES = 64
 TRAINING_CHUNK = 512  # training slices squared as floats at once before they become compact codes
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
@@ -129,6 +135,9 @@ class Dataset:
     # 8 when every slice came from 8-bit pixels, else 16: what a compact copy needs to lose nothing of the source
     # (`cyclegan.feed`). The phantom and volumes are continuous, so 16.
     bits: int = 16
+    # part -> domain -> its slices' names, where val and test hold fewer slices than the split gave them (a trial's
+    # data set: `build_dataset(..., for_trial=True)`); None where each SliceSet's names are its part's.
+    names: dict[str, dict[str, list[str]]] | None = None
 
     @property
     def resize(self) -> int:
@@ -146,8 +155,8 @@ class Dataset:
         return {"source": self.source, "evaluation": "paired" if self.paired else "unpaired",
                 "paired_eval": self.paired, "resize": self.resize, "eval_size": self.eval_size,
                 **({"subjects": self.subjects} if self.subjects else {}),
-                **{name: {"T1": list(s.t1_names), "T2": list(s.t2_names)}
-                   for name, s in (("train", self.train), ("val", self.val), ("test", self.test))}}
+                **(self.names or {name: {"T1": list(s.t1_names), "T2": list(s.t2_names)}
+                                  for name, s in (("train", self.train), ("val", self.val), ("test", self.test))})}
 
     def save_split(self, path: Path) -> None:
         path.write_text(json.dumps(self.split(), indent=1) + "\n")
@@ -245,23 +254,42 @@ def source_name(data: str | Path | Slices) -> str:
     return data.source if isinstance(data, Slices) else str(data)
 
 
-def build_dataset(data: Slices, resize: int, *, compact: bool = False) -> Dataset:
+def build_dataset(data: Slices, resize: int, *, for_trial: bool = False) -> Dataset:
     """`data` as tensors: train padded to squares and resized to `resize`; val and test as read, at the eval size.
 
-    With `compact` the training slices are held as the training feed keeps them, `cyclegan.feed.compact` codes of
-    `data.bits` (int16, or uint8 for 8-bit sources), made a chunk at a time: a trial then never holds them as
-    floats, which at 20,000 slices of 256 px are 5 GB, and the feed's conversion of them as many again.
+    `for_trial` builds what a trial of a search holds. Its training slices are the training feed's compact codes of
+    `data.bits` (`cyclegan.feed.compact`: int16, or uint8 for 8-bit sources), made a chunk at a time, never a float
+    set: at 20,000 slices of 256 px that is 5 GB, and the feed's conversion of it as much again. Its val split is
+    only the slices scored every epoch (`cyclegan.evaluate.validation_subset`), and its test split is empty: a trial
+    never scores test. The split's names stay whole (`Dataset.names`), so `split()` is what the slices' is.
     """
-    parts = {"train": _training_set(data.train, {d: [name for _, name in data.names["train"][d]] for d in DOMAINS},
-                                    resize, data.bits if compact else None)}
+    split = {part: {d: [name for _, name in data.names[part][d]] for d in DOMAINS} for part in PARTS}
+    parts = {"train": _training_set(data.train, split["train"], resize, data.bits if for_trial else None)}
     for part, domains in data.held_out.items():
         (t1, t1_head), (t2, t2_head) = (domains[d] for d in DOMAINS)
-        parts[part] = _slice_set(t1, t2, *[[name for _, name in data.names[part][d]] for d in DOMAINS],
-                                 paired=data.paired, resize=resize, heads=(t1_head, t2_head))
+        held = split[part]
+        if for_trial:  # only these are copied out of the driver's slices (Ray's shared memory in a search)
+            keep = {d: subset_indices(len(held[d])).numpy() if part == "val" else np.arange(0) for d in DOMAINS}
+            t1, t1_head, t2, t2_head = t1[keep["T1"]], t1_head[keep["T1"]], t2[keep["T2"]], t2_head[keep["T2"]]
+            held = {d: [held[d][i] for i in keep[d]] for d in DOMAINS}
+        parts[part] = _slice_set(t1, t2, held["T1"], held["T2"], paired=data.paired, resize=resize,
+                                 heads=(t1_head, t2_head))
     subjects = {part: {d: sorted({subject for subject, _ in names}) for d, names in domains.items()}
                 for part, domains in data.names.items()}
     return Dataset(parts["train"], parts["val"], parts["test"], source=data.source, eval_size=data.eval_size,
-                   subjects=subjects, bits=data.bits)
+                   subjects=subjects, bits=data.bits, names=split if for_trial else None)
+
+
+def subset_indices(n: int, most: int = VAL_SLICES) -> torch.Tensor:
+    """At most `most` of n indices, evenly spread from the first to the last: all of them when n <= most.
+
+    A split lists its heads one after the other, each bottom to top, so evenly spaced picks cover every head
+    (or every level of one), and they depend on n alone: the same slices every epoch and in every trial."""
+    import torch
+
+    if n <= most:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, most).round().long()
 
 
 def synthetic_data(resize: int, seed: int = 0, n_slices: int = SYNTHETIC_SLICES, eval_size: int = EVAL_SIZE,

@@ -31,7 +31,7 @@ from torch import nn
 
 from cyclegan.checkpoint import CheckpointError, add_model_arguments, load_model
 from cyclegan.config import ConfigError
-from cyclegan.data import DataError, SliceSet, load_data
+from cyclegan.data import VAL_SLICES, DataError, SliceSet, load_data, subset_indices
 from cyclegan.metrics import (
     DIRECTIONS,
     IMAGE_METRICS,
@@ -59,12 +59,6 @@ from cyclegan.unpaired import (
 )
 
 EVAL_BATCH = 16
-# Val slices per domain scored every epoch. The per-epoch score steers ASHA and Optuna, so it must be the same
-# slices each epoch, but it need not be all of them: 64 slices spread over val give a mean SSIM whose
-# slice-to-slice standard error is well under the differences between trials, while the pass (six generator
-# passes a slice) and its CUDA graph's memory stay fixed as the data grows (at 6,000 val slices, ~12% of a 50k
-# set, all of them would need tens of GB). The finalists are re-scored on every val slice (`search.select`).
-VAL_SLICES = 64
 # Slices a domain that `evaluate` (the finalists' re-score, the CLI) holds on the device at once: as many as the
 # per-epoch pass, which fits wherever a trial trained, whatever the size of the split.
 EVAL_CHUNK = VAL_SLICES
@@ -75,16 +69,6 @@ def resample(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
-
-
-def subset_indices(n: int, most: int = VAL_SLICES) -> torch.Tensor:
-    """At most `most` of n indices, evenly spread from the first to the last: all of them when n <= most.
-
-    A split lists its heads one after the other, each bottom to top, so evenly spaced picks cover every head
-    (or every level of one), and they depend on n alone: the same slices every epoch and in every trial."""
-    if n <= most:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, most).round().long()
 
 
 def validation_subset(s: SliceSet, most: int = VAL_SLICES) -> SliceSet:

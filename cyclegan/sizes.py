@@ -59,7 +59,7 @@ class DataSize:
 
     def scored(self) -> tuple[int, int]:
         """Val slices scored every epoch, per domain (`cyclegan.evaluate.validation_subset`)."""
-        from cyclegan.evaluate import subset_indices
+        from cyclegan.data import subset_indices
 
         return len(subset_indices(self.val_t1)), len(subset_indices(self.val_t2))
 

@@ -196,13 +196,14 @@ def release_last_trial() -> None:
 
 
 def trial_dataset(data: Slices | str, cfg: TrainConfig) -> Dataset:
-    """The trial's data set at its resize, from the slices the driver read, or the phantom at its seed. The training
-    slices from the driver's come as the training feed keeps them (compact codes), never as floats.
+    """The trial's data set at its resize, from the slices the driver read, or the phantom at its seed. From the
+    driver's slices it holds what it uses (`build_dataset(..., for_trial=True)`): the training slices as the feed
+    keeps them (compact codes), the val slices it scores, and no test slice.
 
     A path is refused: on a cluster it names a folder of the driver's machine, which the trial's may not have.
     """
     if isinstance(data, Slices):
-        return build_dataset(data, cfg.resize, compact=True)
+        return build_dataset(data, cfg.resize, for_trial=True)
     if data == SYNTHETIC:
         return synthetic_data(cfg.resize, cfg.seed)
     raise TypeError(f"a trial takes the slices search.run read (cyclegan.data.read_data) or {SYNTHETIC!r}, "

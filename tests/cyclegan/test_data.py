@@ -20,7 +20,7 @@ from cyclegan.data import (
     synthetic_data,
     to_square,
 )
-from cyclegan.evaluate import resample
+from cyclegan.evaluate import VAL_SLICES, resample, validation_subset
 from cyclegan.feed import compact, compact_dtype
 from cyclegan.nifti import read_volume
 from tests.badfiles import png_header_only, truncated_png
@@ -153,11 +153,26 @@ def test_compact_training_slices_are_the_codes_the_feed_makes_of_the_floats(fold
     # made of the whole float set (T1/ is 8-bit, T2/ 16-bit: the folder's codes are int16).
     slices = read_data(folder)
     monkeypatch.setattr(data, "TRAINING_CHUNK", chunk)
-    floats, codes = build_dataset(slices, 40), build_dataset(slices, 40, compact=True)
+    floats, codes = build_dataset(slices, 40), build_dataset(slices, 40, for_trial=True)
     assert codes.train.t1.dtype == compact_dtype(slices.bits) == torch.int16
     for key in ("t1", "t2"):
         assert torch.equal(getattr(codes.train, key), compact(getattr(floats.train, key), torch.int16))
     assert torch.equal(codes.val.t1, floats.val.t1) and codes.val.t1.dtype == torch.float32  # held out: as read
+
+
+def test_a_trial_holds_the_val_slices_it_scores_and_no_test_slice_but_names_the_whole_split(tmp_path):
+    _write(tmp_path / "T1", 700)
+    _write(tmp_path / "T2", 650, start=1000)
+    slices = read_data(tmp_path)
+    whole, trial = build_dataset(slices, 32), build_dataset(slices, 32, for_trial=True)
+    assert len(whole.val.t1) > VAL_SLICES and len(whole.val.t2) > VAL_SLICES  # so that the subset is a subset
+    scored = validation_subset(whole.val)
+    for key in ("t1", "t2", "t1_head", "t2_head", "t1_names", "t2_names"):
+        a, b = getattr(trial.val, key), getattr(scored, key)
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+    assert validation_subset(trial.val) is trial.val  # what fit scores of it: all of it
+    assert len(trial.test.t1) == len(trial.test.t2) == 0 and trial.test.t1.shape[1:] == whole.test.t1.shape[1:]
+    assert trial.split() == whole.split() and len(trial.split()["test"]["T1"]) == len(whole.test.t1) > 0
 
 
 def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():

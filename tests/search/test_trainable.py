@@ -146,7 +146,7 @@ def test_a_trial_builds_its_data_from_the_slices_it_is_handed_and_refuses_a_path
         built, loaded = trial_dataset(slices, tiny_cfg.replace(resize=resize)), load_data(study_data, resize)
         assert built.split() == loaded.split() and built.train.t1.shape[-1] == resize
         # Its training slices come as the feed keeps them: the study's 8-bit PNGs as uint8 codes, never floats.
-        assert built.train.t1.dtype == torch.uint8
+        assert built.train.t1.dtype == torch.uint8 and len(built.test.t1) == 0  # it never scores test
         assert torch.equal(built.train.t2, compact(loaded.train.t2, torch.uint8))
     phantom = trial_dataset("synthetic", tiny_cfg)  # drawn in the trial, at its resize and seed
     assert torch.equal(phantom.train.t1, load_data("synthetic", 32, seed=0).train.t1)
