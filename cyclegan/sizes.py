@@ -38,8 +38,10 @@ class DataSize:
         if isinstance(data, Slices):  # what each trial will build from them, counted by their names
             (t1, t2), (v1, v2) = ([len(data.names[part][d]) for d in DOMAINS] for part in ("train", "val"))
             return cls(t1, t2, v1, v2, data.eval_size, data.bits, data.source)
-        return cls(len(data.train.t1), len(data.train.t2), len(data.val.t1), len(data.val.t2), data.eval_size,
-                   data.bits, data.source)
+        # A trial's set holds only the val slices it scores; its names count the whole split.
+        val = (data.names["val"]["T1"], data.names["val"]["T2"]) if data.names else (data.val.t1, data.val.t2)
+        return cls(len(data.train.t1), len(data.train.t2), len(val[0]), len(val[1]), data.eval_size, data.bits,
+                   data.source)
 
     @classmethod
     def of_phantom(cls) -> DataSize:

@@ -23,6 +23,7 @@ from cyclegan.data import (
 from cyclegan.evaluate import VAL_SLICES, resample, validation_subset
 from cyclegan.feed import compact, compact_dtype
 from cyclegan.nifti import read_volume
+from cyclegan.sizes import DataSize
 from tests.badfiles import png_header_only, truncated_png
 from tests.cyclegan.test_nifti import phantom_volume
 
@@ -173,6 +174,7 @@ def test_a_trial_holds_the_val_slices_it_scores_and_no_test_slice_but_names_the_
     assert validation_subset(trial.val) is trial.val  # what fit scores of it: all of it
     assert len(trial.test.t1) == len(trial.test.t2) == 0 and trial.test.t1.shape[1:] == whole.test.t1.shape[1:]
     assert trial.split() == whole.split() and len(trial.split()["test"]["T1"]) == len(whole.test.t1) > 0
+    assert DataSize.of(trial) == DataSize.of(whole) == DataSize.of(slices)  # the data's size, not what is held
 
 
 def test_synthetic_data_is_paired_on_val_and_test_and_deterministic():
