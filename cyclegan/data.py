@@ -88,7 +88,7 @@ DRAW = "draw"  # `_slice_set`'s head masks drawn from its slices
 # passes a slice) and its CUDA graph's memory stay fixed as the data grows (at 6,000 val slices, ~12% of a 50k
 # set, all of them would need tens of GB). The finalists are re-scored on every val slice (`search.select`).
 VAL_SLICES = 64
-TRAINING_CHUNK = 512  # training slices squared as floats at once before they become compact codes
+TRAINING_CHUNK = 512  # training slices squared as floats at once before they join the set (as codes for a trial)
 # A paired folder with one training head: its training slices go to T1 and T2 in turns of this many.
 PAIRED_CHUNK = 5
 
@@ -658,34 +658,32 @@ def _training_set(images: dict[str, Sequence[np.ndarray]], names: dict[str, list
     """The training SliceSet: each contrast's [0, 1] slices squared at `resize` (`to_square`), in [-1, 1] as floats,
     or with `bits` as the feed's compact codes for them (`cyclegan.feed.compact`); no masks.
 
-    The squares are written in place (into the set itself, or for codes into a chunk then converted), on the trial's
-    threads (PIL's resize runs without Python's lock): at real size the set is gigabytes, and a stack of it and a
-    scaled copy would hold it three times.
+    The squares are made a chunk at a time on the trial's threads (PIL's resize runs without Python's lock), scaled
+    in place and written into the set: at real size the set is gigabytes, and a stack of it and a scaled copy would
+    hold it three times.
     """
     import torch
 
     from cyclegan.feed import compact, compact_dtype
 
     threads = max(1, torch.get_num_threads())  # a trial's cpus_per_trial: Ray sets them as its OMP_NUM_THREADS
+    dtype = torch.float32 if bits is None else compact_dtype(bits)
     tensors = []
     with ThreadPoolExecutor(threads) as pool:
         for d in DOMAINS:
             n = len(images[d])
-            out = torch.empty((n, 1, resize, resize), dtype=torch.float32 if bits is None else compact_dtype(bits))
-            chunk = n if bits is None else min(n, TRAINING_CHUNK)
-            floats = out.numpy()[:, 0] if bits is None else np.empty((chunk, resize, resize), np.float32)
-            for start in range(0, n, max(1, chunk)):
-                stop = min(n, start + chunk)
-                squares = floats[start:stop] if bits is None else floats[:stop - start]
+            out = torch.empty((n, 1, resize, resize), dtype=dtype)
+            floats = np.empty((min(n, TRAINING_CHUNK), resize, resize), np.float32)
+            for start in range(0, n, TRAINING_CHUNK):
+                squares = floats[:min(n - start, TRAINING_CHUNK)]
 
                 def square(k: int, d: str = d, start: int = start, squares: np.ndarray = squares) -> None:
                     squares[k] = to_square(images[d][start + k], resize)
 
-                list(pool.map(square, range(stop - start)))
+                list(pool.map(square, range(len(squares))))
                 squares *= 2
                 squares -= 1
-                if bits is not None:
-                    out[start:stop, 0] = compact(torch.from_numpy(squares), out.dtype)
+                out[start:start + len(squares), 0] = compact(torch.from_numpy(squares), dtype)  # floats as they are
             tensors.append(out)
     return SliceSet(*tensors, None, None, tuple(names["T1"]), tuple(names["T2"]), False, resize)
 
