@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             # Ray's workers stop before the line that says how to continue, so that no trial's output follows it. The
             # study is left as it is: the trials it holds as running continue on --resume, and are told then.
             try:
-                code = interrupted(results, space, args, run_path, study, argv, tail=driver, ray_stop=owner)
+                code = interrupted(results, space, args, run_path, study, argv, tail=driver, ray_stop=owner,
+                                   handed=to_trials)
             finally:
                 owner.finish()
         else:
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             # Ray stops while the finalists are scored and the report written, rather than after them; here, not
             # at exit: the trials' last lines its shutdown flushes still pass the filter.
             try:
-                code = summarise(results, space, args.trial_data, run_path, study, tail=driver, ray_stop=owner)
+                code = summarise(results, space, args.trial_data, run_path, study, tail=driver, ray_stop=owner,
+                                 handed=to_trials)
             finally:
                 owner.finish()
     if kernels is not None:
@@ -430,8 +432,8 @@ class _DropRayResumeHint(logging.Filter):
 
 
 def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: str, study: StudyStore | None,
-                argv: list[str] | None, tail: dict[str, Any] | None = None, ray_stop: RayOwner | None = None
-                ) -> int:
+                argv: list[str] | None, tail: dict[str, Any] | None = None, ray_stop: RayOwner | None = None,
+                handed: Any = None) -> int:
     """Says how far an interrupted search got and how to continue it; summarises and exports only if asked.
     `ray_stop` is finished before that line (by `summarise` where it exports)."""
     from search.select import outcome
@@ -443,7 +445,8 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
     done = len(outcomes) - len(running)
     code = INTERRUPTED
     if args.export_on_interrupt:
-        summarise(results, space, args.trial_data, run_path, study, outcomes=outcomes, tail=tail, ray_stop=ray_stop)
+        summarise(results, space, args.trial_data, run_path, study, outcomes=outcomes, tail=tail, ray_stop=ray_stop,
+                  handed=handed)
     elif ray_stop is not None:
         ray_stop.finish()
     command = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--export-on-interrupt"]
@@ -454,8 +457,8 @@ def interrupted(results: Any, space: Space, args: argparse.Namespace, run_path: 
 
 
 def summarise(results: Any, space: Space, data: Slices | str, run_path: str, study: StudyStore | None = None,
-              outcomes: list | None = None, tail: dict[str, Any] | None = None, ray_stop: RayOwner | None = None
-              ) -> int:
+              outcomes: list | None = None, tail: dict[str, Any] | None = None, ray_stop: RayOwner | None = None,
+              handed: Any = None) -> int:
     """Selects the winner, writes summary/ and best/, and says which trials failed; returns the exit code. `tail`
     gets the seconds the final re-scoring (`rescore_seconds`), the export (`export_seconds`) and the report
     (`report_seconds`: its files, and the plots still being drawn once the winner is exported) took.
@@ -464,15 +467,18 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     `ray_stop`, where given, is started as soon as `data` (views of Ray's object store, see `hand_over`) is no
     longer read, its val and test copied (`Datasets`), so that Ray stops while the finalists are scored and the
     report written; it is finished before the summary's lines are printed, which then follow the trials' last lines
-    that Ray's shutdown flushes.
+    that Ray's shutdown flushes. A driver without a GPU on a cluster with GPUs (`cluster.yaml`'s head) has the
+    finalists scored there instead (`search.cluster_scoring`), from `handed`, what the trials were handed, and stops
+    Ray once they are; `tail["rescored_on"]` then says on which node each was scored.
     """
     import tempfile
 
     from cyclegan.schedule import SCHEDULE, Schedule
+    from search import cluster_scoring
     from search.export import SELECTION, export
     from search.lineage import schedule_lines, schedule_plot
     from search.report import curves_plot, optuna_plots, read_metrics, write_report, write_trials_csv
-    from search.select import Datasets, choose, outcome, status_counts, yardsticks
+    from search.select import Datasets, choose, outcome, rescore, status_counts, yardsticks
 
     local = "://" not in run_path
     run_dir = Path(run_path) if local else Path(tempfile.mkdtemp(prefix="search-summary-"))
@@ -483,13 +489,27 @@ def summarise(results: Any, space: Space, data: Slices | str, run_path: str, stu
     tail = {} if tail is None else tail
     clock = time.perf_counter()
     datasets = Datasets(data)  # each finalist's val and test built once, for the choice, the yardsticks and the export
-    if ray_stop is not None:
+    on_cluster = None
+    if handed is not None and cluster_scoring.wanted():
+        share = space.gpus_per_trial if isinstance(space.gpus_per_trial, (int, float)) else 1.0
+        on_cluster = cluster_scoring.ClusterScorer(handed, lambda o, split: rescore(o, data, None, split, datasets),
+                                                   float(share or 1.0))
+        print("scoring the finalists on the cluster's GPUs (this machine has none)", file=sys.stderr)
+    elif ray_stop is not None:
         ray_stop.stop()
     # The plots need neither the GPU nor the finalists' scores: one thread draws them (pyplot's state is the
     # process's) while the finalists are scored and the winner exported.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as draw:
         study_plots = draw.submit(optuna_plots, outcomes, space, summary, study)
-        winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets)
+        try:
+            winner, finalists = choose(outcomes, space.objective, data, space.top_k, datasets=datasets,
+                                       score=on_cluster)
+        finally:
+            if on_cluster is not None:
+                on_cluster.close()
+                tail["rescored_on"] = on_cluster.nodes
+                if ray_stop is not None:
+                    ray_stop.stop()
         tail["rescore_seconds"] = time.perf_counter() - clock
         samples = schedule = baseline = curves = None
         if winner is not None:

@@ -6,7 +6,8 @@ from the file: 4 CPUs and 1 GPU, declared, not real) once the trials ask for it 
 goes in as the README submits it, `ray job submit --working-dir . -- python -m search.run ...`, with tiny knobs;
 from each trial's `resources.json`: it ran on the worker, never on the head, with the GPU share its space asks for
 (Ray's own `get_assigned_resources()`), and its results, TensorBoard events and the winner's `best/` are in
-`--storage`. Torch there finds no CUDA, so the trials train on the CPU with the GPU Ray gave them.
+`--storage`. Torch there finds no CUDA, so the trials train on the CPU with the GPU Ray gave them. The finalists are
+re-scored on the worker too (`search/cluster_scoring.py`), since the head has no GPU: `driver.json` names the node.
 
 A cluster that can never have a GPU (no live node has one, and its autoscaler has no node type with one, or no
 autoscaler config is in reach) refuses the search in one line before any trial starts.
@@ -124,6 +125,10 @@ def test_a_job_submitted_as_the_readme_says_keeps_its_gpu_share_for_a_worker_the
         assert record["cuda_visible_devices"] == record["gpu_ids"][0] and record["device"] == "cpu"
         assert list(trial.glob("events.out.tfevents.*")) and (trial / "metrics.jsonl").is_file()
     assert (run_dir / "best" / "model.pt").is_file() and (run_dir / "summary" / "report.md").is_file()
+    # The head has no GPU: the finalists were scored on val and test on the worker's, not by the driver.
+    assert "scoring the finalists on the cluster's GPUs (this machine has none)" in log
+    scored_on = json.loads((run_dir / "driver.json").read_text())["sessions"][-1]["rescored_on"]
+    assert len(scored_on) == 4 and set(scored_on.values()) <= set(workers), (scored_on, workers)
 
 
 def test_a_cluster_that_can_never_have_a_gpu_refuses_the_search_in_one_line(tmp_path: Path) -> None:
