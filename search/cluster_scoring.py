@@ -8,8 +8,9 @@ had, from the data the trials were handed (its reference in Ray's object store: 
 `--data`), and from its checkpoint where the run is stored. The driver still decides: it ranks the val re-scores and
 only then asks for test, as `choose` does wherever it scores.
 
-A finalist the cluster cannot score (its node lost, its actor crashed) is scored on the driver instead, with a
-warning line; a damaged checkpoint is the `CheckpointError` it would be on the driver.
+A finalist the cluster cannot score (no GPU node took its actor within `PLACEMENT_SECONDS`, its node lost, its
+actor crashed) is scored on the driver instead, with a warning line; a damaged checkpoint is the `CheckpointError`
+it would be on the driver.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from cyclegan.checkpoint import CheckpointError
 from search.select import Datasets, Scorer, TrialOutcome, rescore
 
 CPUS = 1  # the actor's CPUs: it builds its val and test on one, and then only feeds the GPU
+# How long a finalist's actor may wait for a GPU node: long enough for the autoscaler to start a worker where the
+# idle ones have stopped (minutes on AWS), short of leaving the driver waiting on a cluster that cannot start one.
+PLACEMENT_SECONDS = 900.0
 
 
 def wanted() -> bool:
@@ -56,22 +60,36 @@ class ClusterScorer:
     `close` ends the actors.
     """
 
-    def __init__(self, data: Any, local: Scorer, default_share: float = 1.0) -> None:
+    def __init__(self, data: Any, local: Scorer, default_share: float = 1.0,
+                 placement_seconds: float = PLACEMENT_SECONDS) -> None:
         self.data, self.local, self.default_share = data, local, default_share
+        self.placement_seconds = placement_seconds
         self.nodes: dict[str, str] = {}
         self._actors: dict[str, Any] = {}
+        self._unplaced: set[str] = set()  # trials whose actor no node took: the driver scores their other split too
         self._lock = threading.Lock()
 
     def _actor(self, o: TrialOutcome) -> Any:
+        """The finalist's actor, once it is placed and its data built (`GetTimeoutError` if no node took it)."""
         with self._lock:
             if o.trial_id not in self._actors:
                 share = min(1.0, o.gpu_share or self.default_share)
                 self._actors[o.trial_id] = _FinalistActor.options(num_cpus=CPUS, num_gpus=share).remote(self.data)
-            return self._actors[o.trial_id]
+            actor = self._actors[o.trial_id]
+        ray.get(actor.__ray_ready__.remote(), timeout=self.placement_seconds)
+        return actor
 
     def __call__(self, o: TrialOutcome, split: str) -> dict[str, float]:
+        unplaced = f"no GPU node took it in {self.placement_seconds:g} s"
+        if o.trial_id in self._unplaced:
+            return self._on_driver(o, split, unplaced)
         try:
             metrics, node = ray.get(self._actor(o).score.remote(o, split))
+        except ray.exceptions.GetTimeoutError:
+            with self._lock:
+                self._unplaced.add(o.trial_id)
+                ray.kill(self._actors.pop(o.trial_id))  # a pending actor would still take a GPU once one frees
+            return self._on_driver(o, split, unplaced)
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, CheckpointError):
                 raise e.cause from None
@@ -81,7 +99,7 @@ class ClusterScorer:
         self.nodes[f"{o.trial_id}/{split}"] = node
         return metrics
 
-    def _on_driver(self, o: TrialOutcome, split: str, e: Exception) -> dict[str, float]:
+    def _on_driver(self, o: TrialOutcome, split: str, e: Exception | str) -> dict[str, float]:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         print(f"warning: trial {o.trial_id} scored on {split} on this machine, not on the cluster: {reason}",
               file=sys.stderr)

@@ -132,3 +132,24 @@ def test_a_finalist_whose_actor_died_is_scored_on_the_driver_with_a_warning(decl
     assert val == local(o, "val") and test == local(o, "test")
     assert scorer.nodes["s0/val"] != "driver" and scorer.nodes["s0/test"] == "driver"
     assert "warning: trial s0 scored on test on this machine, not on the cluster:" in capsys.readouterr().err
+
+
+@ray.remote(num_gpus=1, num_cpus=0)
+class _Holder:
+    """Holds the declared GPU, as trials of another search would."""
+
+
+def test_a_finalist_no_gpu_node_takes_is_scored_on_the_driver_in_both_splits(declared_gpu, checkpoints, capsys):
+    holder = _Holder.remote()
+    ray.get(holder.__ray_ready__.remote())
+    o = finalists(checkpoints)[0]
+    scorer = ClusterScorer(DATA, local, placement_seconds=2)
+    try:
+        val, test = scorer(o, "val"), scorer(o, "test")
+    finally:
+        scorer.close()
+        ray.kill(holder)
+    assert val == local(o, "val") and test == local(o, "test")
+    assert scorer.nodes == {"s0/val": "driver", "s0/test": "driver"}
+    err = capsys.readouterr().err
+    assert err.count("warning: trial s0 scored on") == 2 and "no GPU node took it in 2 s" in err
