@@ -7,6 +7,7 @@ ROOT=$PWD
 [[ -z "${LOCAL:-}" ]] && source .gpu/setup.sh && nvidia-smi -L
 CORES=${CORES:-12-15} VOLS=${VOLS:-12} SPACE=${SPACE:-$ROOT/.gpu/space-end.yaml} NCPU=${NCPU:-12}
 SITE=${SITE:-/tmp/site}
+command -v ray > /dev/null || ray() { python -c 'import sys; from ray.scripts.scripts import main; sys.argv[0] = "ray"; main()' "$@"; }
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(python -c "import secrets; print(secrets.token_hex(32))")
 DATA=${DATA:-/tmp/real} RUNS=${RUNS:-/tmp/runs}
 rm -rf $DATA $RUNS
