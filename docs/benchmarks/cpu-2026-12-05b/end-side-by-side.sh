@@ -14,7 +14,7 @@ rm -rf $DATA $RUNS
 python -c "from pathlib import Path; from cyclegan.phantom import write_volumes; write_volumes(Path('$DATA'), $VOLS, 150, 256)"
 du -sh $DATA
 for v in new old; do
-  dir=$ROOT; [ $v = old ] && dir=${OLD:-$ROOT/.gpu/old}
+  dir=$ROOT; [ $v = old ] && dir=$(cd "${OLD:-$ROOT/.gpu/old}" && pwd)   # absolute: PYTHONPATH names it
   cd $dir
   export PYTHONPATH=$SITE:$dir
   ray start --head --num-gpus=1 --num-cpus=$NCPU --disable-usage-stats --include-dashboard=false > $OUT/$v-ray-start.txt 2>&1
